@@ -1,0 +1,419 @@
+//! The typed bus: publish [`Event<T>`]s, subscribe to typed deliveries.
+//!
+//! A [`Bus`] joins a [`Transport`] with the wire [`Codec`], a source name,
+//! upcasters and a version policy. It is cheap to clone and shares one
+//! transport between clones.
+
+mod subscriber;
+
+use std::future::{Future, IntoFuture};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::Instrument as _;
+
+pub use subscriber::{Delivery, DeliveryError, RawDelivery, RawSubscriber, Subscriber};
+
+use crate::envelope::{Event, EventPayload};
+use crate::error::{Error, ErrorKind, Result};
+use crate::transport::{Capability, Message, SubjectPattern, SubscribeOptions, Transport};
+use crate::versioning::{Upcasters, VersionPolicy};
+use crate::wire::{Codec, ContentMode};
+
+/// A typed event bus over one transport.
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, PartialEq, Serialize, Deserialize)]
+/// # struct OrderPlaced { order_id: String }
+/// # impl events::EventPayload for OrderPlaced { const TYPE: &'static str = "orders.order_placed"; }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), events::Error> {
+/// use events::Bus;
+///
+/// let bus = Bus::memory("orders");
+/// let mut placed = bus.subscribe::<OrderPlaced>().await?;
+///
+/// bus.publish(&bus.event(OrderPlaced { order_id: "o-1".into() })).await?;
+///
+/// let delivery = placed.next().await.expect("subscribed").expect("decodes");
+/// assert_eq!(delivery.payload().order_id, "o-1");
+/// delivery.ack().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    transport: Arc<dyn Transport>,
+    codec: Codec,
+    source: String,
+    mode: ContentMode,
+    pub(crate) upcasters: Upcasters,
+    version_policy: VersionPolicy,
+}
+
+impl Bus {
+    /// A bus on a new in-memory transport, publishing as `source`.
+    #[cfg(feature = "memory")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
+    pub fn memory(source: impl Into<String>) -> Bus {
+        Bus::builder(crate::backend::memory::MemoryTransport::new())
+            .source(source)
+            .build()
+            .expect("the default settings are valid")
+    }
+
+    /// Starts building a bus on `transport`.
+    pub fn builder(transport: impl Transport) -> BusBuilder {
+        BusBuilder::new(Arc::new(transport))
+    }
+
+    /// Starts building a bus on a shared transport (e.g. one chosen from
+    /// configuration at run time).
+    pub fn builder_shared(transport: Arc<dyn Transport>) -> BusBuilder {
+        BusBuilder::new(transport)
+    }
+
+    /// The transport underneath.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.inner.transport
+    }
+
+    /// The codec (subject prefix).
+    pub fn codec(&self) -> &Codec {
+        &self.inner.codec
+    }
+
+    /// The source this bus stamps on the events it creates.
+    pub fn source(&self) -> &str {
+        &self.inner.source
+    }
+
+    /// A new event from this bus's source.
+    pub fn event<T: EventPayload>(&self, payload: T) -> Event<T> {
+        Event::new(self.inner.source.clone(), payload)
+    }
+
+    /// A new event from this bus's source in reaction to `cause` (same
+    /// correlation id, the cause's id as causation id).
+    pub fn reaction<T: EventPayload, C>(&self, cause: &Event<C>, payload: T) -> Event<T> {
+        Event::caused_by(self.inner.source.clone(), &cause.metadata, payload)
+    }
+
+    /// Publishes an event in the bus's content mode.
+    ///
+    /// Invalid metadata, an unserializable payload or a message over the
+    /// transport's size limit fail before anything is sent.
+    pub async fn publish<T: EventPayload>(&self, event: &Event<T>) -> Result<()> {
+        self.publish_with(event, self.inner.mode).await
+    }
+
+    /// Publishes an event in the given content mode.
+    pub async fn publish_with<T: EventPayload>(&self, event: &Event<T>, mode: ContentMode) -> Result<()> {
+        let message = self.encode(event, mode)?;
+        let span = tracing::debug_span!(
+            "events.publish",
+            event.r#type = T::TYPE,
+            event.id = event.metadata.id(),
+            subject = message.subject.as_str(),
+        );
+        self.inner.transport.publish(message).instrument(span).await
+    }
+
+    /// Publishes many events, letting the transport pipeline them (JetStream
+    /// sends them all, then awaits the acks). One result per event, in order;
+    /// an event that fails to encode fails alone.
+    pub async fn publish_all<T: EventPayload>(&self, events: &[Event<T>]) -> Vec<Result<()>> {
+        let mut results: Vec<Option<Result<()>>> = Vec::with_capacity(events.len());
+        let mut messages = Vec::with_capacity(events.len());
+        for event in events {
+            match self.encode(event, self.inner.mode) {
+                Ok(message) => {
+                    messages.push(message);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        let span = tracing::debug_span!("events.publish_all", event.r#type = T::TYPE, count = messages.len());
+        let mut sent = self.inner.transport.publish_batch(messages).instrument(span).await.into_iter();
+        results
+            .into_iter()
+            .map(|r| match r {
+                Some(err) => err,
+                None => sent
+                    .next()
+                    .unwrap_or_else(|| Err(Error::new(ErrorKind::Backend, "transport returned too few results"))),
+            })
+            .collect()
+    }
+
+    /// Encodes an event into the message this bus would publish, checking
+    /// it against the transport's size limit.
+    pub fn encode<T: EventPayload>(&self, event: &Event<T>, mode: ContentMode) -> Result<Message> {
+        let message = self.inner.codec.encode(event, mode)?;
+        self.check_size(&message)?;
+        Ok(message)
+    }
+
+    fn check_size(&self, message: &Message) -> Result<()> {
+        let limit = self.inner.transport.capabilities().max_message_size;
+        let size = message.wire_len();
+        if size > limit {
+            return Err(Error::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "event on `{}` encodes to {size} bytes; the {} transport accepts at most {limit}",
+                    message.subject,
+                    self.inner.transport.name()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Subscribes to events of type `T`. Await the returned builder, or set
+    /// options on it first:
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Serialize, Deserialize)]
+    /// # struct OrderPlaced { order_id: String }
+    /// # impl events::EventPayload for OrderPlaced { const TYPE: &'static str = "orders.order_placed"; }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), events::Error> {
+    /// let bus = events::Bus::memory("inventory");
+    /// let workers = bus.subscribe::<OrderPlaced>().queue_group("inventory").max_deliver(5).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe<T: EventPayload>(&self) -> Subscribe<T> {
+        let pattern = self
+            .inner
+            .codec
+            .subject_for(T::TYPE)
+            .map(|subject| SubjectPattern::exact(&subject));
+        Subscribe {
+            bus: self.clone(),
+            options: pattern.map(SubscribeOptions::new),
+            version_policy: self.inner.version_policy,
+            required: Vec::new(),
+            _type: PhantomData,
+        }
+    }
+
+    /// Subscribes to every event whose type matches `type_pattern`, relative
+    /// to the prefix (`orders.>` listens on `<prefix>.orders.>`), with the
+    /// payload left undecoded.
+    pub async fn subscribe_raw(&self, type_pattern: &str) -> Result<RawSubscriber> {
+        let full = format!("{}.{type_pattern}", self.inner.codec.prefix());
+        let options = SubscribeOptions::new(SubjectPattern::parse(&full)?);
+        self.subscribe_raw_with(options).await
+    }
+
+    /// Subscribes with explicit transport options, payload undecoded.
+    pub async fn subscribe_raw_with(&self, options: SubscribeOptions) -> Result<RawSubscriber> {
+        let subscription = self.inner.transport.subscribe(options).await?;
+        Ok(RawSubscriber::new(subscription))
+    }
+
+    /// Waits until everything published has left this process.
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.transport.flush().await
+    }
+
+    /// Flushes and closes the transport.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.transport.close().await
+    }
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("transport", &self.inner.transport)
+            .field("source", &self.inner.source)
+            .field("prefix", &self.inner.codec.prefix())
+            .field("mode", &self.inner.mode)
+            .field("upcasters", &self.inner.upcasters)
+            .field("version_policy", &self.inner.version_policy)
+            .finish()
+    }
+}
+
+/// Builds a [`Bus`].
+#[derive(Debug)]
+pub struct BusBuilder {
+    transport: Arc<dyn Transport>,
+    prefix: String,
+    source: Option<String>,
+    mode: ContentMode,
+    upcasters: Upcasters,
+    version_policy: VersionPolicy,
+}
+
+impl BusBuilder {
+    fn new(transport: Arc<dyn Transport>) -> Self {
+        BusBuilder {
+            transport,
+            prefix: crate::wire::DEFAULT_PREFIX.to_owned(),
+            source: None,
+            mode: ContentMode::Structured,
+            upcasters: Upcasters::new(),
+            version_policy: VersionPolicy::Reject,
+        }
+    }
+
+    /// The CloudEvents `source` of events this bus creates: the service's
+    /// name, e.g. `orders`. Defaults to the executable's name.
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// The subject prefix (default `events`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The content mode for publishing (default structured). Both modes are
+    /// always decoded.
+    pub fn content_mode(mut self, mode: ContentMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The upcasters subscriptions use to read older versions.
+    pub fn upcasters(mut self, upcasters: Upcasters) -> Self {
+        self.upcasters = upcasters;
+        self
+    }
+
+    /// What subscriptions do with newer versions (default: reject).
+    pub fn version_policy(mut self, policy: VersionPolicy) -> Self {
+        self.version_policy = policy;
+        self
+    }
+
+    /// Builds the bus; fails if the prefix or source is invalid.
+    pub fn build(self) -> Result<Bus> {
+        let codec = Codec::new(&self.prefix)?;
+        let source = match self.source {
+            Some(source) => source,
+            None => default_source(),
+        };
+        crate::envelope::validate_non_empty("bus source", &source)?;
+        Ok(Bus {
+            inner: Arc::new(Inner {
+                transport: self.transport,
+                codec,
+                source,
+                mode: self.mode,
+                upcasters: self.upcasters,
+                version_policy: self.version_policy,
+            }),
+        })
+    }
+}
+
+fn default_source() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "events".to_owned())
+}
+
+/// A pending typed subscription: set options, then `.await` it.
+#[must_use = "a subscription does nothing until awaited"]
+pub struct Subscribe<T> {
+    bus: Bus,
+    options: Result<SubscribeOptions>,
+    version_policy: VersionPolicy,
+    required: Vec<Capability>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Subscribe<T> {
+    fn map_options(mut self, f: impl FnOnce(SubscribeOptions) -> Result<SubscribeOptions>) -> Self {
+        self.options = self.options.and_then(f);
+        self
+    }
+
+    /// Joins a queue group: each event goes to one member.
+    pub fn queue_group(self, group: impl Into<String>) -> Self {
+        let group = group.into();
+        self.map_options(|o| o.queue_group(group))
+            .require(Capability::QueueGroups)
+    }
+
+    /// A durable name: the subscription resumes where it left off (requires
+    /// a durable backend).
+    pub fn durable(self, name: impl Into<String>) -> Self {
+        let name = name.into();
+        self.map_options(|o| o.durable_name(name)).require(Capability::Durable)
+    }
+
+    /// Stops redelivering an event after this many attempts.
+    pub fn max_deliver(self, attempts: u32) -> Self {
+        self.map_options(|o| Ok(o.max_deliver(attempts)))
+    }
+
+    /// How long a delivery may stay unsettled before it comes back.
+    pub fn ack_wait(self, wait: Duration) -> Self {
+        self.map_options(|o| Ok(o.ack_wait(wait)))
+    }
+
+    /// Buffer capacity of the subscription.
+    pub fn capacity(self, capacity: usize) -> Self {
+        self.map_options(|o| Ok(o.capacity(capacity)))
+    }
+
+    /// What to do with versions newer than `T` (overrides the bus's policy).
+    pub fn version_policy(mut self, policy: VersionPolicy) -> Self {
+        self.version_policy = policy;
+        self
+    }
+
+    /// Fails the subscription at start if the transport lacks `capability`.
+    pub fn require(mut self, capability: Capability) -> Self {
+        if !self.required.contains(&capability) {
+            self.required.push(capability);
+        }
+        self
+    }
+}
+
+impl<T: EventPayload> IntoFuture for Subscribe<T> {
+    type Output = Result<Subscriber<T>>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let options = self.options?;
+            let transport = &self.bus.inner.transport;
+            transport.capabilities().require(transport.name(), &self.required)?;
+            let subscription = transport.subscribe(options).await?;
+            Ok(Subscriber::new(subscription, self.bus.inner.clone(), self.version_policy))
+        })
+    }
+}
+
+impl<T> std::fmt::Debug for Subscribe<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscribe")
+            .field("type", &std::any::type_name::<T>())
+            .field("options", &self.options)
+            .field("version_policy", &self.version_policy)
+            .field("required", &self.required)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,364 @@
+//! The byte-level, broker-agnostic transport interface (the SPI every
+//! backend implements).
+//!
+//! A transport moves [`Message`]s: it knows nothing of typed events,
+//! CloudEvents or versions, which live once above it in [`crate::wire`] and
+//! [`crate::bus`], so every backend behaves the same. The trait is object
+//! safe: a service holds an `Arc<dyn Transport>` chosen from configuration.
+
+mod capabilities;
+mod message;
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_core::Stream;
+use futures_util::future::BoxFuture;
+
+pub use capabilities::{Capabilities, Capability};
+pub use message::{Headers, Message, Subject, SubjectPattern};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// A message transport: publish bytes, subscribe to subjects, settle
+/// deliveries.
+///
+/// Implementations document their delivery guarantees and declare them in
+/// [`capabilities`](Transport::capabilities); callers that need a capability
+/// check it before they start (see [`Capabilities::require`]).
+pub trait Transport: Send + Sync + fmt::Debug + 'static {
+    /// A short name for errors and logs (`memory`, `nats`, `jetstream`).
+    fn name(&self) -> &'static str;
+
+    /// What this transport can do.
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Publishes one message. What `Ok` means depends on the backend: handed
+    /// to local queues (memory), queued in the client (core NATS), stored
+    /// and acknowledged (JetStream).
+    fn publish(&self, message: Message) -> BoxFuture<'_, Result<()>>;
+
+    /// Publishes many messages, letting the backend pipeline them. Returns
+    /// one result per message, in order.
+    fn publish_batch(&self, messages: Vec<Message>) -> BoxFuture<'_, Vec<Result<()>>> {
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(messages.len());
+            for message in messages {
+                results.push(self.publish(message).await);
+            }
+            results
+        })
+    }
+
+    /// Opens a subscription.
+    fn subscribe(&self, options: SubscribeOptions) -> BoxFuture<'_, Result<Subscription>>;
+
+    /// Waits until everything published so far has left this process (or is
+    /// stored, for a durable backend).
+    fn flush(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// Flushes, then closes: later publishes and subscribes fail with
+    /// [`ErrorKind::Closed`], open subscriptions end after what they already
+    /// buffered.
+    fn close(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+/// What to subscribe to and how.
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    pattern: SubjectPattern,
+    queue_group: Option<String>,
+    durable_name: Option<String>,
+    max_deliver: Option<u32>,
+    ack_wait: Option<Duration>,
+    capacity: Option<usize>,
+}
+
+impl SubscribeOptions {
+    /// Subscribe to `pattern`, with the backend's defaults for the rest.
+    pub fn new(pattern: SubjectPattern) -> Self {
+        SubscribeOptions {
+            pattern,
+            queue_group: None,
+            durable_name: None,
+            max_deliver: None,
+            ack_wait: None,
+            capacity: None,
+        }
+    }
+
+    /// Join a queue group: each message goes to one member of the group.
+    /// The name must be a valid subject token.
+    pub fn queue_group(mut self, group: impl Into<String>) -> Result<Self> {
+        let group = group.into();
+        crate::envelope::validate_subject_token(&group)?;
+        self.queue_group = Some(group);
+        Ok(self)
+    }
+
+    /// A durable name: where the backend is durable, reopening a
+    /// subscription with the same name resumes where it left off.
+    pub fn durable_name(mut self, name: impl Into<String>) -> Result<Self> {
+        let name = name.into();
+        crate::envelope::validate_subject_token(&name)?;
+        self.durable_name = Some(name);
+        Ok(self)
+    }
+
+    /// Stop redelivering a message after this many attempts.
+    pub fn max_deliver(mut self, attempts: u32) -> Self {
+        self.max_deliver = Some(attempts.max(1));
+        self
+    }
+
+    /// How long a delivery may stay unsettled before it is redelivered.
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = Some(wait);
+        self
+    }
+
+    /// How many messages the subscription buffers before publishers (memory)
+    /// or the broker (NATS) must wait.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        self.capacity = Some(capacity.max(1));
+        self
+    }
+
+    /// The subject pattern.
+    pub fn get_pattern(&self) -> &SubjectPattern {
+        &self.pattern
+    }
+    /// The queue group, if any.
+    pub fn get_queue_group(&self) -> Option<&str> {
+        self.queue_group.as_deref()
+    }
+    /// The durable name, if any.
+    pub fn get_durable_name(&self) -> Option<&str> {
+        self.durable_name.as_deref()
+    }
+    /// The maximum number of delivery attempts, if limited.
+    pub fn get_max_deliver(&self) -> Option<u32> {
+        self.max_deliver
+    }
+    /// The ack wait, if set.
+    pub fn get_ack_wait(&self) -> Option<Duration> {
+        self.ack_wait
+    }
+    /// The buffer capacity, if set.
+    pub fn get_capacity(&self) -> Option<usize> {
+        self.capacity
+    }
+}
+
+/// Facts about one delivery of a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeliveryInfo {
+    /// Which attempt this is, starting at 1.
+    pub attempt: u32,
+    /// The position in the stream, for persistent backends.
+    pub stream_sequence: Option<u64>,
+    /// The position in this consumer's deliveries, for durable backends.
+    pub consumer_sequence: Option<u64>,
+}
+
+impl DeliveryInfo {
+    /// The info of a delivery that is attempt `attempt`.
+    pub const fn attempt(attempt: u32) -> Self {
+        DeliveryInfo {
+            attempt,
+            stream_sequence: None,
+            consumer_sequence: None,
+        }
+    }
+}
+
+/// The backend side of settling a delivery. Backends implement this; users
+/// call the methods of [`Delivery`].
+pub trait Acker: Send + Sync + fmt::Debug + 'static {
+    /// The message was handled: never deliver it again.
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+    /// The message was not handled: deliver it again, after `delay` if given.
+    /// `message` is handed back for backends that redeliver it themselves.
+    fn nack(self: Box<Self>, message: Message, delay: Option<Duration>) -> BoxFuture<'static, Result<()>>;
+    /// The message can never be handled: do not deliver it again.
+    fn term(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+    /// Handling goes on: reset the redelivery timer.
+    fn in_progress(&self) -> BoxFuture<'_, Result<()>>;
+    /// The delivery was dropped without being settled. The default does
+    /// nothing, for brokers that redeliver unsettled messages on their own
+    /// after their ack wait.
+    fn abandon(self: Box<Self>, message: Message) {
+        let _ = message;
+    }
+}
+
+/// One delivery of a message, to be settled with [`ack`](Self::ack),
+/// [`nack`](Self::nack) or [`term`](Self::term).
+///
+/// A delivery dropped without being settled is treated like a crashed
+/// handler: the backend delivers it again after its ack wait. Backends
+/// without acknowledgements (core NATS) accept `ack` and `term` as no-ops
+/// and refuse `nack` with [`ErrorKind::Unsupported`].
+#[must_use = "a delivery should be settled with ack, nack or term"]
+pub struct Delivery {
+    message: Option<Message>,
+    info: DeliveryInfo,
+    acker: Option<Box<dyn Acker>>,
+}
+
+impl Delivery {
+    /// A delivery settled through `acker`.
+    pub fn new(message: Message, info: DeliveryInfo, acker: Box<dyn Acker>) -> Self {
+        Delivery {
+            message: Some(message),
+            info,
+            acker: Some(acker),
+        }
+    }
+
+    /// A delivery from a backend without acknowledgements.
+    pub fn unacknowledged(message: Message, info: DeliveryInfo) -> Self {
+        Delivery {
+            message: Some(message),
+            info,
+            acker: None,
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &Message {
+        self.message.as_ref().expect("message is present until settled")
+    }
+
+    /// Attempt number and positions.
+    pub fn info(&self) -> DeliveryInfo {
+        self.info
+    }
+
+    /// Which attempt this is, starting at 1.
+    pub fn attempt(&self) -> u32 {
+        self.info.attempt
+    }
+
+    /// Whether this delivery must be settled (the backend has acks).
+    pub fn needs_ack(&self) -> bool {
+        self.acker.is_some()
+    }
+
+    /// Marks the message handled.
+    pub async fn ack(mut self) -> Result<()> {
+        match self.acker.take() {
+            Some(acker) => acker.ack().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Asks for the message again, after `delay` if given.
+    pub async fn nack(mut self, delay: Option<Duration>) -> Result<()> {
+        match self.acker.take() {
+            Some(acker) => {
+                let message = self.message.take().expect("message is present until settled");
+                acker.nack(message, delay).await
+            }
+            None => Err(Error::new(
+                ErrorKind::Unsupported,
+                "this transport has no acknowledgements, so it cannot redeliver",
+            )),
+        }
+    }
+
+    /// Marks the message as never deliverable again.
+    pub async fn term(mut self) -> Result<()> {
+        match self.acker.take() {
+            Some(acker) => acker.term().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Tells the backend that handling goes on (resets its ack wait).
+    pub async fn in_progress(&self) -> Result<()> {
+        match &self.acker {
+            Some(acker) => acker.in_progress().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let (Some(acker), Some(message)) = (self.acker.take(), self.message.take()) {
+            acker.abandon(message);
+        }
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("info", &self.info)
+            .field("needs_ack", &self.acker.is_some())
+            .finish()
+    }
+}
+
+/// A stream of deliveries. Ends when the subscription or the transport is
+/// closed; an `Err` item reports a transport problem and the stream goes on.
+pub struct Subscription {
+    inner: Pin<Box<dyn Stream<Item = Result<Delivery>> + Send>>,
+}
+
+impl Subscription {
+    /// Wraps a backend's stream.
+    pub fn new(stream: impl Stream<Item = Result<Delivery>> + Send + 'static) -> Self {
+        Subscription {
+            inner: Box::pin(stream),
+        }
+    }
+
+    /// The next delivery, or `None` once the subscription has ended.
+    pub async fn next(&mut self) -> Option<Result<Delivery>> {
+        futures_util::StreamExt::next(self).await
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn _object_safe(_: Box<dyn Transport>, _: Box<dyn Acker>) {}
+
+    #[test]
+    fn options_validate_group_and_durable_names() {
+        let p = SubjectPattern::parse("a.b").unwrap();
+        assert!(SubscribeOptions::new(p.clone()).queue_group("workers").is_ok());
+        assert!(SubscribeOptions::new(p.clone()).queue_group("a.b").is_err());
+        assert!(SubscribeOptions::new(p).durable_name("").is_err());
+    }
+
+    #[tokio::test]
+    async fn unacknowledged_deliveries_refuse_nack_and_accept_ack() {
+        let m = Message::new(Subject::parse("a").unwrap(), &b"x"[..]);
+        let d = Delivery::unacknowledged(m.clone(), DeliveryInfo::attempt(1));
+        assert!(!d.needs_ack());
+        assert_eq!(d.nack(None).await.unwrap_err().kind(), ErrorKind::Unsupported);
+        Delivery::unacknowledged(m, DeliveryInfo::attempt(1)).ack().await.unwrap();
+    }
+}

@@ -1,0 +1,388 @@
+//! The wire format: [`Event<T>`] to and from a transport [`Message`],
+//! following CloudEvents 1.0 on NATS.
+//!
+//! - **Structured mode** (the default): the body is the CloudEvents JSON
+//!   event format, header `Content-Type: application/cloudevents+json`.
+//! - **Binary mode**: every attribute is a lowercase `ce-<name>` header with
+//!   a percent-encoded value, `content-type` repeats `ce-datacontenttype`, and
+//!   the body is the payload's JSON, untouched.
+//!
+//! Decoding detects the mode: a `Content-Type` starting with
+//! `application/cloudevents` is structured, otherwise a `ce-specversion`
+//! header means binary, otherwise the body is tried as structured JSON.
+//!
+//! The NATS subject is `<prefix>.<type>`, built from validated tokens only,
+//! never from event attributes. The full mapping table is in
+//! `ARCHITECTURE.md`.
+
+mod binary;
+mod percent;
+mod structured;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::envelope::{parse_version_token, Event, EventMetadata, EventPayload};
+use crate::error::{Error, Result};
+use crate::transport::{Message, Subject, SubjectPattern};
+use crate::versioning::{Upcasters, VersionPolicy};
+
+/// The CloudEvents spec version written and accepted.
+pub const SPEC_VERSION: &str = "1.0";
+/// The media type of the structured JSON event format.
+pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+/// The default subject prefix.
+pub const DEFAULT_PREFIX: &str = "events";
+
+/// How an event is laid out in a message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ContentMode {
+    /// The whole event as CloudEvents JSON in the body.
+    #[default]
+    Structured,
+    /// Attributes in `ce-` headers, the payload alone in the body.
+    Binary,
+}
+
+/// Encodes events into messages and decodes messages into events.
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, PartialEq, Serialize, Deserialize)]
+/// # struct OrderPlaced { order_id: String }
+/// # impl events::EventPayload for OrderPlaced { const TYPE: &'static str = "orders.order_placed"; }
+/// use events::wire::{Codec, ContentMode};
+/// use events::Event;
+///
+/// let codec = Codec::new("events")?;
+/// let event = Event::new("orders", OrderPlaced { order_id: "o-1".into() });
+/// let message = codec.encode(&event, ContentMode::Binary)?;
+/// assert_eq!(message.subject.as_str(), "events.orders.order_placed");
+/// assert_eq!(message.headers.get("ce-type"), Some("orders.order_placed.v1"));
+///
+/// let decoded = codec.decode(&message)?.into_event::<OrderPlaced>(&Default::default(), Default::default())?;
+/// assert_eq!(decoded.event, event);
+/// # Ok::<(), events::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Codec {
+    prefix: String,
+}
+
+impl Codec {
+    /// A codec whose subjects start with `prefix` (one or more dot-separated
+    /// tokens of `[A-Za-z0-9_-]`).
+    pub fn new(prefix: &str) -> Result<Self> {
+        Subject::parse(prefix)?;
+        Ok(Codec {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The subject prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The subject events of `event_type` are published on.
+    pub fn subject_for(&self, event_type: &str) -> Result<Subject> {
+        crate::envelope::validate_type_name(event_type)?;
+        Subject::from_tokens(self.prefix.split('.').chain(event_type.split('.')))
+    }
+
+    /// The pattern matching every event under this prefix (`<prefix>.>`).
+    pub fn all_events(&self) -> SubjectPattern {
+        SubjectPattern::parse(&format!("{}.>", self.prefix)).expect("a valid prefix makes a valid pattern")
+    }
+
+    /// Encodes a typed event. Validates the metadata first; fails with
+    /// [`ErrorKind::Encode`](crate::ErrorKind::Encode) if the payload does not
+    /// serialize.
+    pub fn encode<T: EventPayload>(&self, event: &Event<T>, mode: ContentMode) -> Result<Message> {
+        let metadata = &event.metadata;
+        metadata.validate()?;
+        let subject = self.subject_for(metadata.event_type())?;
+        let (headers, payload) = match mode {
+            ContentMode::Structured => structured::encode(metadata, &event.payload)?,
+            ContentMode::Binary => binary::encode(metadata, &event.payload)?,
+        };
+        Ok(Message {
+            subject,
+            headers,
+            payload,
+            dedup_id: Some(metadata.id().to_owned()),
+        })
+    }
+
+    /// Encodes an event whose payload is already-encoded data (used to
+    /// forward or republish events without knowing their Rust type).
+    pub fn encode_raw(&self, event: &RawEvent, mode: ContentMode) -> Result<Message> {
+        let metadata = &event.metadata;
+        metadata.validate()?;
+        let subject = self.subject_for(metadata.event_type())?;
+        let (headers, payload) = match mode {
+            ContentMode::Structured => structured::encode_raw(metadata, event.data.as_ref(), event.data_is_json())?,
+            ContentMode::Binary => binary::encode_raw(metadata, event.data.clone().unwrap_or_default()),
+        };
+        Ok(Message {
+            subject,
+            headers,
+            payload,
+            dedup_id: Some(metadata.id().to_owned()),
+        })
+    }
+
+    /// Decodes a message into metadata and undecoded data, detecting the
+    /// content mode. Never panics, whatever the bytes.
+    pub fn decode(&self, message: &Message) -> Result<RawEvent> {
+        decode(message)
+    }
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Codec {
+            prefix: DEFAULT_PREFIX.to_owned(),
+        }
+    }
+}
+
+/// Decodes a message into metadata and undecoded data. See [`Codec::decode`].
+pub fn decode(message: &Message) -> Result<RawEvent> {
+    let headers = &message.headers;
+    match headers.get("content-type") {
+        Some(ct) if starts_with_ignore_case(ct, "application/cloudevents-batch") => Err(Error::decode(
+            "batched CloudEvents (application/cloudevents-batch) are not supported",
+        )),
+        Some(ct) if starts_with_ignore_case(ct, "application/cloudevents") => structured::decode(&message.payload),
+        _ if headers.get("ce-specversion").is_some() => binary::decode(message),
+        _ => structured::decode(&message.payload),
+    }
+}
+
+/// A decoded event whose payload is still bytes: what a consumer sees before
+/// it picks a Rust type, and what dead-letter and replay tools handle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawEvent {
+    /// The event's attributes. `version` is the version on the wire.
+    pub metadata: EventMetadata,
+    /// The payload bytes: JSON text for JSON content types, otherwise the
+    /// bytes as sent. `None` if the event carries no data.
+    pub data: Option<Bytes>,
+}
+
+impl RawEvent {
+    /// Whether the data is JSON (content type `application/json`, `text/json`,
+    /// `*/*+json`, or none given).
+    pub fn data_is_json(&self) -> bool {
+        self.metadata.data_content_type().is_none_or(is_json_content_type)
+    }
+
+    /// The data parsed as a JSON value.
+    pub fn data_json(&self) -> Result<serde_json::Value> {
+        let data = self.json_data()?;
+        serde_json::from_slice(data).map_err(|e| Error::decode("payload is not valid JSON").with_source(e))
+    }
+
+    fn json_data(&self) -> Result<&[u8]> {
+        if !self.data_is_json() {
+            return Err(Error::decode(format!(
+                "payload content type {:?} is not JSON",
+                self.metadata.data_content_type().unwrap_or_default()
+            )));
+        }
+        self.data.as_deref().ok_or_else(|| Error::decode("event has no data"))
+    }
+
+    /// Decodes the payload into `T`, bringing older versions up to date with
+    /// `upcasters` and handling newer ones by `policy`.
+    ///
+    /// Errors: [`Decode`](crate::ErrorKind::Decode) if the type differs or the
+    /// payload does not match `T`; [`UnsupportedVersion`](crate::ErrorKind::UnsupportedVersion)
+    /// for a newer version under [`VersionPolicy::Reject`];
+    /// [`MissingUpcaster`](crate::ErrorKind::MissingUpcaster) for a gap in the chain.
+    pub fn into_event<T: EventPayload>(self, upcasters: &Upcasters, policy: VersionPolicy) -> Result<Decoded<T>> {
+        if self.metadata.event_type() != T::TYPE {
+            return Err(Error::decode(format!(
+                "expected an event of type {:?}, got {:?}",
+                T::TYPE,
+                self.metadata.event_type()
+            )));
+        }
+        let wire_version = self.metadata.version();
+        let data = self.json_data()?;
+        let payload: T = if wire_version < T::VERSION {
+            let value = serde_json::from_slice(data).map_err(|e| Error::decode("payload is not valid JSON").with_source(e))?;
+            let value = upcasters.upcast(T::TYPE, wire_version, T::VERSION, value)?;
+            serde_json::from_value(value).map_err(|e| payload_error::<T>(wire_version, e))?
+        } else {
+            if wire_version > T::VERSION && policy == VersionPolicy::Reject {
+                return Err(Error::new(
+                    crate::ErrorKind::UnsupportedVersion,
+                    format!(
+                        "{} v{wire_version} is newer than v{} known here",
+                        T::TYPE,
+                        T::VERSION
+                    ),
+                ));
+            }
+            serde_json::from_slice(data).map_err(|e| payload_error::<T>(wire_version, e))?
+        };
+        let mut metadata = self.metadata;
+        metadata.set_version(T::VERSION);
+        Ok(Decoded {
+            event: Event::from_parts(metadata, payload),
+            wire_version,
+        })
+    }
+}
+
+fn payload_error<T: EventPayload>(version: u32, e: serde_json::Error) -> Error {
+    Error::decode(format!("payload of {} v{version} does not match the Rust type", T::TYPE)).with_source(e)
+}
+
+/// A typed event decoded from the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded<T> {
+    /// The event, its metadata's version set to the Rust type's version.
+    pub event: Event<T>,
+    /// The version the producer sent (lower than the type's after upcasting,
+    /// higher under a tolerant policy).
+    pub wire_version: u32,
+}
+
+/// `orders.placed.v2` -> (`orders.placed`, 2); a type without a version
+/// suffix is version 1 (other producers may not use suffixes).
+pub(crate) fn split_versioned_type(ce_type: &str) -> (&str, u32) {
+    if let Some((base, last)) = ce_type.rsplit_once('.') {
+        if let Some(version) = parse_version_token(last) {
+            if !base.is_empty() {
+                return (base, version);
+            }
+        }
+    }
+    (ce_type, 1)
+}
+
+pub(crate) fn format_time(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+pub(crate) fn parse_time(value: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| Error::decode(format!("time {value:?} is not RFC 3339")).with_source(e))
+}
+
+pub(crate) fn is_json_content_type(ct: &str) -> bool {
+    let media = ct.split(';').next().unwrap_or("").trim();
+    media.eq_ignore_ascii_case("application/json")
+        || media.eq_ignore_ascii_case("text/json")
+        || (media.len() >= 5 && media[media.len() - 5..].eq_ignore_ascii_case("+json"))
+}
+
+fn starts_with_ignore_case(value: &str, prefix: &str) -> bool {
+    value.len() >= prefix.len() && value.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// Required attributes shared by both decoders: checks them and builds the
+/// metadata.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn metadata_from_attributes(
+    specversion: Option<String>,
+    id: Option<String>,
+    source: Option<String>,
+    ce_type: Option<String>,
+    time: Option<String>,
+    subject: Option<String>,
+    data_content_type: Option<String>,
+    data_schema: Option<String>,
+) -> Result<EventMetadata> {
+    let specversion = specversion.ok_or_else(|| Error::decode("missing required attribute specversion"))?;
+    if specversion != SPEC_VERSION {
+        return Err(Error::decode(format!("specversion {specversion:?} is not supported (only 1.0)")));
+    }
+    let required = |name: &str, v: Option<String>| match v {
+        Some(v) if !v.is_empty() => Ok(v),
+        Some(_) => Err(Error::decode(format!("required attribute {name} is empty"))),
+        None => Err(Error::decode(format!("missing required attribute {name}"))),
+    };
+    let id = required("id", id)?;
+    let source = required("source", source)?;
+    let ce_type = required("type", ce_type)?;
+    let time = time.as_deref().map(parse_time).transpose()?;
+    if subject.as_deref() == Some("") {
+        return Err(Error::decode("attribute subject is empty"));
+    }
+    let (base, version) = split_versioned_type(&ce_type);
+    let base_len = base.len();
+    let mut ce_type = ce_type;
+    ce_type.truncate(base_len);
+    Ok(EventMetadata::from_wire(
+        id,
+        ce_type,
+        version,
+        source,
+        time,
+        subject,
+        data_content_type,
+        data_schema,
+    ))
+}
+
+/// Sorts a decoded extension into the typed fields it maps onto, or keeps it
+/// as an extension.
+pub(crate) fn apply_extension(
+    metadata: &mut EventMetadata,
+    name: String,
+    value: crate::envelope::ExtensionValue,
+) -> Result<()> {
+    use crate::envelope::{ExtensionValue, TraceContext};
+    if !crate::envelope::is_attribute_name(&name) {
+        return Err(Error::decode(format!("attribute name {name:?} must be [a-z0-9]+")));
+    }
+    let text = || match &value {
+        ExtensionValue::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match name.as_str() {
+        "correlationid" => metadata.set_correlation_id(Some(text())),
+        "causationid" => metadata.set_causation_id(Some(text())),
+        "traceparent" => match TraceContext::new(text()) {
+            Ok(trace) => {
+                let state = metadata.trace().and_then(|t| t.tracestate()).map(str::to_owned);
+                let trace = match state {
+                    Some(s) => trace.with_tracestate(s),
+                    None => trace,
+                };
+                *metadata.trace_mut() = Some(trace);
+            }
+            // W3C: an invalid traceparent is ignored and a new trace starts.
+            Err(_) => tracing::debug!(event.id = metadata.id(), "ignoring invalid traceparent"),
+        },
+        "tracestate" => {
+            // Kept until (or after) traceparent is seen; dropped without one.
+            let state = text();
+            match metadata.trace_mut() {
+                Some(trace) => *trace = trace.clone().with_tracestate(state),
+                None => metadata.extensions_mut().insert_received("tracestate".into(), ExtensionValue::String(state)),
+            }
+        }
+        _ => metadata.extensions_mut().insert_received(name, value),
+    }
+    Ok(())
+}
+
+/// Moves a `tracestate` that arrived before its `traceparent` into the trace
+/// context, or drops it if there is no trace context (W3C: tracestate is
+/// meaningless without traceparent).
+pub(crate) fn settle_tracestate(metadata: &mut EventMetadata) {
+    if let Some(crate::envelope::ExtensionValue::String(state)) = metadata.extensions_mut().remove("tracestate") {
+        if let Some(trace) = metadata.trace_mut() {
+            *trace = trace.clone().with_tracestate(state);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

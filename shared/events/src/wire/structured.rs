@@ -1,0 +1,303 @@
+//! Structured content mode: the CloudEvents JSON event format in the body.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io::Write as _;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{apply_extension, format_time, metadata_from_attributes, settle_tracestate, RawEvent, SPEC_VERSION, STRUCTURED_CONTENT_TYPE};
+use crate::envelope::{EventMetadata, ExtensionValue};
+use crate::error::{Error, ErrorKind, Result};
+use crate::transport::Headers;
+
+/// Encodes metadata and a typed payload as one JSON object. Written by hand
+/// rather than through an intermediate `Value` so the payload is serialized
+/// once, straight into the output buffer.
+pub(super) fn encode<T: Serialize>(metadata: &EventMetadata, payload: &T) -> Result<(Headers, Bytes)> {
+    let mut out = Vec::with_capacity(320);
+    write_attributes(&mut out, metadata)?;
+    out.extend_from_slice(b",\"data\":");
+    serde_json::to_writer(&mut out, payload)
+        .map_err(|e| Error::new(ErrorKind::Encode, format!("payload of {} does not serialize", metadata.event_type())).with_source(e))?;
+    out.push(b'}');
+    Ok((content_type_header(), Bytes::from(out)))
+}
+
+/// Encodes metadata and already-encoded data.
+pub(super) fn encode_raw(metadata: &EventMetadata, data: Option<&Bytes>, is_json: bool) -> Result<(Headers, Bytes)> {
+    let mut out = Vec::with_capacity(320 + data.map_or(0, |d| d.len()));
+    write_attributes(&mut out, metadata)?;
+    match data {
+        None => {}
+        Some(data) if is_json => {
+            // Validate rather than trust: an invalid body would make the whole
+            // event unreadable for every consumer.
+            let raw: &RawValue = serde_json::from_slice(data)
+                .map_err(|e| Error::new(ErrorKind::Encode, "data is not valid JSON").with_source(e))?;
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(raw.get().as_bytes());
+        }
+        Some(data) => {
+            out.extend_from_slice(b",\"data_base64\":\"");
+            out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(data).as_bytes());
+            out.push(b'"');
+        }
+    }
+    out.push(b'}');
+    Ok((content_type_header(), Bytes::from(out)))
+}
+
+fn content_type_header() -> Headers {
+    let mut headers = Headers::with_capacity(1);
+    headers.push_trusted("Content-Type", STRUCTURED_CONTENT_TYPE.to_owned());
+    headers
+}
+
+fn write_attributes(out: &mut Vec<u8>, m: &EventMetadata) -> Result<()> {
+    fn field(out: &mut Vec<u8>, name: &str, value: &str) {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        // Writing a str into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, value);
+    }
+    out.extend_from_slice(b"{\"specversion\":\"");
+    out.extend_from_slice(SPEC_VERSION.as_bytes());
+    out.push(b'"');
+    field(out, "id", m.id());
+    field(out, "source", m.source());
+    out.extend_from_slice(b",\"type\":");
+    let _ = serde_json::to_writer(&mut *out, m.event_type());
+    // The version suffix is digits: safe to splice in before the closing quote.
+    out.pop();
+    let _ = write!(out, ".v{}\"", m.version());
+    if let Some(time) = m.time() {
+        field(out, "time", &format_time(time));
+    }
+    let optional = [
+        ("subject", m.subject()),
+        ("datacontenttype", m.data_content_type()),
+        ("dataschema", m.data_schema()),
+        ("correlationid", m.correlation_id()),
+        ("causationid", m.causation_id()),
+        ("traceparent", m.trace().map(|t| t.traceparent())),
+        ("tracestate", m.trace().and_then(|t| t.tracestate())),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            field(out, name, value);
+        }
+    }
+    for (name, value) in m.extensions().iter() {
+        match value {
+            ExtensionValue::String(s) => field(out, name, s),
+            other => {
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\":");
+                out.extend_from_slice(other.to_string().as_bytes());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a structured-mode body.
+pub(super) fn decode(body: &Bytes) -> Result<RawEvent> {
+    let parsed: Parsed<'_> = serde_json::from_slice(body).map_err(|e| {
+        let detail = if e.is_eof() {
+            "body is truncated JSON"
+        } else if e.is_syntax() {
+            "body is not JSON"
+        } else {
+            "body is not a CloudEvents JSON object"
+        };
+        Error::decode(detail).with_source(e)
+    })?;
+    let Parsed {
+        specversion,
+        id,
+        source,
+        ce_type,
+        time,
+        subject,
+        datacontenttype,
+        dataschema,
+        data,
+        data_base64,
+        extensions,
+    } = parsed;
+    let own = |v: Option<Cow<'_, str>>| v.map(Cow::into_owned);
+    let mut metadata = metadata_from_attributes(
+        own(specversion),
+        own(id),
+        own(source),
+        own(ce_type),
+        own(time),
+        own(subject),
+        own(datacontenttype),
+        own(dataschema),
+    )?;
+    for (name, value) in extensions {
+        if value.is_null() {
+            continue;
+        }
+        let value = extension_value(&name, value)?;
+        apply_extension(&mut metadata, name, value)?;
+    }
+    settle_tracestate(&mut metadata);
+
+    let data = match (data, data_base64) {
+        (Some(_), Some(_)) => return Err(Error::decode("both data and data_base64 are present")),
+        (None, Some(b64)) => Some(Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| Error::decode("data_base64 is not valid base64").with_source(e))?,
+        )),
+        (Some(raw), None) if raw.get() == "null" => None,
+        (Some(raw), None) => {
+            let json_type = metadata.data_content_type().is_none_or(super::is_json_content_type);
+            if !json_type && raw.get().starts_with('"') {
+                // JSON format 3.1: a non-JSON data content type carried as a
+                // JSON string is that string's text.
+                let text: String = serde_json::from_str(raw.get())
+                    .map_err(|e| Error::decode("data string is not valid JSON").with_source(e))?;
+                Some(Bytes::from(text))
+            } else {
+                Some(body.slice_ref(raw.get().as_bytes()))
+            }
+        }
+        (None, None) => None,
+    };
+    Ok(RawEvent { metadata, data })
+}
+
+fn extension_value(name: &str, value: serde_json::Value) -> Result<ExtensionValue> {
+    match value {
+        serde_json::Value::String(s) => Ok(ExtensionValue::String(s)),
+        serde_json::Value::Bool(b) => Ok(ExtensionValue::Bool(b)),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .and_then(|i| i32::try_from(i).ok())
+            .map(ExtensionValue::Integer)
+            .ok_or_else(|| Error::decode(format!("extension {name:?}: {n} is not a 32-bit integer"))),
+        other => Err(Error::decode(format!(
+            "extension {name:?} must be a string, boolean or integer, not {}",
+            json_kind(&other)
+        ))),
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+        _ => "a scalar",
+    }
+}
+
+/// The attributes of a structured event, borrowed from the body where the
+/// JSON has no escapes, and `data` left unparsed.
+struct Parsed<'a> {
+    specversion: Option<Cow<'a, str>>,
+    id: Option<Cow<'a, str>>,
+    source: Option<Cow<'a, str>>,
+    ce_type: Option<Cow<'a, str>>,
+    time: Option<Cow<'a, str>>,
+    subject: Option<Cow<'a, str>>,
+    datacontenttype: Option<Cow<'a, str>>,
+    dataschema: Option<Cow<'a, str>>,
+    data: Option<&'a RawValue>,
+    data_base64: Option<Cow<'a, str>>,
+    extensions: Vec<(String, serde_json::Value)>,
+}
+
+/// A string borrowed from the input when possible.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> std::result::Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for Parsed<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Parsed<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a CloudEvents JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+                let mut p = Parsed {
+                    specversion: None,
+                    id: None,
+                    source: None,
+                    ce_type: None,
+                    time: None,
+                    subject: None,
+                    datacontenttype: None,
+                    dataschema: None,
+                    data: None,
+                    data_base64: None,
+                    extensions: Vec::new(),
+                };
+                while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
+                    let slot = match &*key {
+                        "specversion" => &mut p.specversion,
+                        "id" => &mut p.id,
+                        "source" => &mut p.source,
+                        "type" => &mut p.ce_type,
+                        "time" => &mut p.time,
+                        "subject" => &mut p.subject,
+                        "datacontenttype" => &mut p.datacontenttype,
+                        "dataschema" => &mut p.dataschema,
+                        "data_base64" => &mut p.data_base64,
+                        "data" => {
+                            if p.data.is_some() {
+                                return Err(de::Error::duplicate_field("data"));
+                            }
+                            p.data = Some(map.next_value()?);
+                            continue;
+                        }
+                        _ => {
+                            let value = map.next_value()?;
+                            p.extensions.push((key.into_owned(), value));
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(de::Error::custom(format!("duplicate attribute `{key}`")));
+                    }
+                    // JSON format: a null attribute is treated as absent.
+                    *slot = map.next_value::<Option<Text<'de>>>()?.map(|t| t.0);
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}

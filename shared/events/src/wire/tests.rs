@@ -1,0 +1,270 @@
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::*;
+use crate::envelope::{ExtensionValue, TraceContext};
+use crate::transport::Headers;
+use crate::ErrorKind;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Placed {
+    order_id: String,
+    total_cents: u64,
+}
+impl EventPayload for Placed {
+    const TYPE: &'static str = "orders.placed";
+    const VERSION: u32 = 2;
+}
+
+const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn full_event() -> Event<Placed> {
+    let mut e = Event::new("orders-svc", Placed { order_id: "o-1".into(), total_cents: 995 })
+        .with_subject("o-1 \"special\" € 😀")
+        .with_correlation_id("corr-1")
+        .with_trace(TraceContext::new(TP).unwrap().with_tracestate("vendor=x"))
+        .with_extension("tenant", "acme")
+        .unwrap()
+        .with_extension("priority", 3)
+        .unwrap()
+        .with_extension("urgent", true)
+        .unwrap();
+    e.metadata.set_causation_id(Some("cause-1".into()));
+    e.metadata.set_data_schema(Some("https://schemas.example.com/orders/placed/2".into()));
+    e
+}
+
+fn decode_typed(message: &Message) -> Result<Decoded<Placed>> {
+    decode(message)?.into_event::<Placed>(&Upcasters::new(), VersionPolicy::Reject)
+}
+
+#[test]
+fn structured_mode_writes_the_cloudevents_json_format() {
+    let e = full_event();
+    let m = Codec::default().encode(&e, ContentMode::Structured).unwrap();
+    assert_eq!(m.subject.as_str(), "events.orders.placed");
+    assert_eq!(m.headers.get("content-type"), Some(STRUCTURED_CONTENT_TYPE));
+    assert_eq!(m.headers.len(), 1);
+    assert_eq!(m.dedup_id.as_deref(), Some(e.metadata.id()));
+    let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+    assert_eq!(body["specversion"], "1.0");
+    assert_eq!(body["id"], e.metadata.id());
+    assert_eq!(body["source"], "orders-svc");
+    assert_eq!(body["type"], "orders.placed.v2");
+    assert_eq!(body["subject"], "o-1 \"special\" € 😀");
+    assert_eq!(body["datacontenttype"], "application/json");
+    assert_eq!(body["correlationid"], "corr-1");
+    assert_eq!(body["causationid"], "cause-1");
+    assert_eq!(body["traceparent"], TP);
+    assert_eq!(body["tracestate"], "vendor=x");
+    assert_eq!(body["tenant"], "acme");
+    assert_eq!(body["priority"], 3);
+    assert_eq!(body["urgent"], true);
+    assert_eq!(body["data"], json!({"order_id": "o-1", "total_cents": 995}));
+    let time = body["time"].as_str().unwrap();
+    assert!(time.ends_with('Z'), "{time}");
+    assert_eq!(parse_time(time).unwrap(), e.metadata.time().unwrap());
+}
+
+#[test]
+fn binary_mode_writes_percent_encoded_ce_headers_and_the_bare_payload() {
+    let e = full_event();
+    let m = Codec::default().encode(&e, ContentMode::Binary).unwrap();
+    let h = &m.headers;
+    assert_eq!(h.get("ce-specversion"), Some("1.0"));
+    assert_eq!(h.get("ce-id"), Some(e.metadata.id()));
+    assert_eq!(h.get("ce-type"), Some("orders.placed.v2"));
+    assert_eq!(h.get("ce-source"), Some("orders-svc"));
+    assert_eq!(h.get("ce-subject"), Some("o-1%20%22special%22%20%E2%82%AC%20%F0%9F%98%80"));
+    assert_eq!(h.get("ce-datacontenttype"), Some("application/json"));
+    assert_eq!(h.get("content-type"), Some("application/json"));
+    assert_eq!(h.get("ce-correlationid"), Some("corr-1"));
+    assert_eq!(h.get("ce-traceparent"), Some(TP));
+    assert_eq!(h.get("ce-tracestate"), Some("vendor=x"));
+    assert_eq!(h.get("ce-tenant"), Some("acme"));
+    assert_eq!(h.get("ce-priority"), Some("3"));
+    assert_eq!(h.get("ce-dataschema"), Some("https://schemas.example.com/orders/placed/2"));
+    for (name, value) in h.iter() {
+        assert_eq!(name, name.to_lowercase(), "header names are lowercase");
+        assert!(value.bytes().all(|b| (0x21..=0x7e).contains(&b)), "{name}: {value}");
+    }
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap(),
+        json!({"order_id": "o-1", "total_cents": 995})
+    );
+}
+
+#[test]
+fn both_modes_round_trip_every_attribute() {
+    let e = full_event();
+    for mode in [ContentMode::Structured, ContentMode::Binary] {
+        let m = Codec::default().encode(&e, mode).unwrap();
+        let d = decode_typed(&m).unwrap();
+        assert_eq!(d.wire_version, 2);
+        let mut expected = e.clone();
+        if mode == ContentMode::Binary {
+            // Binary mode carries every extension as a string.
+            let ext = expected.metadata.extensions_mut();
+            ext.insert("priority", "3").unwrap();
+            ext.insert("urgent", "true").unwrap();
+        }
+        assert_eq!(d.event, expected, "{mode:?}");
+    }
+}
+
+#[test]
+fn decoding_detects_the_mode_from_headers_case_insensitively() {
+    let e = full_event();
+    let mut m = Codec::default().encode(&e, ContentMode::Structured).unwrap();
+    m.headers = Headers::new();
+    m.headers.append("CONTENT-TYPE", "Application/CloudEvents+JSON; charset=utf-8").unwrap();
+    assert_eq!(decode_typed(&m).unwrap().event.metadata.id(), e.metadata.id());
+    m.headers = Headers::new();
+    assert_eq!(decode_typed(&m).unwrap().event.metadata.id(), e.metadata.id(), "no headers: structured JSON is tried");
+
+    let b = Codec::default().encode(&e, ContentMode::Binary).unwrap();
+    let mut upper = Headers::new();
+    for (n, v) in b.headers.iter() {
+        upper.append(n.to_uppercase(), v).unwrap();
+    }
+    let m = Message { headers: upper, ..b };
+    assert_eq!(decode_typed(&m).unwrap().event.metadata.subject(), e.metadata.subject());
+}
+
+#[test]
+fn a_binary_event_without_ce_datacontenttype_falls_back_to_content_type() {
+    let e = full_event();
+    let mut m = Codec::default().encode(&e, ContentMode::Binary).unwrap();
+    m.headers.remove("ce-datacontenttype");
+    let d = decode_typed(&m).unwrap();
+    assert_eq!(d.event.metadata.data_content_type(), Some("application/json"));
+}
+
+#[test]
+fn foreign_structured_events_are_read_tolerantly() {
+    // As the Python SDK writes it: offset time, no version suffix, an
+    // unknown extension, attribute order of its own.
+    let body = json!({
+        "data": {"order_id": "py-1", "total_cents": 1, "added_later": [1, 2]},
+        "type": "orders.placed",
+        "source": "/python/orders",
+        "id": "A234-1234-1234",
+        "specversion": "1.0",
+        "time": "2024-05-01T12:00:00.123456+02:00",
+        "subject": null,
+        "region": "eu"
+    });
+    let m = Message::new(Subject::parse("events.orders.placed").unwrap(), serde_json::to_vec(&body).unwrap());
+    let raw = decode(&m).unwrap();
+    assert_eq!(raw.metadata.version(), 1, "no suffix means version 1");
+    assert_eq!(raw.metadata.time().unwrap().to_rfc3339(), "2024-05-01T10:00:00.123456+00:00");
+    assert_eq!(raw.metadata.subject(), None);
+    assert_eq!(raw.metadata.extensions().get("region"), Some(&ExtensionValue::String("eu".into())));
+    // Version 1 is older than the type's version 2 and no upcaster is set.
+    let err = raw.into_event::<Placed>(&Upcasters::new(), VersionPolicy::Reject).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::MissingUpcaster);
+}
+
+#[test]
+fn data_base64_and_text_data_are_decoded_to_bytes() {
+    let body = json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t.x",
+        "datacontenttype": "application/octet-stream", "data_base64": "AAEC/w=="});
+    let m = Message::new(Subject::parse("events.t.x").unwrap(), serde_json::to_vec(&body).unwrap());
+    let raw = decode(&m).unwrap();
+    assert_eq!(raw.data.as_deref(), Some(&[0u8, 1, 2, 255][..]));
+    assert!(!raw.data_is_json());
+
+    let body = json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t.x",
+        "datacontenttype": "text/plain", "data": "hello \"world\""});
+    let m = Message::new(Subject::parse("events.t.x").unwrap(), serde_json::to_vec(&body).unwrap());
+    assert_eq!(decode(&m).unwrap().data.as_deref(), Some(&b"hello \"world\""[..]));
+}
+
+#[test]
+fn raw_events_re_encode_in_both_modes() {
+    let e = full_event();
+    let m = Codec::default().encode(&e, ContentMode::Structured).unwrap();
+    let raw = decode(&m).unwrap();
+    for mode in [ContentMode::Structured, ContentMode::Binary] {
+        let again = Codec::default().encode_raw(&raw, mode).unwrap();
+        assert_eq!(decode(&again).unwrap().data_json().unwrap(), raw.data_json().unwrap());
+        assert_eq!(decode(&again).unwrap().metadata.id(), raw.metadata.id());
+    }
+    let body = json!({"specversion": "1.0", "id": "b-1", "source": "s", "type": "blobs.stored.v1",
+        "datacontenttype": "application/octet-stream", "data_base64": "AJ+Slg=="});
+    let binary = decode(&Message::new(Subject::parse("x").unwrap(), serde_json::to_vec(&body).unwrap())).unwrap();
+    assert_eq!(binary.data.as_deref(), Some(&[0u8, 159, 146, 150][..]));
+    let m = Codec::default().encode_raw(&binary, ContentMode::Structured).unwrap();
+    assert_eq!(decode(&m).unwrap().data.as_deref(), Some(&[0u8, 159, 146, 150][..]));
+}
+
+#[test]
+fn upcasting_and_version_policy_apply_on_decode() {
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct PlacedV1 {
+        order_id: String,
+        amount: f64,
+    }
+    impl EventPayload for PlacedV1 {
+        const TYPE: &'static str = "orders.placed";
+    }
+    let old = Event::new("orders", PlacedV1 { order_id: "o".into(), amount: 9.95 });
+    let m = Codec::default().encode(&old, ContentMode::Binary).unwrap();
+    let upcasters = Upcasters::new().register("orders.placed", 1, |mut v: serde_json::Value| {
+        let euros = v["amount"].as_f64().ok_or("amount missing")?;
+        v["total_cents"] = json!((euros * 100.0).round() as u64);
+        Ok::<_, crate::BoxError>(v)
+    });
+    let d = decode(&m).unwrap().into_event::<Placed>(&upcasters, VersionPolicy::Reject).unwrap();
+    assert_eq!(d.event.payload, Placed { order_id: "o".into(), total_cents: 995 });
+    assert_eq!(d.wire_version, 1);
+    assert_eq!(d.event.metadata.version(), 2);
+
+    // A v2 event read by a v1 consumer: rejected by default, tolerated on request.
+    let new = Codec::default().encode(&full_event(), ContentMode::Structured).unwrap();
+    let err = decode(&new).unwrap().into_event::<PlacedV1>(&upcasters, VersionPolicy::Reject).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnsupportedVersion);
+    let err = decode(&new).unwrap().into_event::<PlacedV1>(&upcasters, VersionPolicy::Tolerant).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "tolerant still fails when the shape changed");
+}
+
+#[test]
+fn a_different_type_is_a_decode_error() {
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Other {}
+    impl EventPayload for Other {
+        const TYPE: &'static str = "orders.cancelled";
+    }
+    let m = Codec::default().encode(&full_event(), ContentMode::Structured).unwrap();
+    let err = decode(&m).unwrap().into_event::<Other>(&Upcasters::new(), VersionPolicy::Reject).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode);
+    assert!(err.detail().contains("orders.cancelled"), "{err}");
+}
+
+#[test]
+fn versioned_type_names_split_at_a_valid_suffix_only() {
+    assert_eq!(split_versioned_type("a.b.v3"), ("a.b", 3));
+    assert_eq!(split_versioned_type("a.b"), ("a.b", 1));
+    assert_eq!(split_versioned_type("a.v0"), ("a.v0", 1));
+    assert_eq!(split_versioned_type(".v2"), (".v2", 1));
+    assert_eq!(split_versioned_type("v2"), ("v2", 1));
+}
+
+#[test]
+fn json_content_types_are_recognised() {
+    for ct in ["application/json", "Application/JSON; charset=utf-8", "text/json", "application/vnd.x+json"] {
+        assert!(is_json_content_type(ct), "{ct}");
+    }
+    for ct in ["text/plain", "application/octet-stream", "json", "application/jsonx"] {
+        assert!(!is_json_content_type(ct), "{ct}");
+    }
+}
+
+#[test]
+fn codec_prefixes_are_validated() {
+    assert!(Codec::new("acme.events").is_ok());
+    for bad in ["", "a..b", "a.*", "a b", "a.>"] {
+        assert_eq!(Codec::new(bad).unwrap_err().kind(), ErrorKind::InvalidInput, "{bad:?}");
+    }
+    assert_eq!(Codec::new("acme.events").unwrap().all_events().as_str(), "acme.events.>");
+}
