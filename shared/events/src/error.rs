@@ -172,7 +172,8 @@ mod tests {
     #[test]
     fn display_does_not_repeat_the_source() {
         let cause = std::io::Error::other("socket closed by peer");
-        let err = Error::new(ErrorKind::Unavailable, "publish to `events.a` failed").with_source(cause);
+        let err =
+            Error::new(ErrorKind::Unavailable, "publish to `events.a` failed").with_source(cause);
         assert_eq!(
             err.to_string(),
             "broker unavailable: publish to `events.a` failed"

@@ -68,13 +68,15 @@ impl Upcasters {
         E: Into<BoxError>,
     {
         let step = move |v: Value| step(v).map_err(Into::into);
-        self.steps.insert((event_type.to_owned(), from_version), Arc::new(step));
+        self.steps
+            .insert((event_type.to_owned(), from_version), Arc::new(step));
         self
     }
 
     /// Whether a step from `from_version` is registered for `event_type`.
     pub fn has_step(&self, event_type: &str, from_version: u32) -> bool {
-        self.steps.contains_key(&(event_type.to_owned(), from_version))
+        self.steps
+            .contains_key(&(event_type.to_owned(), from_version))
     }
 
     /// Runs the chain `from` -> `from + 1` -> ... -> `to`.
@@ -88,13 +90,19 @@ impl Upcasters {
             let step = self.steps.get(&key).ok_or_else(|| {
                 Error::new(
                     ErrorKind::MissingUpcaster,
-                    format!("no upcaster for {event_type} from v{version} to v{}", version + 1),
+                    format!(
+                        "no upcaster for {event_type} from v{version} to v{}",
+                        version + 1
+                    ),
                 )
             })?;
             value = step(value).map_err(|e| {
                 Error::new(
                     ErrorKind::MissingUpcaster,
-                    format!("upcaster for {event_type} from v{version} to v{} failed", version + 1),
+                    format!(
+                        "upcaster for {event_type} from v{version} to v{} failed",
+                        version + 1
+                    ),
                 )
                 .with_source(e)
             })?;
@@ -106,7 +114,11 @@ impl Upcasters {
 
 impl fmt::Debug for Upcasters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut steps: Vec<_> = self.steps.keys().map(|(t, v)| format!("{t} v{v}->v{}", v + 1)).collect();
+        let mut steps: Vec<_> = self
+            .steps
+            .keys()
+            .map(|(t, v)| format!("{t} v{v}->v{}", v + 1))
+            .collect();
         steps.sort();
         f.debug_struct("Upcasters").field("steps", &steps).finish()
     }
@@ -153,11 +165,17 @@ mod tests {
         let u = Upcasters::new().register("a.b", 1, |_v: Value| Err::<Value, _>("field gone"));
         let err = u.upcast("a.b", 1, 2, json!({})).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::MissingUpcaster);
-        assert_eq!(std::error::Error::source(&err).unwrap().to_string(), "field gone");
+        assert_eq!(
+            std::error::Error::source(&err).unwrap().to_string(),
+            "field gone"
+        );
     }
 
     #[test]
     fn debug_lists_the_steps() {
-        assert_eq!(format!("{:?}", chain()), r#"Upcasters { steps: ["a.b v1->v2", "a.b v2->v3"] }"#);
+        assert_eq!(
+            format!("{:?}", chain()),
+            r#"Upcasters { steps: ["a.b v1->v2", "a.b v2->v3"] }"#
+        );
     }
 }

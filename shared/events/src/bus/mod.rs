@@ -114,7 +114,11 @@ impl Bus {
     }
 
     /// Publishes an event in the given content mode.
-    pub async fn publish_with<T: EventPayload>(&self, event: &Event<T>, mode: ContentMode) -> Result<()> {
+    pub async fn publish_with<T: EventPayload>(
+        &self,
+        event: &Event<T>,
+        mode: ContentMode,
+    ) -> Result<()> {
         let message = self.encode(event, mode)?;
         let span = tracing::debug_span!(
             "events.publish",
@@ -140,15 +144,28 @@ impl Bus {
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        let span = tracing::debug_span!("events.publish_all", event.r#type = T::TYPE, count = messages.len());
-        let mut sent = self.inner.transport.publish_batch(messages).instrument(span).await.into_iter();
+        let span = tracing::debug_span!(
+            "events.publish_all",
+            event.r#type = T::TYPE,
+            count = messages.len()
+        );
+        let mut sent = self
+            .inner
+            .transport
+            .publish_batch(messages)
+            .instrument(span)
+            .await
+            .into_iter();
         results
             .into_iter()
             .map(|r| match r {
                 Some(err) => err,
-                None => sent
-                    .next()
-                    .unwrap_or_else(|| Err(Error::new(ErrorKind::Backend, "transport returned too few results"))),
+                None => sent.next().unwrap_or_else(|| {
+                    Err(Error::new(
+                        ErrorKind::Backend,
+                        "transport returned too few results",
+                    ))
+                }),
             })
             .collect()
     }
@@ -356,7 +373,8 @@ impl<T> Subscribe<T> {
     /// a durable backend).
     pub fn durable(self, name: impl Into<String>) -> Self {
         let name = name.into();
-        self.map_options(|o| o.durable_name(name)).require(Capability::Durable)
+        self.map_options(|o| o.durable_name(name))
+            .require(Capability::Durable)
     }
 
     /// Stops redelivering an event after this many attempts.
@@ -397,9 +415,15 @@ impl<T: EventPayload> IntoFuture for Subscribe<T> {
         Box::pin(async move {
             let options = self.options?;
             let transport = &self.bus.inner.transport;
-            transport.capabilities().require(transport.name(), &self.required)?;
+            transport
+                .capabilities()
+                .require(transport.name(), &self.required)?;
             let subscription = transport.subscribe(options).await?;
-            Ok(Subscriber::new(subscription, self.bus.inner.clone(), self.version_policy))
+            Ok(Subscriber::new(
+                subscription,
+                self.bus.inner.clone(),
+                self.version_policy,
+            ))
         })
     }
 }

@@ -29,7 +29,11 @@ pub struct Subscriber<T> {
 }
 
 impl<T: EventPayload> Subscriber<T> {
-    pub(super) fn new(subscription: Subscription, bus: Arc<Inner>, version_policy: VersionPolicy) -> Self {
+    pub(super) fn new(
+        subscription: Subscription,
+        bus: Arc<Inner>,
+        version_policy: VersionPolicy,
+    ) -> Self {
         Subscriber {
             subscription,
             bus,
@@ -84,7 +88,9 @@ impl<T: EventPayload> Stream for Subscriber<T> {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match Pin::new(&mut self.subscription).poll_next(cx) {
             Poll::Ready(Some(Ok(delivery))) => Poll::Ready(Some(self.decode(delivery))),
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(DeliveryError { error, raw: None }))),
+            Poll::Ready(Some(Err(error))) => {
+                Poll::Ready(Some(Err(DeliveryError { error, raw: None })))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -196,7 +202,12 @@ impl DeliveryError {
 impl fmt::Display for DeliveryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.raw {
-            Some(raw) => write!(f, "delivery on `{}` failed: {}", raw.message().subject, self.error),
+            Some(raw) => write!(
+                f,
+                "delivery on `{}` failed: {}",
+                raw.message().subject,
+                self.error
+            ),
             None => write!(f, "subscription failed: {}", self.error),
         }
     }
@@ -231,14 +242,21 @@ impl Stream for RawSubscriber {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match Pin::new(&mut self.subscription).poll_next(cx) {
-            Poll::Ready(Some(Ok(delivery))) => Poll::Ready(Some(match wire::decode(delivery.message()) {
-                Ok(event) => Ok(RawDelivery { event, inner: delivery }),
-                Err(error) => Err(DeliveryError {
-                    error,
-                    raw: Some(delivery),
-                }),
-            })),
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(DeliveryError { error, raw: None }))),
+            Poll::Ready(Some(Ok(delivery))) => {
+                Poll::Ready(Some(match wire::decode(delivery.message()) {
+                    Ok(event) => Ok(RawDelivery {
+                        event,
+                        inner: delivery,
+                    }),
+                    Err(error) => Err(DeliveryError {
+                        error,
+                        raw: Some(delivery),
+                    }),
+                }))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                Poll::Ready(Some(Err(DeliveryError { error, raw: None })))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -272,7 +290,11 @@ impl RawDelivery {
     }
     /// Decodes the payload as `T`; on failure the raw delivery comes back
     /// inside the error.
-    pub fn decode<T: EventPayload>(self, upcasters: &Upcasters, policy: VersionPolicy) -> Result<Delivery<T>, DeliveryError> {
+    pub fn decode<T: EventPayload>(
+        self,
+        upcasters: &Upcasters,
+        policy: VersionPolicy,
+    ) -> Result<Delivery<T>, DeliveryError> {
         match self.event.into_event::<T>(upcasters, policy) {
             Ok(decoded) => Ok(Delivery {
                 event: decoded.event,

@@ -9,7 +9,10 @@ use uuid::Uuid;
 /// why ids are kept as strings rather than as [`Uuid`].
 pub fn new_event_id() -> String {
     let mut buf = Uuid::encode_buffer();
-    Uuid::now_v7().hyphenated().encode_lower(&mut buf).to_owned()
+    Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
 #[cfg(test)]

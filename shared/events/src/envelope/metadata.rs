@@ -27,15 +27,31 @@ pub struct EventMetadata {
     time: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     subject: Option<String>,
-    #[serde(default, rename = "correlationid", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "correlationid",
+        skip_serializing_if = "Option::is_none"
+    )]
     correlation_id: Option<String>,
-    #[serde(default, rename = "causationid", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "causationid",
+        skip_serializing_if = "Option::is_none"
+    )]
     causation_id: Option<String>,
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     trace: Option<TraceContext>,
-    #[serde(default, rename = "datacontenttype", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "datacontenttype",
+        skip_serializing_if = "Option::is_none"
+    )]
     data_content_type: Option<String>,
-    #[serde(default, rename = "dataschema", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "dataschema",
+        skip_serializing_if = "Option::is_none"
+    )]
     data_schema: Option<String>,
     #[serde(default, skip_serializing_if = "Extensions::is_empty")]
     extensions: Extensions,
@@ -46,7 +62,11 @@ impl EventMetadata {
     ///
     /// `event_type` is the versionless type name. It is validated when the
     /// event is encoded (and by [`validate`](Self::validate)).
-    pub fn new(event_type: impl Into<Cow<'static, str>>, version: u32, source: impl Into<String>) -> Self {
+    pub fn new(
+        event_type: impl Into<Cow<'static, str>>,
+        version: u32,
+        source: impl Into<String>,
+    ) -> Self {
         EventMetadata {
             id: super::new_event_id(),
             event_type: event_type.into(),
@@ -159,7 +179,12 @@ impl EventMetadata {
     /// correlation (or starts one at the cause's id), records the cause's id
     /// as causation id, and continues the cause's trace if it has none yet.
     pub fn set_caused_by(&mut self, cause: &EventMetadata) {
-        self.correlation_id = Some(cause.correlation_id.clone().unwrap_or_else(|| cause.id.clone()));
+        self.correlation_id = Some(
+            cause
+                .correlation_id
+                .clone()
+                .unwrap_or_else(|| cause.id.clone()),
+        );
         self.causation_id = Some(cause.id.clone());
         if self.trace.is_none() {
             self.trace = cause.trace.clone();
@@ -280,7 +305,10 @@ impl TraceContext {
 
     pub(crate) fn check_traceparent(value: &str) -> Result<()> {
         let b = value.as_bytes();
-        let hex = |r: std::ops::Range<usize>| b[r].iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+        let hex = |r: std::ops::Range<usize>| {
+            b[r].iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        };
         // Later versions may append fields after the flags, separated by '-'.
         let valid = b.len() >= 55
             && (b.len() == 55 || b[55] == b'-')
@@ -297,7 +325,9 @@ impl TraceContext {
         if valid {
             Ok(())
         } else {
-            Err(Error::invalid(format!("{value:?} is not a valid W3C traceparent")))
+            Err(Error::invalid(format!(
+                "{value:?} is not a valid W3C traceparent"
+            )))
         }
     }
 }
@@ -355,7 +385,11 @@ pub struct Extensions(BTreeMap<String, ExtensionValue>);
 impl Extensions {
     /// Adds or replaces an extension; the name must be `[a-z0-9]{1,20}` and
     /// not a reserved attribute name.
-    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<ExtensionValue>) -> Result<()> {
+    pub fn insert(
+        &mut self,
+        name: impl Into<String>,
+        value: impl Into<ExtensionValue>,
+    ) -> Result<()> {
         let name = name.into();
         validate_extension_name(&name)?;
         self.0.insert(name, value.into());
@@ -418,14 +452,21 @@ mod tests {
 
         let mut third = EventMetadata::new("billing.charged", 1, "billing");
         third.set_caused_by(&second);
-        assert_eq!(third.correlation_id(), Some(first.id()), "correlation is inherited");
+        assert_eq!(
+            third.correlation_id(),
+            Some(first.id()),
+            "correlation is inherited"
+        );
         assert_eq!(third.causation_id(), Some(second.id()));
     }
 
     #[test]
     fn traceparent_validation_follows_w3c() {
         assert!(TraceContext::new(TP).is_ok());
-        assert!(TraceContext::new(format!("{TP}-extra")).is_ok(), "future versions may append");
+        assert!(
+            TraceContext::new(format!("{TP}-extra")).is_ok(),
+            "future versions may append"
+        );
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
@@ -438,13 +479,19 @@ mod tests {
         ] {
             assert!(TraceContext::new(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(TraceContext::new(TP).unwrap().trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            TraceContext::new(TP).unwrap().trace_id(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
     }
 
     #[test]
     fn validate_rejects_empty_required_attributes() {
         let mut m = EventMetadata::new("orders.placed", 1, "");
-        assert_eq!(m.validate().unwrap_err().kind(), crate::ErrorKind::InvalidInput);
+        assert_eq!(
+            m.validate().unwrap_err().kind(),
+            crate::ErrorKind::InvalidInput
+        );
         m = EventMetadata::new("Orders", 1, "orders");
         assert!(m.validate().is_err());
         m = EventMetadata::new("orders.placed", 0, "orders");

@@ -93,7 +93,11 @@ impl<T: EventPayload> Event<T> {
 
     /// Adds an extension attribute; fails if the name is not
     /// `[a-z0-9]{1,20}` or is reserved.
-    pub fn with_extension(mut self, name: impl Into<String>, value: impl Into<ExtensionValue>) -> Result<Self> {
+    pub fn with_extension(
+        mut self,
+        name: impl Into<String>,
+        value: impl Into<ExtensionValue>,
+    ) -> Result<Self> {
         self.metadata.extensions_mut().insert(name, value)?;
         Ok(self)
     }
@@ -126,7 +130,12 @@ mod tests {
 
     #[test]
     fn new_takes_type_and_version_from_the_payload_type() {
-        let e = Event::new("orders", Placed { order_id: "o".into() });
+        let e = Event::new(
+            "orders",
+            Placed {
+                order_id: "o".into(),
+            },
+        );
         assert_eq!(e.metadata.event_type(), "orders.placed");
         assert_eq!(e.metadata.version(), 3);
         assert_eq!(e.metadata.source(), "orders");
@@ -134,8 +143,20 @@ mod tests {
 
     #[test]
     fn caused_by_carries_correlation_and_causation() {
-        let cause = Event::new("orders", Placed { order_id: "o".into() }).with_correlation_id("corr");
-        let reaction = Event::caused_by("inventory", &cause.metadata, Placed { order_id: "o".into() });
+        let cause = Event::new(
+            "orders",
+            Placed {
+                order_id: "o".into(),
+            },
+        )
+        .with_correlation_id("corr");
+        let reaction = Event::caused_by(
+            "inventory",
+            &cause.metadata,
+            Placed {
+                order_id: "o".into(),
+            },
+        );
         assert_eq!(reaction.metadata.correlation_id(), Some("corr"));
         assert_eq!(reaction.metadata.causation_id(), Some(cause.metadata.id()));
         assert_ne!(reaction.metadata.id(), cause.metadata.id());
@@ -143,10 +164,15 @@ mod tests {
 
     #[test]
     fn events_round_trip_through_serde() {
-        let e = Event::new("orders", Placed { order_id: "o-9".into() })
-            .with_subject("o-9")
-            .with_extension("tenant", "acme")
-            .unwrap();
+        let e = Event::new(
+            "orders",
+            Placed {
+                order_id: "o-9".into(),
+            },
+        )
+        .with_subject("o-9")
+        .with_extension("tenant", "acme")
+        .unwrap();
         let json = serde_json::to_string(&e).unwrap();
         let back: Event<Placed> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, e);
@@ -154,7 +180,12 @@ mod tests {
 
     #[test]
     fn with_extension_rejects_invalid_names() {
-        let e = Event::new("orders", Placed { order_id: "o".into() });
+        let e = Event::new(
+            "orders",
+            Placed {
+                order_id: "o".into(),
+            },
+        );
         assert!(e.with_extension("Bad Name", "x").is_err());
     }
 }

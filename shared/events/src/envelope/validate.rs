@@ -83,7 +83,9 @@ pub(crate) fn parse_version_token(token: &str) -> Option<u32> {
 pub fn validate_extension_name(name: &str) -> Result<()> {
     let valid = !name.is_empty()
         && name.len() <= MAX_EXTENSION_NAME_LEN
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if !valid {
         return Err(Error::invalid(format!(
             "extension name {name:?} must match [a-z0-9]{{1,{MAX_EXTENSION_NAME_LEN}}}"
@@ -101,7 +103,10 @@ pub fn validate_extension_name(name: &str) -> Result<()> {
 /// `[a-z0-9]+` of any length (the 20-character limit is only a
 /// recommendation, so other producers may exceed it).
 pub(crate) fn is_attribute_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// Checks one NATS subject token taken from user data: `[A-Za-z0-9_-]+`, at
@@ -139,7 +144,14 @@ mod tests {
 
     #[test]
     fn type_names_accept_dotted_lowercase_tokens() {
-        for ok in ["a", "orders.order_placed", "billing.invoice-paid.2024", "x.v0", "x.v01", "v2x"] {
+        for ok in [
+            "a",
+            "orders.order_placed",
+            "billing.invoice-paid.2024",
+            "x.v0",
+            "x.v01",
+            "v2x",
+        ] {
             assert!(validate_type_name(ok).is_ok(), "{ok}");
         }
     }
@@ -148,8 +160,18 @@ mod tests {
     fn type_names_reject_case_wildcards_empty_tokens_and_version_suffixes() {
         let too_long = "a".repeat(MAX_TYPE_LEN + 1);
         for bad in [
-            "", "Orders.placed", "orders..placed", ".orders", "orders.", "orders.*", "orders.>",
-            "orders placed", "orders.placed.v2", "v1", "orders/placed", too_long.as_str(),
+            "",
+            "Orders.placed",
+            "orders..placed",
+            ".orders",
+            "orders.",
+            "orders.*",
+            "orders.>",
+            "orders placed",
+            "orders.placed.v2",
+            "v1",
+            "orders/placed",
+            too_long.as_str(),
         ] {
             assert!(validate_type_name(bad).is_err(), "{bad:?}");
         }
@@ -168,7 +190,16 @@ mod tests {
     fn extension_names_follow_the_cloudevents_rules() {
         assert!(validate_extension_name("tenant").is_ok());
         assert!(validate_extension_name("a1").is_ok());
-        for bad in ["", "Tenant", "ten_ant", "ten-ant", "abcdefghijklmnopqrstu", "data", "id", "traceparent"] {
+        for bad in [
+            "",
+            "Tenant",
+            "ten_ant",
+            "ten-ant",
+            "abcdefghijklmnopqrstu",
+            "data",
+            "id",
+            "traceparent",
+        ] {
             assert!(validate_extension_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -147,7 +147,9 @@ mod tests {
         let mut caps = Capabilities::none();
         caps.redelivery = true;
         assert!(caps.require("x", &[Capability::Redelivery]).is_ok());
-        let err = caps.require("memory", &[Capability::Redelivery, Capability::Durable]).unwrap_err();
+        let err = caps
+            .require("memory", &[Capability::Redelivery, Capability::Durable])
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
         assert_eq!(
             err.to_string(),

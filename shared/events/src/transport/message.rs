@@ -94,7 +94,11 @@ impl SubjectPattern {
             match token {
                 "*" => {}
                 ">" if tokens.peek().is_none() => {}
-                ">" => return Err(Error::invalid(format!("pattern {pattern:?}: `>` must be the last token"))),
+                ">" => {
+                    return Err(Error::invalid(format!(
+                        "pattern {pattern:?}: `>` must be the last token"
+                    )))
+                }
                 other => validate_subject_token(other)
                     .map_err(|e| Error::invalid(format!("pattern {pattern:?}: {}", e.detail())))?,
             }
@@ -164,7 +168,11 @@ impl Headers {
     }
 
     /// Appends a header after checking name and value.
-    pub fn append(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) -> Result<()> {
+    pub fn append(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<String>,
+    ) -> Result<()> {
         let name = name.into();
         let value = value.into();
         check_header_name(&name)?;
@@ -174,7 +182,11 @@ impl Headers {
     }
 
     /// Sets a header, replacing any value of the same name.
-    pub fn insert(&mut self, name: impl Into<Cow<'static, str>>, value: impl Into<String>) -> Result<()> {
+    pub fn insert(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<String>,
+    ) -> Result<()> {
         let name = name.into();
         self.remove(&name);
         self.append(name, value)
@@ -184,7 +196,9 @@ impl Headers {
     /// encoded values, static names).
     pub(crate) fn push_trusted(&mut self, name: impl Into<Cow<'static, str>>, value: String) {
         let name = name.into();
-        debug_assert!(check_header_name(&name).is_ok() && check_header_value(&name, &value).is_ok());
+        debug_assert!(
+            check_header_name(&name).is_ok() && check_header_value(&name, &value).is_ok()
+        );
         self.0.push((name, value));
     }
 
@@ -223,7 +237,12 @@ impl Headers {
         if self.0.is_empty() {
             return 0;
         }
-        10 + self.0.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>() + 2
+        10 + self
+            .0
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum::<usize>()
+            + 2
     }
 }
 

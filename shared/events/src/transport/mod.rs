@@ -182,7 +182,11 @@ pub trait Acker: Send + Sync + fmt::Debug + 'static {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
     /// The message was not handled: deliver it again, after `delay` if given.
     /// `message` is handed back for backends that redeliver it themselves.
-    fn nack(self: Box<Self>, message: Message, delay: Option<Duration>) -> BoxFuture<'static, Result<()>>;
+    fn nack(
+        self: Box<Self>,
+        message: Message,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<()>>;
     /// The message can never be handled: do not deliver it again.
     fn term(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
     /// Handling goes on: reset the redelivery timer.
@@ -230,7 +234,9 @@ impl Delivery {
 
     /// The message.
     pub fn message(&self) -> &Message {
-        self.message.as_ref().expect("message is present until settled")
+        self.message
+            .as_ref()
+            .expect("message is present until settled")
     }
 
     /// Attempt number and positions.
@@ -260,7 +266,10 @@ impl Delivery {
     pub async fn nack(mut self, delay: Option<Duration>) -> Result<()> {
         match self.acker.take() {
             Some(acker) => {
-                let message = self.message.take().expect("message is present until settled");
+                let message = self
+                    .message
+                    .take()
+                    .expect("message is present until settled");
                 acker.nack(message, delay).await
             }
             None => Err(Error::new(
@@ -348,7 +357,9 @@ mod tests {
     #[test]
     fn options_validate_group_and_durable_names() {
         let p = SubjectPattern::parse("a.b").unwrap();
-        assert!(SubscribeOptions::new(p.clone()).queue_group("workers").is_ok());
+        assert!(SubscribeOptions::new(p.clone())
+            .queue_group("workers")
+            .is_ok());
         assert!(SubscribeOptions::new(p.clone()).queue_group("a.b").is_err());
         assert!(SubscribeOptions::new(p).durable_name("").is_err());
     }
@@ -358,7 +369,13 @@ mod tests {
         let m = Message::new(Subject::parse("a").unwrap(), &b"x"[..]);
         let d = Delivery::unacknowledged(m.clone(), DeliveryInfo::attempt(1));
         assert!(!d.needs_ack());
-        assert_eq!(d.nack(None).await.unwrap_err().kind(), ErrorKind::Unsupported);
-        Delivery::unacknowledged(m, DeliveryInfo::attempt(1)).ack().await.unwrap();
+        assert_eq!(
+            d.nack(None).await.unwrap_err().kind(),
+            ErrorKind::Unsupported
+        );
+        Delivery::unacknowledged(m, DeliveryInfo::attempt(1))
+            .ack()
+            .await
+            .unwrap();
     }
 }

@@ -6,14 +6,24 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{apply_extension, format_time, metadata_from_attributes, percent, settle_tracestate, RawEvent, SPEC_VERSION};
+use super::{
+    apply_extension, format_time, metadata_from_attributes, percent, settle_tracestate, RawEvent,
+    SPEC_VERSION,
+};
 use crate::envelope::{EventMetadata, ExtensionValue};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{Headers, Message};
 
-pub(super) fn encode<T: Serialize>(metadata: &EventMetadata, payload: &T) -> Result<(Headers, Bytes)> {
+pub(super) fn encode<T: Serialize>(
+    metadata: &EventMetadata,
+    payload: &T,
+) -> Result<(Headers, Bytes)> {
     let body = serde_json::to_vec(payload).map_err(|e| {
-        Error::new(ErrorKind::Encode, format!("payload of {} does not serialize", metadata.event_type())).with_source(e)
+        Error::new(
+            ErrorKind::Encode,
+            format!("payload of {} does not serialize", metadata.event_type()),
+        )
+        .with_source(e)
     })?;
     Ok((headers(metadata), Bytes::from(body)))
 }
@@ -51,7 +61,10 @@ fn headers(m: &EventMetadata) -> Headers {
     // `content-type` is read by clients that know nothing of CloudEvents, so
     // it is sent as is, not percent-encoded; a value that could not travel
     // raw is left to `ce-datacontenttype`.
-    if let Some(ct) = m.data_content_type().filter(|ct| ct.bytes().all(|b| (0x20..0x7f).contains(&b))) {
+    if let Some(ct) = m
+        .data_content_type()
+        .filter(|ct| ct.bytes().all(|b| (0x20..0x7f).contains(&b)))
+    {
         h.push_trusted("content-type", ct.to_owned());
     }
     for (name, value) in m.extensions().iter() {
@@ -94,7 +107,9 @@ pub(super) fn decode(message: &Message) -> Result<RawEvent> {
             "datacontenttype" => &mut datacontenttype,
             "dataschema" => &mut dataschema,
             "data" | "data_base64" => {
-                return Err(Error::decode(format!("header {name:?} is not a valid attribute in binary mode")))
+                return Err(Error::decode(format!(
+                    "header {name:?} is not a valid attribute in binary mode"
+                )))
             }
             _ => {
                 if extensions.iter().any(|(n, _)| *n == attribute) {

@@ -92,7 +92,8 @@ impl Codec {
 
     /// The pattern matching every event under this prefix (`<prefix>.>`).
     pub fn all_events(&self) -> SubjectPattern {
-        SubjectPattern::parse(&format!("{}.>", self.prefix)).expect("a valid prefix makes a valid pattern")
+        SubjectPattern::parse(&format!("{}.>", self.prefix))
+            .expect("a valid prefix makes a valid pattern")
     }
 
     /// Encodes a typed event. Validates the metadata first; fails with
@@ -121,8 +122,12 @@ impl Codec {
         metadata.validate()?;
         let subject = self.subject_for(metadata.event_type())?;
         let (headers, payload) = match mode {
-            ContentMode::Structured => structured::encode_raw(metadata, event.data.as_ref(), event.data_is_json())?,
-            ContentMode::Binary => binary::encode_raw(metadata, event.data.clone().unwrap_or_default()),
+            ContentMode::Structured => {
+                structured::encode_raw(metadata, event.data.as_ref(), event.data_is_json())?
+            }
+            ContentMode::Binary => {
+                binary::encode_raw(metadata, event.data.clone().unwrap_or_default())
+            }
         };
         Ok(Message {
             subject,
@@ -151,10 +156,12 @@ impl Default for Codec {
 pub fn decode(message: &Message) -> Result<RawEvent> {
     let headers = &message.headers;
     match headers.get("content-type") {
-        Some(ct) if starts_with_ignore_case(ct, "application/cloudevents-batch") => Err(Error::decode(
-            "batched CloudEvents (application/cloudevents-batch) are not supported",
-        )),
-        Some(ct) if starts_with_ignore_case(ct, "application/cloudevents") => structured::decode(&message.payload),
+        Some(ct) if starts_with_ignore_case(ct, "application/cloudevents-batch") => Err(
+            Error::decode("batched CloudEvents (application/cloudevents-batch) are not supported"),
+        ),
+        Some(ct) if starts_with_ignore_case(ct, "application/cloudevents") => {
+            structured::decode(&message.payload)
+        }
         _ if headers.get("ce-specversion").is_some() => binary::decode(message),
         _ => structured::decode(&message.payload),
     }
@@ -175,13 +182,16 @@ impl RawEvent {
     /// Whether the data is JSON (content type `application/json`, `text/json`,
     /// `*/*+json`, or none given).
     pub fn data_is_json(&self) -> bool {
-        self.metadata.data_content_type().is_none_or(is_json_content_type)
+        self.metadata
+            .data_content_type()
+            .is_none_or(is_json_content_type)
     }
 
     /// The data parsed as a JSON value.
     pub fn data_json(&self) -> Result<serde_json::Value> {
         let data = self.json_data()?;
-        serde_json::from_slice(data).map_err(|e| Error::decode("payload is not valid JSON").with_source(e))
+        serde_json::from_slice(data)
+            .map_err(|e| Error::decode("payload is not valid JSON").with_source(e))
     }
 
     fn json_data(&self) -> Result<&[u8]> {
@@ -191,7 +201,9 @@ impl RawEvent {
                 self.metadata.data_content_type().unwrap_or_default()
             )));
         }
-        self.data.as_deref().ok_or_else(|| Error::decode("event has no data"))
+        self.data
+            .as_deref()
+            .ok_or_else(|| Error::decode("event has no data"))
     }
 
     /// Decodes the payload into `T`, bringing older versions up to date with
@@ -201,7 +213,11 @@ impl RawEvent {
     /// payload does not match `T`; [`UnsupportedVersion`](crate::ErrorKind::UnsupportedVersion)
     /// for a newer version under [`VersionPolicy::Reject`];
     /// [`MissingUpcaster`](crate::ErrorKind::MissingUpcaster) for a gap in the chain.
-    pub fn into_event<T: EventPayload>(self, upcasters: &Upcasters, policy: VersionPolicy) -> Result<Decoded<T>> {
+    pub fn into_event<T: EventPayload>(
+        self,
+        upcasters: &Upcasters,
+        policy: VersionPolicy,
+    ) -> Result<Decoded<T>> {
         if self.metadata.event_type() != T::TYPE {
             return Err(Error::decode(format!(
                 "expected an event of type {:?}, got {:?}",
@@ -212,7 +228,8 @@ impl RawEvent {
         let wire_version = self.metadata.version();
         let data = self.json_data()?;
         let payload: T = if wire_version < T::VERSION {
-            let value = serde_json::from_slice(data).map_err(|e| Error::decode("payload is not valid JSON").with_source(e))?;
+            let value = serde_json::from_slice(data)
+                .map_err(|e| Error::decode("payload is not valid JSON").with_source(e))?;
             let value = upcasters.upcast(T::TYPE, wire_version, T::VERSION, value)?;
             serde_json::from_value(value).map_err(|e| payload_error::<T>(wire_version, e))?
         } else {
@@ -238,7 +255,11 @@ impl RawEvent {
 }
 
 fn payload_error<T: EventPayload>(version: u32, e: serde_json::Error) -> Error {
-    Error::decode(format!("payload of {} v{version} does not match the Rust type", T::TYPE)).with_source(e)
+    Error::decode(format!(
+        "payload of {} v{version} does not match the Rust type",
+        T::TYPE
+    ))
+    .with_source(e)
 }
 
 /// A typed event decoded from the wire.
@@ -282,7 +303,8 @@ pub(crate) fn is_json_content_type(ct: &str) -> bool {
 }
 
 fn starts_with_ignore_case(value: &str, prefix: &str) -> bool {
-    value.len() >= prefix.len() && value.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    value.len() >= prefix.len()
+        && value.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
 /// Required attributes shared by both decoders: checks them and builds the
@@ -298,9 +320,12 @@ pub(crate) fn metadata_from_attributes(
     data_content_type: Option<String>,
     data_schema: Option<String>,
 ) -> Result<EventMetadata> {
-    let specversion = specversion.ok_or_else(|| Error::decode("missing required attribute specversion"))?;
+    let specversion =
+        specversion.ok_or_else(|| Error::decode("missing required attribute specversion"))?;
     if specversion != SPEC_VERSION {
-        return Err(Error::decode(format!("specversion {specversion:?} is not supported (only 1.0)")));
+        return Err(Error::decode(format!(
+            "specversion {specversion:?} is not supported (only 1.0)"
+        )));
     }
     let required = |name: &str, v: Option<String>| match v {
         Some(v) if !v.is_empty() => Ok(v),
@@ -339,7 +364,9 @@ pub(crate) fn apply_extension(
 ) -> Result<()> {
     use crate::envelope::{ExtensionValue, TraceContext};
     if !crate::envelope::is_attribute_name(&name) {
-        return Err(Error::decode(format!("attribute name {name:?} must be [a-z0-9]+")));
+        return Err(Error::decode(format!(
+            "attribute name {name:?} must be [a-z0-9]+"
+        )));
     }
     let text = || match &value {
         ExtensionValue::String(s) => s.clone(),
@@ -350,7 +377,10 @@ pub(crate) fn apply_extension(
         "causationid" => metadata.set_causation_id(Some(text())),
         "traceparent" => match TraceContext::new(text()) {
             Ok(trace) => {
-                let state = metadata.trace().and_then(|t| t.tracestate()).map(str::to_owned);
+                let state = metadata
+                    .trace()
+                    .and_then(|t| t.tracestate())
+                    .map(str::to_owned);
                 let trace = match state {
                     Some(s) => trace.with_tracestate(s),
                     None => trace,
@@ -365,7 +395,9 @@ pub(crate) fn apply_extension(
             let state = text();
             match metadata.trace_mut() {
                 Some(trace) => *trace = trace.clone().with_tracestate(state),
-                None => metadata.extensions_mut().insert_received("tracestate".into(), ExtensionValue::String(state)),
+                None => metadata
+                    .extensions_mut()
+                    .insert_received("tracestate".into(), ExtensionValue::String(state)),
             }
         }
         _ => metadata.extensions_mut().insert_received(name, value),
@@ -377,7 +409,9 @@ pub(crate) fn apply_extension(
 /// context, or drops it if there is no trace context (W3C: tracestate is
 /// meaningless without traceparent).
 pub(crate) fn settle_tracestate(metadata: &mut EventMetadata) {
-    if let Some(crate::envelope::ExtensionValue::String(state)) = metadata.extensions_mut().remove("tracestate") {
+    if let Some(crate::envelope::ExtensionValue::String(state)) =
+        metadata.extensions_mut().remove("tracestate")
+    {
         if let Some(trace) = metadata.trace_mut() {
             *trace = trace.clone().with_tracestate(state);
         }

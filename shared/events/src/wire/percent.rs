@@ -26,7 +26,10 @@ pub(crate) fn decode(name: &str, value: &str) -> Result<String> {
         .decode_utf8()
         .map(|v| v.into_owned())
         .map_err(|e| {
-            Error::decode(format!("header {name:?}: percent-decoded value is not valid UTF-8")).with_source(e)
+            Error::decode(format!(
+                "header {name:?}: percent-decoded value is not valid UTF-8"
+            ))
+            .with_source(e)
         })
 }
 
@@ -37,13 +40,19 @@ mod tests {
     #[test]
     fn encodes_the_spec_test_vector() {
         assert_eq!(encode("Euro € 😀"), "Euro%20%E2%82%AC%20%F0%9F%98%80");
-        assert_eq!(decode("ce-x", "Euro%20%E2%82%AC%20%F0%9F%98%80").unwrap(), "Euro € 😀");
+        assert_eq!(
+            decode("ce-x", "Euro%20%E2%82%AC%20%F0%9F%98%80").unwrap(),
+            "Euro € 😀"
+        );
     }
 
     #[test]
     fn encodes_quote_percent_and_controls_and_keeps_visible_ascii() {
         assert_eq!(encode("a\"b%c\r\n\t\u{7f}"), "a%22b%25c%0D%0A%09%7F");
-        let visible: String = (0x21u8..=0x7e).filter(|b| !matches!(b, b'"' | b'%')).map(char::from).collect();
+        let visible: String = (0x21u8..=0x7e)
+            .filter(|b| !matches!(b, b'"' | b'%'))
+            .map(char::from)
+            .collect();
         assert_eq!(encode(&visible), visible);
     }
 
@@ -56,7 +65,15 @@ mod tests {
 
     #[test]
     fn round_trips_arbitrary_text() {
-        for s in ["", "plain", "100%", "\"quoted\"", "line\nbreak", "日本語", "tab\there"] {
+        for s in [
+            "",
+            "plain",
+            "100%",
+            "\"quoted\"",
+            "line\nbreak",
+            "日本語",
+            "tab\there",
+        ] {
             let e = encode(s);
             assert!(e.bytes().all(|b| (0x21..=0x7e).contains(&b)), "{e}");
             assert_eq!(decode("h", &e).unwrap(), s);

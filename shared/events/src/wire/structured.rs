@@ -10,7 +10,10 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{apply_extension, format_time, metadata_from_attributes, settle_tracestate, RawEvent, SPEC_VERSION, STRUCTURED_CONTENT_TYPE};
+use super::{
+    apply_extension, format_time, metadata_from_attributes, settle_tracestate, RawEvent,
+    SPEC_VERSION, STRUCTURED_CONTENT_TYPE,
+};
 use crate::envelope::{EventMetadata, ExtensionValue};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::Headers;
@@ -18,18 +21,30 @@ use crate::transport::Headers;
 /// Encodes metadata and a typed payload as one JSON object. Written by hand
 /// rather than through an intermediate `Value` so the payload is serialized
 /// once, straight into the output buffer.
-pub(super) fn encode<T: Serialize>(metadata: &EventMetadata, payload: &T) -> Result<(Headers, Bytes)> {
+pub(super) fn encode<T: Serialize>(
+    metadata: &EventMetadata,
+    payload: &T,
+) -> Result<(Headers, Bytes)> {
     let mut out = Vec::with_capacity(320);
     write_attributes(&mut out, metadata)?;
     out.extend_from_slice(b",\"data\":");
-    serde_json::to_writer(&mut out, payload)
-        .map_err(|e| Error::new(ErrorKind::Encode, format!("payload of {} does not serialize", metadata.event_type())).with_source(e))?;
+    serde_json::to_writer(&mut out, payload).map_err(|e| {
+        Error::new(
+            ErrorKind::Encode,
+            format!("payload of {} does not serialize", metadata.event_type()),
+        )
+        .with_source(e)
+    })?;
     out.push(b'}');
     Ok((content_type_header(), Bytes::from(out)))
 }
 
 /// Encodes metadata and already-encoded data.
-pub(super) fn encode_raw(metadata: &EventMetadata, data: Option<&Bytes>, is_json: bool) -> Result<(Headers, Bytes)> {
+pub(super) fn encode_raw(
+    metadata: &EventMetadata,
+    data: Option<&Bytes>,
+    is_json: bool,
+) -> Result<(Headers, Bytes)> {
     let mut out = Vec::with_capacity(320 + data.map_or(0, |d| d.len()));
     write_attributes(&mut out, metadata)?;
     match data {
@@ -37,14 +52,19 @@ pub(super) fn encode_raw(metadata: &EventMetadata, data: Option<&Bytes>, is_json
         Some(data) if is_json => {
             // Validate rather than trust: an invalid body would make the whole
             // event unreadable for every consumer.
-            let raw: &RawValue = serde_json::from_slice(data)
-                .map_err(|e| Error::new(ErrorKind::Encode, "data is not valid JSON").with_source(e))?;
+            let raw: &RawValue = serde_json::from_slice(data).map_err(|e| {
+                Error::new(ErrorKind::Encode, "data is not valid JSON").with_source(e)
+            })?;
             out.extend_from_slice(b",\"data\":");
             out.extend_from_slice(raw.get().as_bytes());
         }
         Some(data) => {
             out.extend_from_slice(b",\"data_base64\":\"");
-            out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(data).as_bytes());
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(data)
+                    .as_bytes(),
+            );
             out.push(b'"');
         }
     }
@@ -161,7 +181,9 @@ pub(super) fn decode(body: &Bytes) -> Result<RawEvent> {
         )),
         (Some(raw), None) if raw.get() == "null" => None,
         (Some(raw), None) => {
-            let json_type = metadata.data_content_type().is_none_or(super::is_json_content_type);
+            let json_type = metadata
+                .data_content_type()
+                .is_none_or(super::is_json_content_type);
             if !json_type && raw.get().starts_with('"') {
                 // JSON format 3.1: a non-JSON data content type carried as a
                 // JSON string is that string's text.
@@ -185,7 +207,9 @@ fn extension_value(name: &str, value: serde_json::Value) -> Result<ExtensionValu
             .as_i64()
             .and_then(|i| i32::try_from(i).ok())
             .map(ExtensionValue::Integer)
-            .ok_or_else(|| Error::decode(format!("extension {name:?}: {n} is not a 32-bit integer"))),
+            .ok_or_else(|| {
+                Error::decode(format!("extension {name:?}: {n} is not a 32-bit integer"))
+            }),
         other => Err(Error::decode(format!(
             "extension {name:?} must be a string, boolean or integer, not {}",
             json_kind(&other)
@@ -229,7 +253,10 @@ impl<'de> Deserialize<'de> for Text<'de> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+            fn visit_borrowed_str<E: de::Error>(
+                self,
+                v: &'de str,
+            ) -> std::result::Result<Self::Value, E> {
                 Ok(Text(Cow::Borrowed(v)))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Self::Value, E> {
@@ -251,7 +278,10 @@ impl<'de> Deserialize<'de> for Parsed<'de> {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a CloudEvents JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Self::Value, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
                 let mut p = Parsed {
                     specversion: None,
                     id: None,

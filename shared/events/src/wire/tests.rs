@@ -19,18 +19,25 @@ impl EventPayload for Placed {
 const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn full_event() -> Event<Placed> {
-    let mut e = Event::new("orders-svc", Placed { order_id: "o-1".into(), total_cents: 995 })
-        .with_subject("o-1 \"special\" € 😀")
-        .with_correlation_id("corr-1")
-        .with_trace(TraceContext::new(TP).unwrap().with_tracestate("vendor=x"))
-        .with_extension("tenant", "acme")
-        .unwrap()
-        .with_extension("priority", 3)
-        .unwrap()
-        .with_extension("urgent", true)
-        .unwrap();
+    let mut e = Event::new(
+        "orders-svc",
+        Placed {
+            order_id: "o-1".into(),
+            total_cents: 995,
+        },
+    )
+    .with_subject("o-1 \"special\" € 😀")
+    .with_correlation_id("corr-1")
+    .with_trace(TraceContext::new(TP).unwrap().with_tracestate("vendor=x"))
+    .with_extension("tenant", "acme")
+    .unwrap()
+    .with_extension("priority", 3)
+    .unwrap()
+    .with_extension("urgent", true)
+    .unwrap();
     e.metadata.set_causation_id(Some("cause-1".into()));
-    e.metadata.set_data_schema(Some("https://schemas.example.com/orders/placed/2".into()));
+    e.metadata
+        .set_data_schema(Some("https://schemas.example.com/orders/placed/2".into()));
     e
 }
 
@@ -41,7 +48,9 @@ fn decode_typed(message: &Message) -> Result<Decoded<Placed>> {
 #[test]
 fn structured_mode_writes_the_cloudevents_json_format() {
     let e = full_event();
-    let m = Codec::default().encode(&e, ContentMode::Structured).unwrap();
+    let m = Codec::default()
+        .encode(&e, ContentMode::Structured)
+        .unwrap();
     assert_eq!(m.subject.as_str(), "events.orders.placed");
     assert_eq!(m.headers.get("content-type"), Some(STRUCTURED_CONTENT_TYPE));
     assert_eq!(m.headers.len(), 1);
@@ -75,7 +84,10 @@ fn binary_mode_writes_percent_encoded_ce_headers_and_the_bare_payload() {
     assert_eq!(h.get("ce-id"), Some(e.metadata.id()));
     assert_eq!(h.get("ce-type"), Some("orders.placed.v2"));
     assert_eq!(h.get("ce-source"), Some("orders-svc"));
-    assert_eq!(h.get("ce-subject"), Some("o-1%20%22special%22%20%E2%82%AC%20%F0%9F%98%80"));
+    assert_eq!(
+        h.get("ce-subject"),
+        Some("o-1%20%22special%22%20%E2%82%AC%20%F0%9F%98%80")
+    );
     assert_eq!(h.get("ce-datacontenttype"), Some("application/json"));
     assert_eq!(h.get("content-type"), Some("application/json"));
     assert_eq!(h.get("ce-correlationid"), Some("corr-1"));
@@ -83,10 +95,16 @@ fn binary_mode_writes_percent_encoded_ce_headers_and_the_bare_payload() {
     assert_eq!(h.get("ce-tracestate"), Some("vendor=x"));
     assert_eq!(h.get("ce-tenant"), Some("acme"));
     assert_eq!(h.get("ce-priority"), Some("3"));
-    assert_eq!(h.get("ce-dataschema"), Some("https://schemas.example.com/orders/placed/2"));
+    assert_eq!(
+        h.get("ce-dataschema"),
+        Some("https://schemas.example.com/orders/placed/2")
+    );
     for (name, value) in h.iter() {
         assert_eq!(name, name.to_lowercase(), "header names are lowercase");
-        assert!(value.bytes().all(|b| (0x21..=0x7e).contains(&b)), "{name}: {value}");
+        assert!(
+            value.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+            "{name}: {value}"
+        );
     }
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap(),
@@ -115,20 +133,40 @@ fn both_modes_round_trip_every_attribute() {
 #[test]
 fn decoding_detects_the_mode_from_headers_case_insensitively() {
     let e = full_event();
-    let mut m = Codec::default().encode(&e, ContentMode::Structured).unwrap();
+    let mut m = Codec::default()
+        .encode(&e, ContentMode::Structured)
+        .unwrap();
     m.headers = Headers::new();
-    m.headers.append("CONTENT-TYPE", "Application/CloudEvents+JSON; charset=utf-8").unwrap();
-    assert_eq!(decode_typed(&m).unwrap().event.metadata.id(), e.metadata.id());
+    m.headers
+        .append(
+            "CONTENT-TYPE",
+            "Application/CloudEvents+JSON; charset=utf-8",
+        )
+        .unwrap();
+    assert_eq!(
+        decode_typed(&m).unwrap().event.metadata.id(),
+        e.metadata.id()
+    );
     m.headers = Headers::new();
-    assert_eq!(decode_typed(&m).unwrap().event.metadata.id(), e.metadata.id(), "no headers: structured JSON is tried");
+    assert_eq!(
+        decode_typed(&m).unwrap().event.metadata.id(),
+        e.metadata.id(),
+        "no headers: structured JSON is tried"
+    );
 
     let b = Codec::default().encode(&e, ContentMode::Binary).unwrap();
     let mut upper = Headers::new();
     for (n, v) in b.headers.iter() {
         upper.append(n.to_uppercase(), v).unwrap();
     }
-    let m = Message { headers: upper, ..b };
-    assert_eq!(decode_typed(&m).unwrap().event.metadata.subject(), e.metadata.subject());
+    let m = Message {
+        headers: upper,
+        ..b
+    };
+    assert_eq!(
+        decode_typed(&m).unwrap().event.metadata.subject(),
+        e.metadata.subject()
+    );
 }
 
 #[test]
@@ -137,7 +175,10 @@ fn a_binary_event_without_ce_datacontenttype_falls_back_to_content_type() {
     let mut m = Codec::default().encode(&e, ContentMode::Binary).unwrap();
     m.headers.remove("ce-datacontenttype");
     let d = decode_typed(&m).unwrap();
-    assert_eq!(d.event.metadata.data_content_type(), Some("application/json"));
+    assert_eq!(
+        d.event.metadata.data_content_type(),
+        Some("application/json")
+    );
 }
 
 #[test]
@@ -154,14 +195,25 @@ fn foreign_structured_events_are_read_tolerantly() {
         "subject": null,
         "region": "eu"
     });
-    let m = Message::new(Subject::parse("events.orders.placed").unwrap(), serde_json::to_vec(&body).unwrap());
+    let m = Message::new(
+        Subject::parse("events.orders.placed").unwrap(),
+        serde_json::to_vec(&body).unwrap(),
+    );
     let raw = decode(&m).unwrap();
     assert_eq!(raw.metadata.version(), 1, "no suffix means version 1");
-    assert_eq!(raw.metadata.time().unwrap().to_rfc3339(), "2024-05-01T10:00:00.123456+00:00");
+    assert_eq!(
+        raw.metadata.time().unwrap().to_rfc3339(),
+        "2024-05-01T10:00:00.123456+00:00"
+    );
     assert_eq!(raw.metadata.subject(), None);
-    assert_eq!(raw.metadata.extensions().get("region"), Some(&ExtensionValue::String("eu".into())));
+    assert_eq!(
+        raw.metadata.extensions().get("region"),
+        Some(&ExtensionValue::String("eu".into()))
+    );
     // Version 1 is older than the type's version 2 and no upcaster is set.
-    let err = raw.into_event::<Placed>(&Upcasters::new(), VersionPolicy::Reject).unwrap_err();
+    let err = raw
+        .into_event::<Placed>(&Upcasters::new(), VersionPolicy::Reject)
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::MissingUpcaster);
 }
 
@@ -169,33 +221,56 @@ fn foreign_structured_events_are_read_tolerantly() {
 fn data_base64_and_text_data_are_decoded_to_bytes() {
     let body = json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t.x",
         "datacontenttype": "application/octet-stream", "data_base64": "AAEC/w=="});
-    let m = Message::new(Subject::parse("events.t.x").unwrap(), serde_json::to_vec(&body).unwrap());
+    let m = Message::new(
+        Subject::parse("events.t.x").unwrap(),
+        serde_json::to_vec(&body).unwrap(),
+    );
     let raw = decode(&m).unwrap();
     assert_eq!(raw.data.as_deref(), Some(&[0u8, 1, 2, 255][..]));
     assert!(!raw.data_is_json());
 
     let body = json!({"specversion": "1.0", "id": "1", "source": "s", "type": "t.x",
         "datacontenttype": "text/plain", "data": "hello \"world\""});
-    let m = Message::new(Subject::parse("events.t.x").unwrap(), serde_json::to_vec(&body).unwrap());
-    assert_eq!(decode(&m).unwrap().data.as_deref(), Some(&b"hello \"world\""[..]));
+    let m = Message::new(
+        Subject::parse("events.t.x").unwrap(),
+        serde_json::to_vec(&body).unwrap(),
+    );
+    assert_eq!(
+        decode(&m).unwrap().data.as_deref(),
+        Some(&b"hello \"world\""[..])
+    );
 }
 
 #[test]
 fn raw_events_re_encode_in_both_modes() {
     let e = full_event();
-    let m = Codec::default().encode(&e, ContentMode::Structured).unwrap();
+    let m = Codec::default()
+        .encode(&e, ContentMode::Structured)
+        .unwrap();
     let raw = decode(&m).unwrap();
     for mode in [ContentMode::Structured, ContentMode::Binary] {
         let again = Codec::default().encode_raw(&raw, mode).unwrap();
-        assert_eq!(decode(&again).unwrap().data_json().unwrap(), raw.data_json().unwrap());
+        assert_eq!(
+            decode(&again).unwrap().data_json().unwrap(),
+            raw.data_json().unwrap()
+        );
         assert_eq!(decode(&again).unwrap().metadata.id(), raw.metadata.id());
     }
     let body = json!({"specversion": "1.0", "id": "b-1", "source": "s", "type": "blobs.stored.v1",
         "datacontenttype": "application/octet-stream", "data_base64": "AJ+Slg=="});
-    let binary = decode(&Message::new(Subject::parse("x").unwrap(), serde_json::to_vec(&body).unwrap())).unwrap();
+    let binary = decode(&Message::new(
+        Subject::parse("x").unwrap(),
+        serde_json::to_vec(&body).unwrap(),
+    ))
+    .unwrap();
     assert_eq!(binary.data.as_deref(), Some(&[0u8, 159, 146, 150][..]));
-    let m = Codec::default().encode_raw(&binary, ContentMode::Structured).unwrap();
-    assert_eq!(decode(&m).unwrap().data.as_deref(), Some(&[0u8, 159, 146, 150][..]));
+    let m = Codec::default()
+        .encode_raw(&binary, ContentMode::Structured)
+        .unwrap();
+    assert_eq!(
+        decode(&m).unwrap().data.as_deref(),
+        Some(&[0u8, 159, 146, 150][..])
+    );
 }
 
 #[test]
@@ -208,24 +283,51 @@ fn upcasting_and_version_policy_apply_on_decode() {
     impl EventPayload for PlacedV1 {
         const TYPE: &'static str = "orders.placed";
     }
-    let old = Event::new("orders", PlacedV1 { order_id: "o".into(), amount: 9.95 });
+    let old = Event::new(
+        "orders",
+        PlacedV1 {
+            order_id: "o".into(),
+            amount: 9.95,
+        },
+    );
     let m = Codec::default().encode(&old, ContentMode::Binary).unwrap();
     let upcasters = Upcasters::new().register("orders.placed", 1, |mut v: serde_json::Value| {
         let euros = v["amount"].as_f64().ok_or("amount missing")?;
         v["total_cents"] = json!((euros * 100.0).round() as u64);
         Ok::<_, crate::BoxError>(v)
     });
-    let d = decode(&m).unwrap().into_event::<Placed>(&upcasters, VersionPolicy::Reject).unwrap();
-    assert_eq!(d.event.payload, Placed { order_id: "o".into(), total_cents: 995 });
+    let d = decode(&m)
+        .unwrap()
+        .into_event::<Placed>(&upcasters, VersionPolicy::Reject)
+        .unwrap();
+    assert_eq!(
+        d.event.payload,
+        Placed {
+            order_id: "o".into(),
+            total_cents: 995
+        }
+    );
     assert_eq!(d.wire_version, 1);
     assert_eq!(d.event.metadata.version(), 2);
 
     // A v2 event read by a v1 consumer: rejected by default, tolerated on request.
-    let new = Codec::default().encode(&full_event(), ContentMode::Structured).unwrap();
-    let err = decode(&new).unwrap().into_event::<PlacedV1>(&upcasters, VersionPolicy::Reject).unwrap_err();
+    let new = Codec::default()
+        .encode(&full_event(), ContentMode::Structured)
+        .unwrap();
+    let err = decode(&new)
+        .unwrap()
+        .into_event::<PlacedV1>(&upcasters, VersionPolicy::Reject)
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UnsupportedVersion);
-    let err = decode(&new).unwrap().into_event::<PlacedV1>(&upcasters, VersionPolicy::Tolerant).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Decode, "tolerant still fails when the shape changed");
+    let err = decode(&new)
+        .unwrap()
+        .into_event::<PlacedV1>(&upcasters, VersionPolicy::Tolerant)
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Decode,
+        "tolerant still fails when the shape changed"
+    );
 }
 
 #[test]
@@ -235,8 +337,13 @@ fn a_different_type_is_a_decode_error() {
     impl EventPayload for Other {
         const TYPE: &'static str = "orders.cancelled";
     }
-    let m = Codec::default().encode(&full_event(), ContentMode::Structured).unwrap();
-    let err = decode(&m).unwrap().into_event::<Other>(&Upcasters::new(), VersionPolicy::Reject).unwrap_err();
+    let m = Codec::default()
+        .encode(&full_event(), ContentMode::Structured)
+        .unwrap();
+    let err = decode(&m)
+        .unwrap()
+        .into_event::<Other>(&Upcasters::new(), VersionPolicy::Reject)
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Decode);
     assert!(err.detail().contains("orders.cancelled"), "{err}");
 }
@@ -252,10 +359,20 @@ fn versioned_type_names_split_at_a_valid_suffix_only() {
 
 #[test]
 fn json_content_types_are_recognised() {
-    for ct in ["application/json", "Application/JSON; charset=utf-8", "text/json", "application/vnd.x+json"] {
+    for ct in [
+        "application/json",
+        "Application/JSON; charset=utf-8",
+        "text/json",
+        "application/vnd.x+json",
+    ] {
         assert!(is_json_content_type(ct), "{ct}");
     }
-    for ct in ["text/plain", "application/octet-stream", "json", "application/jsonx"] {
+    for ct in [
+        "text/plain",
+        "application/octet-stream",
+        "json",
+        "application/jsonx",
+    ] {
         assert!(!is_json_content_type(ct), "{ct}");
     }
 }
@@ -264,7 +381,14 @@ fn json_content_types_are_recognised() {
 fn codec_prefixes_are_validated() {
     assert!(Codec::new("acme.events").is_ok());
     for bad in ["", "a..b", "a.*", "a b", "a.>"] {
-        assert_eq!(Codec::new(bad).unwrap_err().kind(), ErrorKind::InvalidInput, "{bad:?}");
+        assert_eq!(
+            Codec::new(bad).unwrap_err().kind(),
+            ErrorKind::InvalidInput,
+            "{bad:?}"
+        );
     }
-    assert_eq!(Codec::new("acme.events").unwrap().all_events().as_str(), "acme.events.>");
+    assert_eq!(
+        Codec::new("acme.events").unwrap().all_events().as_str(),
+        "acme.events.>"
+    );
 }

@@ -27,7 +27,8 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{
-    Acker, Capabilities, Delivery, DeliveryInfo, Message, SubjectPattern, SubscribeOptions, Subscription, Transport,
+    Acker, Capabilities, Delivery, DeliveryInfo, Message, SubjectPattern, SubscribeOptions,
+    Subscription, Transport,
 };
 
 /// Settings of the in-memory transport.
@@ -205,7 +206,10 @@ impl Shared {
     fn snapshot(&self) -> Arc<Routes> {
         // A poisoned lock only means a panic elsewhere while swapping an
         // Arc; the table itself is always whole.
-        self.routes.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn update(&self, change: impl FnOnce(&mut Vec<Arc<Sub>>)) {
@@ -252,7 +256,8 @@ impl Shared {
             .cloned()
             .collect();
         for group in &routes.groups {
-            if let Some(member) = Self::pick_member(group, |s| s.pattern.matches(&message.subject)) {
+            if let Some(member) = Self::pick_member(group, |s| s.pattern.matches(&message.subject))
+            {
                 out.push(member);
             }
         }
@@ -355,7 +360,10 @@ impl Transport for MemoryTransport {
                     message.take()
                 };
                 if let Some(m) = m {
-                    permit.send(Queued { message: m, attempt: 1 });
+                    permit.send(Queued {
+                        message: m,
+                        attempt: 1,
+                    });
                 }
             }
             Ok(())
@@ -443,7 +451,11 @@ impl Stream for MemorySubscription {
                     max_deliver: self.max_deliver,
                     ack_wait: self.ack_wait,
                 };
-                Poll::Ready(Some(Ok(Delivery::new(message, DeliveryInfo::attempt(attempt), Box::new(acker)))))
+                Poll::Ready(Some(Ok(Delivery::new(
+                    message,
+                    DeliveryInfo::attempt(attempt),
+                    Box::new(acker),
+                ))))
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
@@ -464,7 +476,8 @@ impl Drop for MemorySubscription {
                     Some(target) => {
                         if let Err(e) = target.tx.try_send(queued) {
                             let q = match e {
-                                mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q) => q,
+                                mpsc::error::TrySendError::Full(q)
+                                | mpsc::error::TrySendError::Closed(q) => q,
                             };
                             tracing::warn!(subject = %q.message.subject, group, "message of a closed queue-group member dropped: the other members are full");
                         }
@@ -517,20 +530,27 @@ impl MemoryAcker {
             if self.shared.closed.load(Ordering::Acquire) {
                 return;
             }
-            match self.shared.redelivery_target(self.sub_id, self.group.as_deref()) {
+            match self
+                .shared
+                .redelivery_target(self.sub_id, self.group.as_deref())
+            {
                 Some(target) => {
                     if let Err(e) = target.tx.send(queued).await {
                         tracing::debug!(subject = %e.0.message.subject, "redelivery target closed");
                     }
                 }
-                None => tracing::debug!(subject = %queued.message.subject, "subscription closed before redelivery"),
+                None => {
+                    tracing::debug!(subject = %queued.message.subject, "subscription closed before redelivery")
+                }
             }
         };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(deliver);
             }
-            Err(_) => tracing::warn!("a memory delivery was dropped outside a tokio runtime and cannot be redelivered"),
+            Err(_) => tracing::warn!(
+                "a memory delivery was dropped outside a tokio runtime and cannot be redelivered"
+            ),
         }
     }
 }
@@ -540,7 +560,11 @@ impl Acker for MemoryAcker {
         Box::pin(async { Ok(()) })
     }
 
-    fn nack(self: Box<Self>, message: Message, delay: Option<Duration>) -> BoxFuture<'static, Result<()>> {
+    fn nack(
+        self: Box<Self>,
+        message: Message,
+        delay: Option<Duration>,
+    ) -> BoxFuture<'static, Result<()>> {
         self.redeliver(message, delay.unwrap_or_default());
         Box::pin(async { Ok(()) })
     }
