@@ -215,8 +215,14 @@ impl EventMetadata {
         if let Some(trace) = &self.trace {
             TraceContext::check_traceparent(&trace.traceparent)?;
         }
+        // Names we accept from other producers may be longer than the 20
+        // characters we allow on insert; they are still forwarded.
         for name in self.extensions.0.keys() {
-            validate_extension_name(name)?;
+            if !super::validate::is_attribute_name(name)
+                || super::validate::RESERVED_ATTRIBUTES.contains(&name.as_str())
+            {
+                validate_extension_name(name)?;
+            }
         }
         Ok(())
     }
