@@ -131,6 +131,7 @@ impl Error {
         Error::new(ErrorKind::Decode, detail)
     }
 
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
     pub(crate) fn closed(detail: impl Into<Cow<'static, str>>) -> Self {
         Error::new(ErrorKind::Closed, detail)
     }
