@@ -79,6 +79,9 @@ pub mod backend;
 pub mod bus;
 pub mod envelope;
 mod error;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 pub mod transport;
 pub mod versioning;
 pub mod wire;
