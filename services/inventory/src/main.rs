@@ -38,12 +38,21 @@ impl EventPayload for StockOutcome {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = Bus::memory("inventory");
-    let orders = Bus::builder_shared(bus.transport().clone()).source("orders").build()?;
-    let mut placed = bus.subscribe::<OrderPlaced>().queue_group("inventory").await?;
+    let orders = Bus::builder_shared(bus.transport().clone())
+        .source("orders")
+        .build()?;
+    let mut placed = bus
+        .subscribe::<OrderPlaced>()
+        .queue_group("inventory")
+        .await?;
     let mut outcomes = orders.subscribe::<StockOutcome>().await?;
 
     for (order_id, quantity) in [("o-1", 3), ("o-2", 20)] {
-        let event = orders.event(OrderPlaced { order_id: order_id.into(), sku: "sku-42".into(), quantity });
+        let event = orders.event(OrderPlaced {
+            order_id: order_id.into(),
+            sku: "sku-42".into(),
+            quantity,
+        });
         orders.publish(&event.with_subject(order_id)).await?;
     }
 
@@ -54,11 +63,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let available = stock.get(&order.sku).copied().unwrap_or(0);
         let outcome = if available >= order.quantity {
             stock.insert(order.sku.clone(), available - order.quantity);
-            StockOutcome::Reserved { order_id: order.order_id.clone() }
+            StockOutcome::Reserved {
+                order_id: order.order_id.clone(),
+            }
         } else {
-            StockOutcome::OutOfStock { order_id: order.order_id.clone(), available }
+            StockOutcome::OutOfStock {
+                order_id: order.order_id.clone(),
+                available,
+            }
         };
-        bus.publish(&bus.reaction(delivery.event(), outcome)).await?;
+        bus.publish(&bus.reaction(delivery.event(), outcome))
+            .await?;
         delivery.ack().await?;
     }
 
@@ -66,7 +81,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let outcome = tokio::time::timeout(Duration::from_secs(5), outcomes.next())
             .await?
             .ok_or("bus closed")??;
-        println!("{:?} (caused by {})", outcome.payload(), outcome.metadata().causation_id().unwrap_or("?"));
+        println!(
+            "{:?} (caused by {})",
+            outcome.payload(),
+            outcome.metadata().causation_id().unwrap_or("?")
+        );
         outcome.ack().await?;
     }
     bus.close().await?;

@@ -43,7 +43,9 @@ impl EventPayload for StockReserved {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let transport = transport_from_env().await?;
     println!("transport: {}", transport.name());
-    let orders = Bus::builder_shared(transport.clone()).source("orders").build()?;
+    let orders = Bus::builder_shared(transport.clone())
+        .source("orders")
+        .build()?;
     let inventory = Bus::builder_shared(transport).source("inventory").build()?;
 
     // Subscribe before publishing: plain pub/sub keeps no history.
@@ -51,7 +53,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut reserved = orders.subscribe::<StockReserved>().await?;
 
     let order = orders
-        .event(OrderPlaced { order_id: "o-1001".into(), total_cents: 4200 })
+        .event(OrderPlaced {
+            order_id: "o-1001".into(),
+            total_cents: 4200,
+        })
         .with_subject("o-1001");
     orders.publish(&order).await?;
     println!(
@@ -74,10 +79,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // React: the new event joins the order's correlation and names it as cause.
-    let reaction = inventory.reaction(delivery.event(), StockReserved { order_id: delivery.payload().order_id.clone() });
+    let reaction = inventory.reaction(
+        delivery.event(),
+        StockReserved {
+            order_id: delivery.payload().order_id.clone(),
+        },
+    );
     inventory.publish(&reaction).await?;
     delivery.ack().await?;
-    println!("published {} caused by {}", reaction.metadata.event_type(), order.metadata.id());
+    println!(
+        "published {} caused by {}",
+        reaction.metadata.event_type(),
+        order.metadata.id()
+    );
 
     let confirmed = tokio::time::timeout(Duration::from_secs(5), reserved.next())
         .await?
@@ -96,15 +110,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The in-memory transport, or NATS when `NATS_URL` is set.
-async fn transport_from_env() -> Result<std::sync::Arc<dyn events::transport::Transport>, Box<dyn std::error::Error>> {
+async fn transport_from_env(
+) -> Result<std::sync::Arc<dyn events::transport::Transport>, Box<dyn std::error::Error>> {
     if std::env::var_os("NATS_URL").is_some() {
         #[cfg(feature = "nats")]
         {
             let config = events::backend::nats::NatsConfig::from_env()?;
-            return Ok(std::sync::Arc::new(events::backend::nats::NatsTransport::connect(config).await?));
+            return Ok(std::sync::Arc::new(
+                events::backend::nats::NatsTransport::connect(config).await?,
+            ));
         }
         #[cfg(not(feature = "nats"))]
         return Err("NATS_URL is set: run with `--features nats` to use it".into());
     }
-    Ok(std::sync::Arc::new(events::backend::memory::MemoryTransport::new()))
+    Ok(std::sync::Arc::new(
+        events::backend::memory::MemoryTransport::new(),
+    ))
 }

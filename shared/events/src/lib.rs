@@ -74,6 +74,7 @@
 //! # Minimum supported Rust version
 //! 1.85.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod bus;

@@ -46,7 +46,7 @@ pub struct EventMetadata {
         rename = "datacontenttype",
         skip_serializing_if = "Option::is_none"
     )]
-    data_content_type: Option<String>,
+    data_content_type: Option<Cow<'static, str>>,
     #[serde(
         default,
         rename = "dataschema",
@@ -77,7 +77,7 @@ impl EventMetadata {
             correlation_id: None,
             causation_id: None,
             trace: None,
-            data_content_type: Some(JSON_CONTENT_TYPE.to_owned()),
+            data_content_type: Some(Cow::Borrowed(JSON_CONTENT_TYPE)),
             data_schema: None,
             extensions: Extensions::default(),
         }
@@ -237,7 +237,7 @@ impl EventMetadata {
         source: String,
         time: Option<DateTime<Utc>>,
         subject: Option<String>,
-        data_content_type: Option<String>,
+        data_content_type: Option<Cow<'static, str>>,
         data_schema: Option<String>,
     ) -> Self {
         EventMetadata {

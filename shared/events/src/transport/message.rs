@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -13,7 +14,7 @@ use crate::error::{Error, Result};
 /// Subjects we build are made only of validated tokens
 /// (`[A-Za-z0-9_-]+`); subjects received from a broker are taken as they are.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Subject(Cow<'static, str>);
+pub struct Subject(Arc<str>);
 
 impl Subject {
     /// Joins validated tokens with dots.
@@ -36,7 +37,7 @@ impl Subject {
         if out.is_empty() {
             return Err(Error::invalid("a subject needs at least one token"));
         }
-        Ok(Subject(Cow::Owned(out)))
+        Ok(Subject(out.into()))
     }
 
     /// Parses a dotted subject, validating every token.
@@ -47,7 +48,10 @@ impl Subject {
     /// A subject as a broker delivered it. Not validated: it only labels a
     /// received message and is never used to publish.
     pub fn received(subject: impl Into<Cow<'static, str>>) -> Self {
-        Subject(subject.into())
+        Subject(match subject.into() {
+            Cow::Borrowed(s) => Arc::from(s),
+            Cow::Owned(s) => Arc::from(s),
+        })
     }
 
     /// The subject as text.
@@ -154,7 +158,7 @@ impl fmt::Debug for SubjectPattern {
 /// without `:`, values contain no CR, LF or NUL. So a header can never split
 /// a NATS protocol line, whatever the user data.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(Cow<'static, str>, String)>);
+pub struct Headers(Vec<(Cow<'static, str>, Cow<'static, str>)>);
 
 impl Headers {
     /// No headers.
@@ -171,7 +175,7 @@ impl Headers {
     pub fn append(
         &mut self,
         name: impl Into<Cow<'static, str>>,
-        value: impl Into<String>,
+        value: impl Into<Cow<'static, str>>,
     ) -> Result<()> {
         let name = name.into();
         let value = value.into();
@@ -185,7 +189,7 @@ impl Headers {
     pub fn insert(
         &mut self,
         name: impl Into<Cow<'static, str>>,
-        value: impl Into<String>,
+        value: impl Into<Cow<'static, str>>,
     ) -> Result<()> {
         let name = name.into();
         self.remove(&name);
@@ -194,8 +198,13 @@ impl Headers {
 
     /// Appends a header the crate built from already-safe text (percent
     /// encoded values, static names).
-    pub(crate) fn push_trusted(&mut self, name: impl Into<Cow<'static, str>>, value: String) {
+    pub(crate) fn push_trusted(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Cow<'static, str>>,
+    ) {
         let name = name.into();
+        let value = value.into();
         debug_assert!(
             check_header_name(&name).is_ok() && check_header_value(&name, &value).is_ok()
         );
@@ -207,7 +216,7 @@ impl Headers {
         self.0
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Removes every header called `name`.
@@ -217,7 +226,7 @@ impl Headers {
 
     /// All headers in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_ref(), v.as_str()))
+        self.0.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
     }
 
     /// How many headers there are.

@@ -127,15 +127,16 @@ pub(super) fn decode(message: &Message) -> Result<RawEvent> {
     if datacontenttype.is_none() {
         datacontenttype = message.headers.get("content-type").map(str::to_owned);
     }
+    let c = |v: Option<String>| v.map(Cow::Owned);
     let mut metadata = metadata_from_attributes(
-        specversion,
-        id,
-        source,
-        ce_type,
-        time,
-        subject,
-        datacontenttype,
-        dataschema,
+        c(specversion),
+        c(id),
+        c(source),
+        c(ce_type),
+        c(time),
+        c(subject),
+        c(datacontenttype),
+        c(dataschema),
     )?;
     for (name, value) in extensions {
         apply_extension(&mut metadata, name, ExtensionValue::String(value))?;

@@ -19,6 +19,11 @@ mod binary;
 mod percent;
 mod structured;
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -67,6 +72,11 @@ pub enum ContentMode {
 #[derive(Debug, Clone)]
 pub struct Codec {
     prefix: String,
+    /// Subjects of the Rust payload types seen so far: building and
+    /// validating a subject per event would cost an allocation and a scan.
+    subjects: Arc<RwLock<HashMap<&'static str, Subject>>>,
+    /// The size of the last structured body, to allocate the next one once.
+    size_hint: Arc<AtomicUsize>,
 }
 
 impl Codec {
@@ -76,6 +86,8 @@ impl Codec {
         Subject::parse(prefix)?;
         Ok(Codec {
             prefix: prefix.to_owned(),
+            subjects: Arc::default(),
+            size_hint: Arc::default(),
         })
     }
 
@@ -96,15 +108,46 @@ impl Codec {
             .expect("a valid prefix makes a valid pattern")
     }
 
+    /// The subject of payload type `T`, from the cache.
+    fn subject_of<T: EventPayload>(&self) -> Result<Subject> {
+        let cached = self
+            .subjects
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(T::TYPE)
+            .cloned();
+        match cached {
+            Some(subject) => Ok(subject),
+            None => {
+                let subject = self.subject_for(T::TYPE)?;
+                let mut map = self.subjects.write().unwrap_or_else(|e| e.into_inner());
+                map.insert(T::TYPE, subject.clone());
+                Ok(subject)
+            }
+        }
+    }
+
     /// Encodes a typed event. Validates the metadata first; fails with
     /// [`ErrorKind::Encode`](crate::ErrorKind::Encode) if the payload does not
     /// serialize.
     pub fn encode<T: EventPayload>(&self, event: &Event<T>, mode: ContentMode) -> Result<Message> {
         let metadata = &event.metadata;
         metadata.validate()?;
-        let subject = self.subject_for(metadata.event_type())?;
+        if metadata.event_type() != T::TYPE {
+            return Err(Error::invalid(format!(
+                "metadata type {:?} does not match the payload type {:?}",
+                metadata.event_type(),
+                T::TYPE
+            )));
+        }
+        let subject = self.subject_of::<T>()?;
         let (headers, payload) = match mode {
-            ContentMode::Structured => structured::encode(metadata, &event.payload)?,
+            ContentMode::Structured => {
+                let hint = self.size_hint.load(Ordering::Relaxed);
+                let encoded = structured::encode(metadata, &event.payload, hint)?;
+                self.size_hint.store(encoded.1.len(), Ordering::Relaxed);
+                encoded
+            }
             ContentMode::Binary => binary::encode(metadata, &event.payload)?,
         };
         Ok(Message {
@@ -148,6 +191,8 @@ impl Default for Codec {
     fn default() -> Self {
         Codec {
             prefix: DEFAULT_PREFIX.to_owned(),
+            subjects: Arc::default(),
+            size_hint: Arc::default(),
         }
     }
 }
@@ -285,14 +330,85 @@ pub(crate) fn split_versioned_type(ce_type: &str) -> (&str, u32) {
     (ce_type, 1)
 }
 
+/// RFC 3339 in UTC with `Z` and as many fractional digits as needed (0, 3,
+/// 6 or 9). Written by hand: chrono's formatter costs several hundred
+/// nanoseconds per event, which is most of the envelope's budget.
 pub(crate) fn format_time(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    use chrono::{Datelike, Timelike};
+    let (year, nanos) = (time.year(), time.nanosecond());
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        // Out of the four-digit range, or a leap second: let chrono do it.
+        return time.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    }
+    let mut out = String::with_capacity(30);
+    fn push(out: &mut String, n: u32, width: usize) {
+        let mut digits = [b'0'; 9];
+        let mut v = n;
+        for d in digits[..width].iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend(digits[..width].iter().map(|&b| b as char));
+    }
+    push(&mut out, year as u32, 4);
+    out.push('-');
+    push(&mut out, time.month(), 2);
+    out.push('-');
+    push(&mut out, time.day(), 2);
+    out.push('T');
+    push(&mut out, time.hour(), 2);
+    out.push(':');
+    push(&mut out, time.minute(), 2);
+    out.push(':');
+    push(&mut out, time.second(), 2);
+    let fraction = match nanos {
+        0 => None,
+        n if n % 1_000_000 == 0 => Some((n / 1_000_000, 3)),
+        n if n % 1_000 == 0 => Some((n / 1_000, 6)),
+        n => Some((n, 9)),
+    };
+    if let Some((value, width)) = fraction {
+        out.push('.');
+        push(&mut out, value, width);
+    }
+    out.push('Z');
+    out
 }
 
+/// Parses RFC 3339. The common UTC form (`...Z`) takes a hand-written path;
+/// offsets and anything unusual go through chrono.
 pub(crate) fn parse_time(value: &str) -> Result<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(value)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| Error::decode(format!("time {value:?} is not RFC 3339")).with_source(e))
+    parse_utc_fast(value).map(Ok).unwrap_or_else(|| {
+        DateTime::parse_from_rfc3339(value)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| Error::decode(format!("time {value:?} is not RFC 3339")).with_source(e))
+    })
+}
+
+fn parse_utc_fast(value: &str) -> Option<DateTime<Utc>> {
+    let b = value.as_bytes();
+    if b.len() < 20 || !matches!(b[b.len() - 1], b'Z' | b'z') || !matches!(b[10], b'T' | b't') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b.get(r)?.iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    if b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let nanos = match &b[19..b.len() - 1] {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            num(20..20 + digits.len())? * 10u32.pow(9 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    let time =
+        chrono::NaiveTime::from_hms_nano_opt(num(11..13)?, num(14..16)?, num(17..19)?, nanos)?;
+    Some(date.and_time(time).and_utc())
 }
 
 pub(crate) fn is_json_content_type(ct: &str) -> bool {
@@ -308,17 +424,18 @@ fn starts_with_ignore_case(value: &str, prefix: &str) -> bool {
 }
 
 /// Required attributes shared by both decoders: checks them and builds the
-/// metadata.
+/// metadata. Takes borrowed text where the decoder could borrow it, and
+/// allocates only for what the metadata keeps.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn metadata_from_attributes(
-    specversion: Option<String>,
-    id: Option<String>,
-    source: Option<String>,
-    ce_type: Option<String>,
-    time: Option<String>,
-    subject: Option<String>,
-    data_content_type: Option<String>,
-    data_schema: Option<String>,
+    specversion: Option<Cow<'_, str>>,
+    id: Option<Cow<'_, str>>,
+    source: Option<Cow<'_, str>>,
+    ce_type: Option<Cow<'_, str>>,
+    time: Option<Cow<'_, str>>,
+    subject: Option<Cow<'_, str>>,
+    data_content_type: Option<Cow<'_, str>>,
+    data_schema: Option<Cow<'_, str>>,
 ) -> Result<EventMetadata> {
     let specversion =
         specversion.ok_or_else(|| Error::decode("missing required attribute specversion"))?;
@@ -327,31 +444,38 @@ pub(crate) fn metadata_from_attributes(
             "specversion {specversion:?} is not supported (only 1.0)"
         )));
     }
-    let required = |name: &str, v: Option<String>| match v {
-        Some(v) if !v.is_empty() => Ok(v),
+    let required = |name: &str, v: Option<Cow<'_, str>>| match v {
+        Some(v) if !v.is_empty() => Ok(v.into_owned()),
         Some(_) => Err(Error::decode(format!("required attribute {name} is empty"))),
         None => Err(Error::decode(format!("missing required attribute {name}"))),
     };
     let id = required("id", id)?;
     let source = required("source", source)?;
-    let ce_type = required("type", ce_type)?;
+    let ce_type = ce_type
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::decode("missing or empty required attribute type"))?;
     let time = time.as_deref().map(parse_time).transpose()?;
     if subject.as_deref() == Some("") {
         return Err(Error::decode("attribute subject is empty"));
     }
     let (base, version) = split_versioned_type(&ce_type);
-    let base_len = base.len();
-    let mut ce_type = ce_type;
-    ce_type.truncate(base_len);
+    let data_content_type = data_content_type.map(|ct| {
+        // Nearly every event is JSON: share the constant instead of allocating.
+        if ct == crate::envelope::JSON_CONTENT_TYPE {
+            Cow::Borrowed(crate::envelope::JSON_CONTENT_TYPE)
+        } else {
+            Cow::Owned(ct.into_owned())
+        }
+    });
     Ok(EventMetadata::from_wire(
         id,
-        ce_type,
+        base.to_owned(),
         version,
         source,
         time,
-        subject,
+        subject.map(Cow::into_owned),
         data_content_type,
-        data_schema,
+        data_schema.map(Cow::into_owned),
     ))
 }
 

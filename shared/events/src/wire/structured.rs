@@ -24,8 +24,9 @@ use crate::transport::Headers;
 pub(super) fn encode<T: Serialize>(
     metadata: &EventMetadata,
     payload: &T,
+    size_hint: usize,
 ) -> Result<(Headers, Bytes)> {
-    let mut out = Vec::with_capacity(320);
+    let mut out = Vec::with_capacity(size_hint.clamp(384, 64 * 1024) + 64);
     write_attributes(&mut out, metadata)?;
     out.extend_from_slice(b",\"data\":");
     serde_json::to_writer(&mut out, payload).map_err(|e| {
@@ -74,7 +75,7 @@ pub(super) fn encode_raw(
 
 fn content_type_header() -> Headers {
     let mut headers = Headers::with_capacity(1);
-    headers.push_trusted("Content-Type", STRUCTURED_CONTENT_TYPE.to_owned());
+    headers.push_trusted("Content-Type", STRUCTURED_CONTENT_TYPE);
     headers
 }
 
@@ -152,16 +153,15 @@ pub(super) fn decode(body: &Bytes) -> Result<RawEvent> {
         data_base64,
         extensions,
     } = parsed;
-    let own = |v: Option<Cow<'_, str>>| v.map(Cow::into_owned);
     let mut metadata = metadata_from_attributes(
-        own(specversion),
-        own(id),
-        own(source),
-        own(ce_type),
-        own(time),
-        own(subject),
-        own(datacontenttype),
-        own(dataschema),
+        specversion,
+        id,
+        source,
+        ce_type,
+        time,
+        subject,
+        datacontenttype,
+        dataschema,
     )?;
     for (name, value) in extensions {
         if value.is_null() {

@@ -157,7 +157,7 @@ fn decoding_detects_the_mode_from_headers_case_insensitively() {
     let b = Codec::default().encode(&e, ContentMode::Binary).unwrap();
     let mut upper = Headers::new();
     for (n, v) in b.headers.iter() {
-        upper.append(n.to_uppercase(), v).unwrap();
+        upper.append(n.to_uppercase(), v.to_owned()).unwrap();
     }
     let m = Message {
         headers: upper,
@@ -391,4 +391,47 @@ fn codec_prefixes_are_validated() {
         Codec::new("acme.events").unwrap().all_events().as_str(),
         "acme.events.>"
     );
+}
+
+#[test]
+fn time_formatting_matches_chrono_and_parsing_round_trips() {
+    use chrono::TimeZone;
+    let cases = [
+        Utc.with_ymd_and_hms(2024, 2, 29, 23, 59, 59).unwrap(),
+        Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(2024, 7, 1, 9, 5, 3).unwrap() + chrono::Duration::milliseconds(250),
+        Utc.with_ymd_and_hms(2024, 7, 1, 9, 5, 3).unwrap()
+            + chrono::Duration::microseconds(123_456),
+        Utc.with_ymd_and_hms(2024, 7, 1, 9, 5, 3).unwrap() + chrono::Duration::nanoseconds(7),
+        Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+    ];
+    for t in cases {
+        let ours = format_time(t);
+        assert_eq!(ours, t.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+        assert_eq!(parse_time(&ours).unwrap(), t, "{ours}");
+    }
+    assert_eq!(
+        parse_time("2024-05-01T12:00:00.5+02:00").unwrap(),
+        Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0).unwrap() + chrono::Duration::milliseconds(500)
+    );
+    assert_eq!(
+        parse_time("2024-05-01t12:00:00z").unwrap(),
+        Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 0).unwrap()
+    );
+    for bad in [
+        "2024-02-30T00:00:00Z",
+        "2024-01-01T24:00:00Z",
+        "2024-01-01T00:00:00.Z",
+        "2024-01-01 00:00:00",
+        "20240101T000000Z",
+        "2024-01-01T00:00:00",
+        "+2024-01-01T00:00:00Z",
+        "2024-1-01T00:00:00Z",
+    ] {
+        assert_eq!(
+            parse_time(bad).unwrap_err().kind(),
+            ErrorKind::Decode,
+            "{bad}"
+        );
+    }
 }
