@@ -62,12 +62,13 @@ impl Upcasters {
     /// Registers the step that turns a `from_version` payload of
     /// `event_type` into a `from_version + 1` payload. Replaces an earlier
     /// registration of the same step.
-    pub fn register<F, E>(mut self, event_type: &str, from_version: u32, step: F) -> Self
+    ///
+    /// The step returns a [`BoxError`], so `?` works on any error type and
+    /// on `Option::ok_or("message")`.
+    pub fn register<F>(mut self, event_type: &str, from_version: u32, step: F) -> Self
     where
-        F: Fn(Value) -> std::result::Result<Value, E> + Send + Sync + 'static,
-        E: Into<BoxError>,
+        F: Fn(Value) -> std::result::Result<Value, BoxError> + Send + Sync + 'static,
     {
-        let step = move |v: Value| step(v).map_err(Into::into);
         self.steps
             .insert((event_type.to_owned(), from_version), Arc::new(step));
         self
@@ -133,11 +134,11 @@ mod tests {
         Upcasters::new()
             .register("a.b", 1, |mut v: Value| {
                 v["v2"] = json!(true);
-                Ok::<_, BoxError>(v)
+                Ok(v)
             })
             .register("a.b", 2, |mut v: Value| {
                 v["v3"] = json!(true);
-                Ok::<_, BoxError>(v)
+                Ok(v)
             })
     }
 
@@ -162,7 +163,7 @@ mod tests {
 
     #[test]
     fn a_failing_step_reports_which_step_and_why() {
-        let u = Upcasters::new().register("a.b", 1, |_v: Value| Err::<Value, _>("field gone"));
+        let u = Upcasters::new().register("a.b", 1, |_v: Value| Err("field gone".into()));
         let err = u.upcast("a.b", 1, 2, json!({})).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::MissingUpcaster);
         assert_eq!(

@@ -75,7 +75,7 @@ impl<T: EventPayload> Subscriber<T> {
                 );
                 Err(DeliveryError {
                     error,
-                    raw: Some(delivery),
+                    raw: Some(Box::new(delivery)),
                 })
             }
         }
@@ -181,7 +181,8 @@ impl<T: fmt::Debug> fmt::Debug for Delivery<T> {
 #[derive(Debug)]
 pub struct DeliveryError {
     error: Error,
-    raw: Option<transport::Delivery>,
+    // Boxed: errors travel in `Result`s, and the delivery is large.
+    raw: Option<Box<transport::Delivery>>,
 }
 
 impl DeliveryError {
@@ -191,11 +192,11 @@ impl DeliveryError {
     }
     /// The raw delivery, if the error concerns a message.
     pub fn raw(&self) -> Option<&transport::Delivery> {
-        self.raw.as_ref()
+        self.raw.as_deref()
     }
     /// Splits into the error and the raw delivery.
     pub fn into_parts(self) -> (Error, Option<transport::Delivery>) {
-        (self.error, self.raw)
+        (self.error, self.raw.map(|raw| *raw))
     }
 }
 
@@ -250,7 +251,7 @@ impl Stream for RawSubscriber {
                     }),
                     Err(error) => Err(DeliveryError {
                         error,
-                        raw: Some(delivery),
+                        raw: Some(Box::new(delivery)),
                     }),
                 }))
             }
@@ -303,7 +304,7 @@ impl RawDelivery {
             }),
             Err(error) => Err(DeliveryError {
                 error,
-                raw: Some(self.inner),
+                raw: Some(Box::new(self.inner)),
             }),
         }
     }

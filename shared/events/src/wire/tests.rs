@@ -294,7 +294,7 @@ fn upcasting_and_version_policy_apply_on_decode() {
     let upcasters = Upcasters::new().register("orders.placed", 1, |mut v: serde_json::Value| {
         let euros = v["amount"].as_f64().ok_or("amount missing")?;
         v["total_cents"] = json!((euros * 100.0).round() as u64);
-        Ok::<_, crate::BoxError>(v)
+        Ok(v)
     });
     let d = decode(&m)
         .unwrap()

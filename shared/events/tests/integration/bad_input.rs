@@ -97,7 +97,7 @@ fn binary(headers: &[(&str, &str)], body: &str) -> Message {
         body.to_owned(),
     );
     for (n, v) in headers {
-        m.headers.append(n.to_string(), *v).unwrap();
+        m.headers.append(n.to_string(), v.to_string()).unwrap();
     }
     m
 }

@@ -23,7 +23,7 @@ fn load(path: &Path) -> Message {
         let mut headers = Headers::new();
         for (name, value) in json["headers"].as_object().unwrap() {
             headers
-                .append(name.clone(), value.as_str().unwrap())
+                .append(name.clone(), value.as_str().unwrap().to_owned())
                 .unwrap();
         }
         let mut m = Message::new(subject, serde_json::to_vec(&json["body"]).unwrap());

@@ -45,7 +45,7 @@ pub fn upcasters() -> Upcasters {
         let customer = obj.remove("customer").ok_or("customer missing")?;
         obj.insert("total_cents".into(), json!((euros * 100.0).round() as u64));
         obj.insert("customer_id".into(), customer);
-        Ok::<_, &str>(v)
+        Ok(v)
     })
 }
 
