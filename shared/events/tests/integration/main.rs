@@ -6,3 +6,5 @@ mod conformance;
 mod fixtures;
 mod props;
 mod support;
+#[cfg(feature = "nats")]
+mod nats;

@@ -1,0 +1,489 @@
+//! The core NATS transport, on [`async_nats`].
+//!
+//! Semantics (the DESIGN table's "core NATS" column):
+//! - **at most once.** `publish` returns once the message is queued in the
+//!   client, not when the server has it. A message in the client's socket
+//!   buffer when the connection drops is lost; durability is JetStream's
+//!   job.
+//! - **bounded publish.** While the connection is down a publish waits up to
+//!   [`NatsConfig::publish_timeout`] for it to come back, then fails with
+//!   [`ErrorKind::Unavailable`] (async-nats alone would queue until its
+//!   buffer is full and then block forever).
+//! - **no acknowledgements.** Deliveries are
+//!   [`Delivery::unacknowledged`]: `ack` and `term` do nothing, `nack` is
+//!   refused with [`ErrorKind::Unsupported`]. Durable names are refused.
+//! - **size.** Headers and body together must fit the server's
+//!   `max_payload` (1 MiB by default); a larger message fails with
+//!   [`ErrorKind::PayloadTooLarge`] before anything is sent.
+//! - **clean shutdown.** [`close`](Transport::close) flushes, then drains:
+//!   everything published before it reaches the server, and open
+//!   subscriptions end after the messages already on their way.
+//! - **health.** Connection events (lost, re-established, slow consumer,
+//!   lame duck) are logged through `tracing` and counted in
+//!   [`NatsTransport::status`].
+
+mod config;
+mod status;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt as _;
+use tokio::sync::watch;
+
+pub use config::{Auth, NatsConfig, ReconnectPolicy, DEFAULT_URL};
+pub use status::{ConnectionState, NatsStatus};
+
+pub(crate) use status::Tracker;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::transport::{
+    Capabilities, Delivery, DeliveryInfo, Headers, Message, Subject, SubscribeOptions,
+    Subscription, Transport,
+};
+
+/// A transport on core NATS: at-most-once, queue groups, wildcards.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), events::Error> {
+/// use events::backend::nats::{NatsConfig, NatsTransport};
+///
+/// let transport = NatsTransport::connect(NatsConfig::from_env()?).await?;
+/// let bus = events::Bus::builder(transport).source("orders").build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct NatsTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: async_nats::Client,
+    tracker: Arc<Tracker>,
+    config: NatsConfig,
+    capabilities: Capabilities,
+    closed: AtomicBool,
+}
+
+impl NatsTransport {
+    /// Connects with `config`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Unavailable`] if no server can be reached (unless
+    /// [`NatsConfig::retry_initial_connect`] is set),
+    /// [`ErrorKind::Backend`] if the server rejects the credentials or TLS
+    /// fails, [`ErrorKind::InvalidInput`] for an unusable configuration.
+    pub async fn connect(config: NatsConfig) -> Result<Self> {
+        let (client, tracker) = connect(&config, "nats").await?;
+        let mut capabilities = Capabilities::none();
+        capabilities.queue_groups = true;
+        capabilities.wildcards = true;
+        capabilities.ordered_per_publisher = true;
+        capabilities.max_message_size = client.max_payload();
+        Ok(NatsTransport {
+            inner: Arc::new(Inner {
+                client,
+                tracker,
+                config,
+                capabilities,
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The connection's health now.
+    pub fn status(&self) -> NatsStatus {
+        self.inner.tracker.snapshot()
+    }
+
+    /// A receiver that sees every change of the connection state.
+    pub fn watch_state(&self) -> watch::Receiver<ConnectionState> {
+        self.inner.tracker.watch()
+    }
+
+    /// The underlying client, for what this crate does not wrap (request /
+    /// reply, raw subjects).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// The settings it was connected with.
+    pub fn config(&self) -> &NatsConfig {
+        &self.inner.config
+    }
+}
+
+impl fmt::Debug for NatsTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsTransport")
+            .field("servers", &self.inner.config.redacted_servers())
+            .field("state", &self.inner.tracker.state())
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transport for NatsTransport {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.inner.capabilities
+    }
+
+    fn publish(&self, message: Message) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            if inner.closed.load(Ordering::Acquire) {
+                return Err(Error::closed("the nats transport is closed"));
+            }
+            check_size(&inner.client, &message)?;
+            let headers = to_nats_headers(&message.headers)?;
+            let deadline = Instant::now() + inner.config.get_publish_timeout();
+            wait_connected(
+                &inner.tracker,
+                &message.subject,
+                deadline,
+                inner.config.get_publish_timeout(),
+            )
+            .await?;
+            let subject = message.subject.as_str().to_owned();
+            let send = async {
+                match headers {
+                    Some(headers) => {
+                        inner
+                            .client
+                            .publish_with_headers(subject, headers, message.payload)
+                            .await
+                    }
+                    None => inner.client.publish(subject, message.payload).await,
+                }
+            };
+            match tokio::time::timeout_at(deadline.into(), send).await {
+                Ok(result) => result.map_err(|e| publish_error(&message.subject, e)),
+                Err(_elapsed) => Err(unavailable(
+                    &message.subject,
+                    inner.config.get_publish_timeout(),
+                )),
+            }
+        })
+    }
+
+    fn subscribe(&self, options: SubscribeOptions) -> BoxFuture<'_, Result<Subscription>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            if inner.closed.load(Ordering::Acquire) {
+                return Err(Error::closed("the nats transport is closed"));
+            }
+            if options.get_durable_name().is_some() {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "core nats has no durable subscriptions; use the jetstream transport",
+                ));
+            }
+            let pattern = options.get_pattern().as_str().to_owned();
+            let subscriber = match options.get_queue_group() {
+                Some(group) => {
+                    inner
+                        .client
+                        .queue_subscribe(pattern, group.to_owned())
+                        .await
+                }
+                None => inner.client.subscribe(pattern).await,
+            }
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Backend,
+                    format!("subscribe to `{}` failed", options.get_pattern()),
+                )
+                .with_source(e)
+            })?;
+            // The subscription counts from the moment the server has the
+            // SUB: wait for it, so a publish right after `subscribe`
+            // returns is seen.
+            flush(&inner.client, inner.config.get_publish_timeout()).await?;
+            tracing::debug!(pattern = %options.get_pattern(), group = ?options.get_queue_group(), "nats subscription opened");
+            let stream = subscriber.map(|m| {
+                let headers = from_nats_headers(m.headers.as_ref())?;
+                let message = Message {
+                    subject: Subject::received(m.subject.to_string()),
+                    headers,
+                    payload: m.payload,
+                    dedup_id: None,
+                };
+                Ok(Delivery::unacknowledged(message, DeliveryInfo::attempt(1)))
+            });
+            Ok(Subscription::new(stream))
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if self.inner.closed.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            flush(&self.inner.client, self.inner.config.get_publish_timeout()).await
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let inner = &*self.inner;
+            if inner.closed.swap(true, Ordering::AcqRel) {
+                return Ok(());
+            }
+            close_client(
+                &inner.client,
+                &inner.tracker,
+                inner.config.get_publish_timeout(),
+            )
+            .await
+        })
+    }
+}
+
+/// Connects a client whose events feed a new [`Tracker`].
+pub(crate) async fn connect(
+    config: &NatsConfig,
+    transport: &'static str,
+) -> Result<(async_nats::Client, Arc<Tracker>)> {
+    if config.get_servers().is_empty() {
+        return Err(Error::invalid("no nats server url configured"));
+    }
+    let initial = if config.get_retry_initial_connect() {
+        ConnectionState::Connecting
+    } else {
+        ConnectionState::Connected
+    };
+    let tracker = Tracker::new(transport, initial);
+    let events = tracker.clone();
+    let options = config
+        .connect_options()
+        .await?
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move { events.on_event(event) }
+        });
+    let servers = config
+        .get_servers()
+        .iter()
+        .map(|s| s.parse::<async_nats::ServerAddr>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| {
+            Error::invalid(format!(
+                "invalid nats server url in {}",
+                config.redacted_servers().join(",")
+            ))
+            .with_source(e)
+        })?;
+    let client = options
+        .connect(servers)
+        .await
+        .map_err(|e| connect_error(config, e))?;
+    tracing::debug!(transport, config = %config, "nats client connected");
+    Ok((client, tracker))
+}
+
+fn connect_error(config: &NatsConfig, e: async_nats::ConnectError) -> Error {
+    use async_nats::ConnectErrorKind as K;
+    let servers = config.redacted_servers().join(",");
+    let (kind, detail) = match e.kind() {
+        K::AuthorizationViolation | K::Authentication => (
+            ErrorKind::Backend,
+            format!(
+                "the nats server at {servers} rejected the credentials ({})",
+                config.get_auth().method()
+            ),
+        ),
+        K::Tls => (
+            ErrorKind::Backend,
+            format!("tls handshake with {servers} failed"),
+        ),
+        K::ServerParse => (
+            ErrorKind::InvalidInput,
+            format!("invalid nats server url in {servers}"),
+        ),
+        K::Dns | K::Io | K::TimedOut | K::MaxReconnects => (
+            ErrorKind::Unavailable,
+            format!("cannot connect to nats at {servers}"),
+        ),
+    };
+    Error::new(kind, detail).with_source(e)
+}
+
+/// Flushes, then drains the client and waits (bounded) until it is closed,
+/// so nothing queued is lost.
+pub(crate) async fn close_client(
+    client: &async_nats::Client,
+    tracker: &Tracker,
+    limit: Duration,
+) -> Result<()> {
+    let flushed = flush(client, limit).await;
+    let drained = client.drain().await.map_err(|e| {
+        Error::new(ErrorKind::Backend, "draining the nats connection failed").with_source(e)
+    });
+    // `drain` only starts the work; the connection reports `Closed` when
+    // every subscription has been drained and the buffers written.
+    if drained.is_ok()
+        && !tracker
+            .wait_for(limit, |s| s == ConnectionState::Closed)
+            .await
+    {
+        tracing::warn!(?limit, "nats connection did not finish draining in time");
+    }
+    tracker.set_closed();
+    flushed.and(drained)
+}
+
+/// Waits until the client has written everything and the server answered
+/// (a PING/PONG round trip), for at most `limit`.
+pub(crate) async fn flush(client: &async_nats::Client, limit: Duration) -> Result<()> {
+    match tokio::time::timeout(limit, client.flush()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            Err(Error::new(ErrorKind::Closed, "the nats connection is closed").with_source(e))
+        }
+        Err(_) => Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("flush did not complete within {limit:?}: the server is unreachable"),
+        )),
+    }
+}
+
+/// Waits until the connection is up, or fails at `deadline`.
+pub(crate) async fn wait_connected(
+    tracker: &Tracker,
+    subject: &Subject,
+    deadline: Instant,
+    limit: Duration,
+) -> Result<()> {
+    match tracker.state() {
+        ConnectionState::Connected => Ok(()),
+        ConnectionState::Closed => Err(Error::closed("the nats connection is closed")),
+        ConnectionState::Connecting | ConnectionState::Disconnected => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if tracker
+                .wait_for(left, |s| {
+                    matches!(s, ConnectionState::Connected | ConnectionState::Closed)
+                })
+                .await
+            {
+                match tracker.state() {
+                    ConnectionState::Closed => Err(Error::closed("the nats connection is closed")),
+                    _ => Ok(()),
+                }
+            } else {
+                Err(unavailable(subject, limit))
+            }
+        }
+    }
+}
+
+pub(crate) fn unavailable(subject: &Subject, limit: Duration) -> Error {
+    Error::new(
+        ErrorKind::Unavailable,
+        format!("publish to `{subject}` gave up after {limit:?}: the nats server is unreachable"),
+    )
+}
+
+fn publish_error(subject: &Subject, e: async_nats::PublishError) -> Error {
+    use async_nats::client::PublishErrorKind as K;
+    let (kind, detail) = match e.kind() {
+        K::MaxPayloadExceeded => (
+            ErrorKind::PayloadTooLarge,
+            format!("message on `{subject}` exceeds the server's max_payload"),
+        ),
+        K::InvalidSubject => (
+            ErrorKind::InvalidInput,
+            format!("subject `{subject}` rejected by the client"),
+        ),
+        K::Send => (
+            ErrorKind::Closed,
+            "the nats connection is closed".to_owned(),
+        ),
+    };
+    Error::new(kind, detail).with_source(e)
+}
+
+/// Refuses a message larger than the server accepts, before sending: a
+/// server that receives one closes the connection.
+pub(crate) fn check_size(client: &async_nats::Client, message: &Message) -> Result<()> {
+    let limit = client.max_payload();
+    let size = message.wire_len();
+    if size > limit {
+        return Err(Error::new(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "message on `{}` is {size} bytes with headers; the server accepts at most {limit}",
+                message.subject
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Our headers as an async-nats map, built only with the fallible
+/// constructors (`HeaderMap::insert` with `&str` panics on bad input).
+/// `None` when there are none, so the message goes out as a plain `PUB`.
+pub(crate) fn to_nats_headers(headers: &Headers) -> Result<Option<async_nats::HeaderMap>> {
+    if headers.is_empty() {
+        return Ok(None);
+    }
+    let mut map = async_nats::HeaderMap::new();
+    for (name, value) in headers.iter() {
+        let n = async_nats::HeaderName::try_from(name).map_err(|e| {
+            Error::invalid(format!("header name {name:?} is not valid for nats")).with_source(e)
+        })?;
+        let v = value.parse::<async_nats::HeaderValue>().map_err(|e| {
+            Error::invalid(format!("header {name:?} has a value not valid for nats")).with_source(e)
+        })?;
+        map.append(n, v);
+    }
+    Ok(Some(map))
+}
+
+/// Received headers in our form. Every value is checked again: a broker is
+/// not trusted to uphold our invariants.
+pub(crate) fn from_nats_headers(headers: Option<&async_nats::HeaderMap>) -> Result<Headers> {
+    let Some(map) = headers else {
+        return Ok(Headers::new());
+    };
+    let mut out = Headers::with_capacity(map.len());
+    for (name, values) in map.iter() {
+        for value in values {
+            out.append(name.to_string(), value.as_str().to_owned())
+                .map_err(|e| Error::decode(format!("received header {name}: {}", e.detail())))?;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_convert_both_ways_and_bad_ones_are_errors_not_panics() {
+        let mut h = Headers::new();
+        h.append("ce-id", "1").unwrap();
+        h.append("content-type", "application/json").unwrap();
+        h.append("x-multi", "a").unwrap();
+        h.append("x-multi", "b").unwrap();
+        let map = to_nats_headers(&h).unwrap().unwrap();
+        let back = from_nats_headers(Some(&map)).unwrap();
+        assert_eq!(back.len(), 4);
+        assert_eq!(back.get("ce-id"), Some("1"));
+        assert_eq!(back.get("Content-Type"), Some("application/json"));
+        assert!(to_nats_headers(&Headers::new()).unwrap().is_none());
+        assert_eq!(from_nats_headers(None).unwrap().len(), 0);
+    }
+
+    fn _transport_is_object_safe(t: NatsTransport) -> Arc<dyn Transport> {
+        Arc::new(t)
+    }
+}
