@@ -78,6 +78,9 @@
 
 pub mod backend;
 pub mod bus;
+#[cfg(feature = "runtime")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
+pub mod consumer;
 pub mod envelope;
 mod error;
 #[cfg(feature = "testing")]

@@ -79,6 +79,10 @@ impl Bus {
         BusBuilder::new(transport)
     }
 
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
     /// The transport underneath.
     pub fn transport(&self) -> &Arc<dyn Transport> {
         &self.inner.transport

@@ -16,7 +16,7 @@
 //! `ARCHITECTURE.md`.
 
 mod binary;
-mod percent;
+pub(crate) mod percent;
 mod structured;
 
 use std::borrow::Cow;

@@ -1,0 +1,255 @@
+//! Dead letters: copies of events a consumer gave up on, with the reason,
+//! and the means to replay them.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::error::{Error, Result};
+use crate::transport::{Message, Subject, Subscription, Transport};
+use crate::wire::{format_time, parse_time, percent};
+
+/// Header names a dead-letter copy adds to the original headers.
+pub mod headers {
+    /// Why: `decode`, `unsupported_version`, `missing_upcaster`,
+    /// `rejected`, `attempts_exhausted`, `no_handler`.
+    pub const REASON: &str = "dead-letter-reason";
+    /// The error text (percent-encoded).
+    pub const ERROR: &str = "dead-letter-error";
+    /// How many attempts were made.
+    pub const ATTEMPTS: &str = "dead-letter-attempts";
+    /// The consumer that gave up.
+    pub const CONSUMER: &str = "dead-letter-consumer";
+    /// The subject the event was published on.
+    pub const SUBJECT: &str = "dead-letter-subject";
+    /// When it was dead-lettered (RFC 3339).
+    pub const TIME: &str = "dead-letter-time";
+
+    pub(crate) const ALL: [&str; 6] = [REASON, ERROR, ATTEMPTS, CONSUMER, SUBJECT, TIME];
+}
+
+/// Why an event was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// The message is not a valid event, or its payload does not match.
+    Decode,
+    /// Its version is newer than the consumer knows.
+    UnsupportedVersion,
+    /// An older version could not be upcast.
+    MissingUpcaster,
+    /// The handler rejected it.
+    Rejected,
+    /// The handler failed on every attempt.
+    AttemptsExhausted,
+    /// No handler is registered for its type.
+    NoHandler,
+}
+
+impl Reason {
+    /// The text written to the reason header.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Decode => "decode",
+            Reason::UnsupportedVersion => "unsupported_version",
+            Reason::MissingUpcaster => "missing_upcaster",
+            Reason::Rejected => "rejected",
+            Reason::AttemptsExhausted => "attempts_exhausted",
+            Reason::NoHandler => "no_handler",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [
+            Reason::Decode,
+            Reason::UnsupportedVersion,
+            Reason::MissingUpcaster,
+            Reason::Rejected,
+            Reason::AttemptsExhausted,
+            Reason::NoHandler,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == text)
+    }
+}
+
+/// A dead-letter copy: the original message plus why it was given up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The original message as received (subject, headers, body).
+    pub original: Message,
+    /// Why.
+    pub reason: Reason,
+    /// The error text.
+    pub error: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The consumer that gave up.
+    pub consumer: String,
+    /// When.
+    pub time: DateTime<Utc>,
+}
+
+impl DeadLetter {
+    /// The message to publish on `subject`: the original headers and body,
+    /// plus the `dead-letter-*` headers. It carries no dedup id: a copy must
+    /// never be dropped as a duplicate of the original event.
+    pub fn to_message(&self, subject: Subject) -> Message {
+        let mut headers = self.original.headers.clone();
+        for name in headers::ALL {
+            headers.remove(name);
+        }
+        headers.push_trusted(headers::REASON, self.reason.as_str());
+        headers.push_trusted(headers::ERROR, percent::encode(&self.error));
+        headers.push_trusted(headers::ATTEMPTS, self.attempts.to_string());
+        headers.push_trusted(headers::CONSUMER, percent::encode(&self.consumer));
+        headers.push_trusted(
+            headers::SUBJECT,
+            percent::encode(self.original.subject.as_str()),
+        );
+        headers.push_trusted(headers::TIME, format_time(self.time));
+        Message {
+            subject,
+            headers,
+            payload: self.original.payload.clone(),
+            dedup_id: None,
+        }
+    }
+
+    /// Reads a dead-letter copy back.
+    pub fn from_message(message: &Message) -> Result<Self> {
+        let h = &message.headers;
+        let get = |name: &str| {
+            h.get(name)
+                .ok_or_else(|| Error::decode(format!("dead letter without header {name}")))
+        };
+        let reason = Reason::parse(get(headers::REASON)?)
+            .ok_or_else(|| Error::decode("dead letter with an unknown reason"))?;
+        let error = percent::decode(headers::ERROR, get(headers::ERROR)?)?;
+        let attempts = get(headers::ATTEMPTS)?
+            .parse()
+            .map_err(|_| Error::decode("dead letter with a non-numeric attempt count"))?;
+        let consumer = percent::decode(headers::CONSUMER, get(headers::CONSUMER)?)?;
+        let subject = percent::decode(headers::SUBJECT, get(headers::SUBJECT)?)?;
+        let time = parse_time(get(headers::TIME)?)?;
+        let mut original_headers = h.clone();
+        for name in headers::ALL {
+            original_headers.remove(name);
+        }
+        Ok(DeadLetter {
+            original: Message {
+                subject: Subject::parse(&subject)?,
+                headers: original_headers,
+                payload: message.payload.clone(),
+                dedup_id: None,
+            },
+            reason,
+            error,
+            attempts,
+            consumer,
+            time,
+        })
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Dead letters republished to their original subject (and acked).
+    pub replayed: usize,
+    /// Dead letters the filter left alone (not settled: they come back after
+    /// the transport's ack wait).
+    pub skipped: usize,
+    /// Messages on the dead-letter subject that are not dead letters
+    /// (terminated).
+    pub invalid: usize,
+}
+
+/// Republishes dead letters read from `dead_letters` to their original
+/// subjects, for those `filter` accepts, until `max` were replayed or none
+/// arrives for `idle`.
+///
+/// A dead letter is acked only after its republish succeeded; if the
+/// republish fails, it is nacked and the error returned, so nothing is lost.
+pub async fn replay(
+    transport: &dyn Transport,
+    dead_letters: &mut Subscription,
+    max: usize,
+    idle: Duration,
+    mut filter: impl FnMut(&DeadLetter) -> bool,
+) -> Result<ReplayReport> {
+    let mut report = ReplayReport::default();
+    while report.replayed < max {
+        let delivery = match tokio::time::timeout(idle, dead_letters.next()).await {
+            Ok(Some(delivery)) => delivery?,
+            Ok(None) | Err(_) => break,
+        };
+        let letter = match DeadLetter::from_message(delivery.message()) {
+            Ok(letter) => letter,
+            Err(e) => {
+                tracing::warn!(error = %e, subject = %delivery.message().subject, "not a dead letter; terminated");
+                delivery.term().await?;
+                report.invalid += 1;
+                continue;
+            }
+        };
+        if !filter(&letter) {
+            report.skipped += 1;
+            drop(delivery);
+            continue;
+        }
+        match transport.publish(letter.original).await {
+            Ok(()) => {
+                delivery.ack().await?;
+                report.replayed += 1;
+            }
+            Err(e) => {
+                delivery.nack(None).await.ok();
+                return Err(e);
+            }
+        }
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_letter_round_trips_through_its_message() {
+        let mut original = Message::new(
+            Subject::parse("events.orders.placed").unwrap(),
+            &b"{\"x\":1}"[..],
+        );
+        original.headers.append("ce-id", "abc").unwrap();
+        original.dedup_id = Some("abc".into());
+        let letter = DeadLetter {
+            original: original.clone(),
+            reason: Reason::AttemptsExhausted,
+            error: "database down\r\nretry later: 100%".into(),
+            attempts: 5,
+            consumer: "billing".into(),
+            time: parse_time("2024-01-01T00:00:00Z").unwrap(),
+        };
+        let m = letter.to_message(Subject::parse("deadletter.events.billing").unwrap());
+        assert_eq!(m.dedup_id, None, "never deduplicated against the original");
+        assert_eq!(m.headers.get("ce-id"), Some("abc"), "original headers kept");
+        assert_eq!(m.headers.get(headers::REASON), Some("attempts_exhausted"));
+        assert_eq!(m.headers.get(headers::ATTEMPTS), Some("5"));
+        assert!(!m.headers.get(headers::ERROR).unwrap().contains('\n'));
+        let back = DeadLetter::from_message(&m).unwrap();
+        let mut expected = letter.clone();
+        expected.original.dedup_id = None;
+        assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn a_message_without_dead_letter_headers_is_a_decode_error() {
+        let m = Message::new(Subject::parse("a").unwrap(), &b"x"[..]);
+        assert_eq!(
+            DeadLetter::from_message(&m).unwrap_err().kind(),
+            crate::ErrorKind::Decode
+        );
+    }
+}

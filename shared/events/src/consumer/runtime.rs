@@ -1,0 +1,741 @@
+//! The consumer: subscriptions, dispatch, retries, dead letters, shutdown.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use super::dead_letter::{DeadLetter, Reason};
+use super::handler::{Context, Disposition, Handler, HandlerError};
+use super::idempotency::{Claim, IdempotencyStore};
+use super::retry::RetryPolicy;
+use crate::bus::{Bus, RawDelivery};
+use crate::envelope::{validate_subject_token, EventPayload};
+use crate::error::{Error, ErrorKind, Result};
+use crate::transport::{self, Capability, Subject, SubjectPattern, SubscribeOptions};
+use crate::versioning::VersionPolicy;
+use crate::wire::RawEvent;
+
+/// What to do with an event whose version is newer than the handler's type
+/// (under [`VersionPolicy::Reject`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NewerVersion {
+    /// Dead-letter it at once (the default): nothing is lost, and a replay
+    /// after the upgrade handles it.
+    #[default]
+    DeadLetter,
+    /// Retry with the consumer's backoff, waiting for a redeploy that knows
+    /// the version; dead-lettered when the attempts run out.
+    Retry,
+    /// Acknowledge it without handling, with a warning.
+    Skip,
+}
+
+/// Counts of what a consumer did, returned by [`Consumer::run`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Summary {
+    /// Events handled successfully and acknowledged.
+    pub handled: u64,
+    /// Failed attempts that were scheduled for another attempt.
+    pub retried: u64,
+    /// Events copied to the dead-letter subject and terminated.
+    pub dead_lettered: u64,
+    /// Deliveries of already handled ids, acknowledged without handling.
+    pub duplicates: u64,
+    /// Events acknowledged without handling by policy ([`NewerVersion::Skip`]).
+    pub skipped: u64,
+    /// Dead-letter copies that could not be published (the originals were
+    /// nacked, not lost).
+    pub dead_letter_failures: u64,
+    /// In-flight events nacked because shutdown's deadline passed.
+    pub nacked_on_shutdown: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    handled: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    duplicates: AtomicU64,
+    skipped: AtomicU64,
+    dead_letter_failures: AtomicU64,
+    nacked_on_shutdown: AtomicU64,
+}
+
+impl Stats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn summary(&self) -> Summary {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Summary {
+            handled: get(&self.handled),
+            retried: get(&self.retried),
+            dead_lettered: get(&self.dead_lettered),
+            duplicates: get(&self.duplicates),
+            skipped: get(&self.skipped),
+            dead_letter_failures: get(&self.dead_letter_failures),
+            nacked_on_shutdown: get(&self.nacked_on_shutdown),
+        }
+    }
+}
+
+/// A type-erased handler: decodes the raw event into its type, then calls
+/// the user's handler.
+trait ErasedHandler<S>: Send + Sync {
+    fn prepare(
+        &self,
+        raw: RawEvent,
+        policy: VersionPolicy,
+        ctx: ContextParts<S>,
+    ) -> Result<BoxFuture<'static, Result<(), HandlerError>>>;
+}
+
+struct ContextParts<S> {
+    state: S,
+    bus: Bus,
+    consumer: Arc<str>,
+    attempt: u32,
+}
+
+struct Typed<T, H> {
+    handler: H,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T, S, H> ErasedHandler<S> for Typed<T, H>
+where
+    T: EventPayload,
+    S: Send + 'static,
+    H: Handler<T, S>,
+{
+    fn prepare(
+        &self,
+        raw: RawEvent,
+        policy: VersionPolicy,
+        ctx: ContextParts<S>,
+    ) -> Result<BoxFuture<'static, Result<(), HandlerError>>> {
+        let decoded = raw.into_event::<T>(&ctx.bus.inner().upcasters, policy)?;
+        let context = Context::new(
+            ctx.state,
+            ctx.bus,
+            ctx.consumer,
+            ctx.attempt,
+            decoded.event.metadata.clone(),
+        );
+        Ok(self.handler.call(decoded.event, context))
+    }
+}
+
+/// A consumer: typed handlers for one or more event types, run with a
+/// retry policy, dead letters, optional idempotency, a concurrency limit and
+/// graceful shutdown.
+///
+/// ```
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, Serialize, Deserialize)]
+/// # struct OrderPlaced { order_id: String }
+/// # impl events::EventPayload for OrderPlaced { const TYPE: &'static str = "orders.order_placed"; }
+/// use events::consumer::{Consumer, Context, HandlerError, RetryPolicy};
+/// use events::{Bus, Event};
+///
+/// async fn reserve(event: Event<OrderPlaced>, ctx: Context<()>) -> Result<(), HandlerError> {
+///     println!("reserving stock for {} (attempt {})", event.payload.order_id, ctx.attempt());
+///     Ok(())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), events::Error> {
+/// let bus = Bus::memory("inventory");
+/// let consumer = Consumer::new(&bus, "inventory")?
+///     .handle(reserve)
+///     .retry(RetryPolicy::exponential().max_attempts(5))
+///     .concurrency(8);
+/// // Run until shutdown resolves (here: at once); usually `events::consumer::shutdown_signal()`.
+/// let summary = consumer.run(async {}).await?;
+/// assert_eq!(summary.handled, 0);
+/// # Ok(()) }
+/// ```
+pub struct Consumer<S = ()> {
+    bus: Bus,
+    name: Arc<str>,
+    state: S,
+    handlers: HashMap<&'static str, Arc<dyn ErasedHandler<S>>>,
+    retry: RetryPolicy,
+    concurrency: usize,
+    ordered_by_key: bool,
+    dead_letter_subject: Subject,
+    idempotency: Option<Arc<dyn IdempotencyStore>>,
+    shutdown_timeout: Duration,
+    version_policy: VersionPolicy,
+    newer_version: NewerVersion,
+    handler_timeout: Option<Duration>,
+}
+
+impl Consumer<()> {
+    /// A consumer called `name` (a subject token: it names the queue group,
+    /// the durable consumer and the dead-letter subject) on `bus`.
+    pub fn new(bus: &Bus, name: &str) -> Result<Self> {
+        validate_subject_token(name)?;
+        let prefix = bus.codec().prefix();
+        let dead_letter_subject = Subject::from_tokens(
+            std::iter::once("deadletter")
+                .chain(prefix.split('.'))
+                .chain([name]),
+        )?;
+        Ok(Consumer {
+            bus: bus.clone(),
+            name: name.into(),
+            state: (),
+            handlers: HashMap::new(),
+            retry: RetryPolicy::exponential(),
+            concurrency: 16,
+            ordered_by_key: false,
+            dead_letter_subject,
+            idempotency: None,
+            shutdown_timeout: Duration::from_secs(30),
+            version_policy: VersionPolicy::Reject,
+            newer_version: NewerVersion::DeadLetter,
+            handler_timeout: None,
+        })
+    }
+}
+
+impl<S: Clone + Send + Sync + 'static> Consumer<S> {
+    /// Shared application state, cloned into every handler's [`Context`]
+    /// (wrap it in an `Arc` if cloning is costly). Call before `handle`.
+    pub fn state<S2: Clone + Send + Sync + 'static>(self, state: S2) -> Consumer<S2> {
+        assert!(
+            self.handlers.is_empty(),
+            "call `state` before registering handlers"
+        );
+        Consumer {
+            bus: self.bus,
+            name: self.name,
+            state,
+            handlers: HashMap::new(),
+            retry: self.retry,
+            concurrency: self.concurrency,
+            ordered_by_key: self.ordered_by_key,
+            dead_letter_subject: self.dead_letter_subject,
+            idempotency: self.idempotency,
+            shutdown_timeout: self.shutdown_timeout,
+            version_policy: self.version_policy,
+            newer_version: self.newer_version,
+            handler_timeout: self.handler_timeout,
+        }
+    }
+
+    /// Registers the handler for events of type `T` (one per type).
+    pub fn handle<T: EventPayload, H: Handler<T, S>>(mut self, handler: H) -> Self {
+        let erased: Arc<dyn ErasedHandler<S>> = Arc::new(Typed::<T, H> {
+            handler,
+            _type: PhantomData,
+        });
+        self.handlers.insert(T::TYPE, erased);
+        self
+    }
+
+    /// The retry policy (default: 5 attempts, exponential backoff from
+    /// 100 ms to 30 s with jitter).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// How many events are handled at once (default 16).
+    pub fn concurrency(mut self, limit: usize) -> Self {
+        self.concurrency = limit.max(1);
+        self
+    }
+
+    /// Handle events with the same subject (the entity key) strictly one at
+    /// a time, in delivery order, while different keys run in parallel.
+    /// Events without a subject are not ordered.
+    pub fn ordered_by_key(mut self, ordered: bool) -> Self {
+        self.ordered_by_key = ordered;
+        self
+    }
+
+    /// Where dead letters go (default `deadletter.<prefix>.<consumer>`). On
+    /// JetStream, a stream must capture this subject for them to be durable.
+    pub fn dead_letter_subject(mut self, subject: Subject) -> Self {
+        self.dead_letter_subject = subject;
+        self
+    }
+
+    /// Handle each event id once, remembering handled ids in `store`.
+    pub fn idempotency(mut self, store: impl IdempotencyStore) -> Self {
+        self.idempotency = Some(Arc::new(store));
+        self
+    }
+
+    /// How long shutdown waits for in-flight handlers before it nacks them
+    /// (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How to read versions newer than the handler's type (default reject).
+    pub fn version_policy(mut self, policy: VersionPolicy) -> Self {
+        self.version_policy = policy;
+        self
+    }
+
+    /// What to do with rejected newer versions (default dead-letter).
+    pub fn on_newer_version(mut self, action: NewerVersion) -> Self {
+        self.newer_version = action;
+        self
+    }
+
+    /// A deadline per attempt: a handler still running after it fails the
+    /// attempt (retryable).
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = Some(timeout);
+        self
+    }
+
+    /// The consumer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The subject dead letters go to.
+    pub fn get_dead_letter_subject(&self) -> &Subject {
+        &self.dead_letter_subject
+    }
+
+    /// Subscribes and handles events until `shutdown` resolves (or every
+    /// subscription ends), then shuts down gracefully: stop pulling, let
+    /// in-flight handlers finish within the shutdown timeout, nack (never
+    /// ack) what did not finish, flush the bus. Returns what was done.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<Summary> {
+        if self.handlers.is_empty() {
+            return Err(Error::invalid(format!(
+                "consumer {:?} has no handlers",
+                self.name
+            )));
+        }
+        let transport = self.bus.transport().clone();
+        let caps = transport.capabilities().clone();
+        let mut subscriptions = Vec::with_capacity(self.handlers.len());
+        for event_type in self.handlers.keys() {
+            let subject = self.bus.codec().subject_for(event_type)?;
+            let mut options = SubscribeOptions::new(SubjectPattern::exact(&subject))
+                .capacity(self.concurrency * 2);
+            // Instances of one consumer compete for its events: a shared
+            // durable consumer where the backend has one, else a queue group.
+            options = if caps.supports(Capability::Durable) {
+                options.durable_name(format!("{}_{}", self.name, event_type.replace('.', "_")))?
+            } else if caps.supports(Capability::QueueGroups) {
+                options.queue_group(self.name.to_string())?
+            } else {
+                options
+            };
+            subscriptions.push(self.bus.subscribe_raw_with(options).await?);
+        }
+        let mut deliveries = futures_util::stream::select_all(subscriptions);
+        tracing::info!(consumer = %self.name, types = self.handlers.len(), transport = transport.name(), "consumer started");
+
+        let shared = Arc::new(Shared {
+            bus: self.bus.clone(),
+            name: self.name.clone(),
+            state: self.state,
+            handlers: self.handlers,
+            retry: self.retry,
+            native_redelivery: caps.supports(Capability::Redelivery),
+            dead_letter_subject: self.dead_letter_subject,
+            idempotency: self.idempotency,
+            version_policy: self.version_policy,
+            newer_version: self.newer_version,
+            handler_timeout: self.handler_timeout,
+            stats: Stats::default(),
+            cancel: CancellationToken::new(),
+        });
+        let semaphore = Arc::new(Semaphore::new(self.concurrency));
+        let mut tasks = JoinSet::new();
+        let mut keys: HashMap<String, watch::Receiver<bool>> = HashMap::new();
+        let shutdown = std::pin::pin!(shutdown);
+        let mut shutdown = shutdown;
+
+        loop {
+            // Backpressure: pull the next event only when a slot is free.
+            let permit = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                permit = semaphore.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let item = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                item = deliveries.next() => item,
+            };
+            while let Some(done) = tasks.try_join_next() {
+                log_panic(done);
+            }
+            let Some(item) = item else { break };
+            let shared = shared.clone();
+            match item {
+                Ok(delivery) => {
+                    // Per-key ordering: each event of a key waits for the
+                    // previous one of the same key, in delivery order.
+                    let order = match delivery
+                        .metadata()
+                        .subject()
+                        .filter(|_| self.ordered_by_key)
+                    {
+                        Some(key) => {
+                            if keys.len() > 4 * self.concurrency {
+                                // Forget keys whose last event is done (or whose task is gone).
+                                keys.retain(|_, rx| !*rx.borrow() && rx.has_changed().is_ok());
+                            }
+                            let (done_tx, done_rx) = watch::channel(false);
+                            Some((keys.insert(key.to_owned(), done_rx), done_tx))
+                        }
+                        None => None,
+                    };
+                    tasks.spawn(async move {
+                        let (previous, done) = match order {
+                            Some((previous, done)) => (previous, Some(done)),
+                            None => (None, None),
+                        };
+                        if let Some(mut previous) = previous {
+                            // Either the predecessor signals, or it is gone.
+                            let _ = previous.wait_for(|done| *done).await;
+                        }
+                        shared.process(delivery).await;
+                        if let Some(done) = done {
+                            let _ = done.send(true);
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(failure) => {
+                    let (error, raw) = failure.into_parts();
+                    match raw {
+                        Some(raw) => {
+                            tasks.spawn(async move {
+                                let reason = reason_for(&error);
+                                shared.dead_letter(raw, reason, &error.to_string()).await;
+                                drop(permit);
+                            });
+                        }
+                        None => {
+                            tracing::warn!(consumer = %shared.name, error = %error, "subscription error")
+                        }
+                    }
+                }
+            }
+        }
+
+        // Shutdown: stop pulling, then give in-flight work its deadline.
+        drop(deliveries);
+        tracing::info!(consumer = %shared.name, in_flight = tasks.len(), "consumer stopping");
+        let drained = tokio::time::timeout(self.shutdown_timeout, async {
+            while let Some(done) = tasks.join_next().await {
+                log_panic(done);
+            }
+        })
+        .await;
+        if drained.is_err() {
+            // Past the deadline: every handler still running is cancelled
+            // and its delivery nacked, never acked.
+            shared.cancel.cancel();
+            while let Some(done) = tasks.join_next().await {
+                log_panic(done);
+            }
+        }
+        if let Err(e) = shared.bus.flush().await {
+            tracing::warn!(consumer = %shared.name, error = %e, "flush on shutdown failed");
+        }
+        let summary = shared.stats.summary();
+        tracing::info!(consumer = %shared.name, ?summary, "consumer stopped");
+        Ok(summary)
+    }
+}
+
+impl<S> fmt::Debug for Consumer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut types: Vec<_> = self.handlers.keys().collect();
+        types.sort();
+        f.debug_struct("Consumer")
+            .field("name", &self.name)
+            .field("types", &types)
+            .field("retry", &self.retry)
+            .field("concurrency", &self.concurrency)
+            .field("ordered_by_key", &self.ordered_by_key)
+            .field("dead_letter_subject", &self.dead_letter_subject)
+            .field("idempotency", &self.idempotency)
+            .finish_non_exhaustive()
+    }
+}
+
+fn log_panic(done: std::result::Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            // The delivery was dropped unsettled: the transport redelivers it
+            // after its ack wait.
+            tracing::error!(error = %e, "a handler panicked; its event will be redelivered");
+        }
+    }
+}
+
+fn reason_for(error: &Error) -> Reason {
+    match error.kind() {
+        ErrorKind::UnsupportedVersion => Reason::UnsupportedVersion,
+        ErrorKind::MissingUpcaster => Reason::MissingUpcaster,
+        _ => Reason::Decode,
+    }
+}
+
+struct Shared<S> {
+    bus: Bus,
+    name: Arc<str>,
+    state: S,
+    handlers: HashMap<&'static str, Arc<dyn ErasedHandler<S>>>,
+    retry: RetryPolicy,
+    native_redelivery: bool,
+    dead_letter_subject: Subject,
+    idempotency: Option<Arc<dyn IdempotencyStore>>,
+    version_policy: VersionPolicy,
+    newer_version: NewerVersion,
+    handler_timeout: Option<Duration>,
+    stats: Stats,
+    cancel: CancellationToken,
+}
+
+impl<S: Clone + Send + Sync + 'static> Shared<S> {
+    async fn process(&self, delivery: RawDelivery) {
+        let (raw, delivery) = delivery.into_parts();
+        let span = tracing::info_span!(
+            "events.handle",
+            consumer = %self.name,
+            event.r#type = raw.metadata.event_type(),
+            event.id = raw.metadata.id(),
+            subject = delivery.message().subject.as_str(),
+            attempt = delivery.attempt(),
+        );
+        self.process_in_span(raw, delivery).instrument(span).await
+    }
+
+    async fn process_in_span(&self, raw: RawEvent, delivery: transport::Delivery) {
+        let Some(handler) = self.handlers.get(raw.metadata.event_type()).cloned() else {
+            let text = format!("no handler for {}", raw.metadata.event_type());
+            return self.dead_letter(delivery, Reason::NoHandler, &text).await;
+        };
+        let claim_key = format!("{}/{}", self.name, raw.metadata.id());
+        if let Some(store) = &self.idempotency {
+            match store.claim(&claim_key).await {
+                Ok(Claim::Acquired) => {}
+                Ok(Claim::Done) => {
+                    Stats::bump(&self.stats.duplicates);
+                    tracing::debug!("duplicate event acknowledged without handling");
+                    return settle(delivery.ack().await);
+                }
+                Ok(Claim::InProgress) => {
+                    return settle(delivery.nack(Some(Duration::from_secs(1))).await);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "idempotency store unavailable; event nacked");
+                    let delay = self.retry.delay(delivery.attempt());
+                    return settle(delivery.nack(Some(delay)).await);
+                }
+            }
+        }
+        let release = || async {
+            if let Some(store) = &self.idempotency {
+                if let Err(e) = store.release(&claim_key).await {
+                    tracing::warn!(error = %e, "could not release an idempotency claim");
+                }
+            }
+        };
+
+        let mut attempt = delivery.attempt();
+        let mut raw = Some(raw);
+        loop {
+            let parts = ContextParts {
+                state: self.state.clone(),
+                bus: self.bus.clone(),
+                consumer: self.name.clone(),
+                attempt,
+            };
+            // With native redelivery there is one attempt per delivery, so the
+            // event moves into the handler; in-process retries keep a copy.
+            let input = if self.native_redelivery {
+                raw.take()
+            } else {
+                raw.clone()
+            };
+            let input = input.expect("one attempt per delivery with native redelivery");
+            let future = match handler.prepare(input, self.version_policy, parts) {
+                Ok(future) => future,
+                Err(error) => {
+                    release().await;
+                    return self.undecodable(delivery, error, attempt).await;
+                }
+            };
+            let result = tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    release().await;
+                    Stats::bump(&self.stats.nacked_on_shutdown);
+                    tracing::info!("shutdown deadline passed; event nacked");
+                    return settle(delivery.nack(None).await);
+                }
+                result = with_timeout(self.handler_timeout, future) => result,
+            };
+            let error = match result {
+                Ok(()) => {
+                    if let Some(store) = &self.idempotency {
+                        if let Err(e) = store.complete(&claim_key).await {
+                            tracing::warn!(error = %e, "could not record the event as handled");
+                        }
+                    }
+                    Stats::bump(&self.stats.handled);
+                    return settle(delivery.ack().await);
+                }
+                Err(error) => error,
+            };
+            release().await;
+            let delay = match error.disposition() {
+                Disposition::Reject => {
+                    return self
+                        .dead_letter(delivery, Reason::Rejected, &error.to_string())
+                        .await;
+                }
+                Disposition::Retry(_) if !self.retry.allows_another(attempt) => {
+                    tracing::warn!(error = %error, "attempts exhausted");
+                    return self
+                        .dead_letter(delivery, Reason::AttemptsExhausted, &error.to_string())
+                        .await;
+                }
+                Disposition::Retry(delay) => delay.unwrap_or_else(|| self.retry.delay(attempt)),
+            };
+            Stats::bump(&self.stats.retried);
+            tracing::debug!(error = %error, ?delay, "attempt failed; retrying");
+            if self.native_redelivery {
+                // The broker counts the attempt and redelivers: no second,
+                // in-process retry loop stacked on top.
+                return settle(delivery.nack(Some(delay)).await);
+            }
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    Stats::bump(&self.stats.nacked_on_shutdown);
+                    return settle(delivery.nack(None).await);
+                }
+                _ = tokio::time::sleep(delay) => {}
+            }
+            attempt += 1;
+        }
+    }
+
+    /// An event that could not be decoded into its handler's type.
+    async fn undecodable(&self, delivery: transport::Delivery, error: Error, attempt: u32) {
+        let reason = reason_for(&error);
+        if reason == Reason::UnsupportedVersion {
+            match self.newer_version {
+                NewerVersion::DeadLetter => {}
+                NewerVersion::Skip => {
+                    tracing::warn!(error = %error, "newer event version skipped by policy");
+                    Stats::bump(&self.stats.skipped);
+                    return settle(delivery.ack().await);
+                }
+                NewerVersion::Retry
+                    if self.retry.allows_another(attempt) && self.native_redelivery =>
+                {
+                    Stats::bump(&self.stats.retried);
+                    return settle(delivery.nack(Some(self.retry.delay(attempt))).await);
+                }
+                NewerVersion::Retry => {}
+            }
+        }
+        self.dead_letter(delivery, reason, &error.to_string()).await
+    }
+
+    /// Publishes the dead-letter copy and, only once that succeeded,
+    /// terminates the original. If the copy cannot be published, the
+    /// original is nacked: it comes back, it is never lost.
+    async fn dead_letter(&self, delivery: transport::Delivery, reason: Reason, error: &str) {
+        let letter = DeadLetter {
+            original: delivery.message().clone(),
+            reason,
+            error: error.to_owned(),
+            attempts: delivery.attempt(),
+            consumer: self.name.to_string(),
+            time: chrono::Utc::now(),
+        };
+        let message = letter.to_message(self.dead_letter_subject.clone());
+        match self.bus.transport().publish(message).await {
+            Ok(()) => {
+                Stats::bump(&self.stats.dead_lettered);
+                tracing::warn!(reason = reason.as_str(), error, dead_letter_subject = %self.dead_letter_subject, "event dead-lettered");
+                settle(delivery.term().await);
+            }
+            Err(e) => {
+                Stats::bump(&self.stats.dead_letter_failures);
+                tracing::error!(error = %e, "dead-letter copy failed; original nacked");
+                let delay = self.retry.delay(delivery.attempt());
+                settle(delivery.nack(Some(delay)).await);
+            }
+        }
+    }
+}
+
+async fn with_timeout(
+    timeout: Option<Duration>,
+    future: BoxFuture<'static, Result<(), HandlerError>>,
+) -> Result<(), HandlerError> {
+    match timeout {
+        None => future.await,
+        Some(limit) => match tokio::time::timeout(limit, future).await {
+            Ok(result) => result,
+            Err(_) => Err(HandlerError::retry(format!(
+                "handler did not finish within {limit:?}"
+            ))),
+        },
+    }
+}
+
+/// Logs a failed settle: the broker will redeliver after its ack wait, which
+/// is the safe direction.
+fn settle(result: Result<()>) {
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "settling a delivery failed; it will be redelivered");
+    }
+}
+
+/// Resolves on ctrl-c or, on Unix, SIGTERM: pass it to [`Consumer::run`].
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => ctrl_c.await,
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await;
+}
