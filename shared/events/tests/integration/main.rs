@@ -5,6 +5,7 @@ mod bad_input;
 mod conformance;
 mod fixtures;
 mod props;
+mod runtime;
 mod support;
 #[cfg(feature = "nats")]
 mod nats;

@@ -1,0 +1,539 @@
+//! The consumer runtime's behaviour, written once and run on every backend
+//! (like the conformance suite: `runtime_suite!(backend, make)`).
+//!
+//! Dead letters go to `deadletter.<prefix>.worker`; a JetStream backend's
+//! stream must capture `deadletter.conf.>` as well as `conf.>`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use events::consumer::{
+    replay, Consumer, Context, DeadLetter, HandlerError, MemoryIdempotencyStore, Reason,
+    RetryPolicy, Summary,
+};
+use events::envelope::TraceContext;
+use events::transport::{
+    Capability, Message, SubjectPattern, SubscribeOptions, Subscription, Transport,
+};
+use events::{Bus, Event, EventPayload};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::conformance::bus_on;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub n: u32,
+}
+impl EventPayload for Job {
+    const TYPE: &'static str = "jobs.created";
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobDone {
+    pub n: u32,
+}
+impl EventPayload for JobDone {
+    const TYPE: &'static str = "jobs.done";
+}
+
+const ARRIVE: Duration = Duration::from_secs(20);
+
+type Running = (
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<events::Result<Summary>>,
+);
+
+/// Runs `consumer` in the background until [`stop`] is called.
+async fn start<S: Clone + Send + Sync + 'static>(consumer: Consumer<S>) -> Running {
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(consumer.run(async move {
+        let _ = rx.await;
+    }));
+    // Let the consumer's subscriptions reach the broker before publishing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    (tx, handle)
+}
+
+async fn stop((tx, handle): Running) -> Summary {
+    let _ = tx.send(());
+    handle.await.unwrap().unwrap()
+}
+
+async fn dead_letters(bus: &Bus) -> Subscription {
+    let subject = format!("deadletter.{}.worker", bus.codec().prefix());
+    bus.transport()
+        .subscribe(SubscribeOptions::new(
+            SubjectPattern::parse(&subject).unwrap(),
+        ))
+        .await
+        .unwrap()
+}
+
+async fn next_dead_letter(sub: &mut Subscription) -> DeadLetter {
+    let d = tokio::time::timeout(ARRIVE, sub.next())
+        .await
+        .expect("a dead letter in time")
+        .expect("open")
+        .expect("no transport error");
+    let letter = DeadLetter::from_message(d.message()).unwrap();
+    d.ack().await.unwrap();
+    letter
+}
+
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < ARRIVE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn fast_retry(attempts: u32) -> RetryPolicy {
+    RetryPolicy::exponential()
+        .max_attempts(attempts)
+        .initial_delay(Duration::from_millis(200))
+        .max_delay(Duration::from_secs(2))
+        .jitter(false)
+}
+
+pub async fn retries_count_attempts_and_respect_the_backoff<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    let bus = bus_on(&make).await;
+    type Calls = Arc<Mutex<Vec<(u32, Instant)>>>;
+    let calls: Calls = Arc::default();
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(calls.clone())
+        .handle(|_e: Event<Job>, ctx: Context<Calls>| async move {
+            ctx.state()
+                .lock()
+                .unwrap()
+                .push((ctx.attempt(), Instant::now()));
+            if ctx.attempt() < 3 {
+                Err(HandlerError::retry("not yet"))
+            } else {
+                Ok(())
+            }
+        })
+        .retry(fast_retry(5));
+    let running = start(consumer).await;
+    bus.publish(&bus.event(Job { n: 1 })).await.unwrap();
+    wait_until("three attempts", || calls.lock().unwrap().len() == 3).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let summary = stop(running).await;
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.iter().map(|c| c.0).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "no fourth call"
+    );
+    assert!(calls[1].1 - calls[0].1 >= Duration::from_millis(200));
+    assert!(calls[2].1 - calls[1].1 >= Duration::from_millis(400));
+    assert_eq!(
+        (summary.handled, summary.retried, summary.dead_lettered),
+        (1, 2, 0)
+    );
+    bus.close().await.unwrap();
+}
+
+pub async fn a_poison_event_is_dead_lettered_once_while_the_others_flow<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    let bus = bus_on(&make).await;
+    let mut dlq = dead_letters(&bus).await;
+    let handled: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(handled.clone())
+        .handle(
+            |e: Event<Job>, ctx: Context<Arc<Mutex<Vec<u32>>>>| async move {
+                if e.payload.n == 50 {
+                    return Err(HandlerError::retry("poison"));
+                }
+                ctx.state().lock().unwrap().push(e.payload.n);
+                Ok(())
+            },
+        )
+        .retry(fast_retry(3));
+    let running = start(consumer).await;
+    for n in 0..100 {
+        bus.publish(&bus.event(Job { n })).await.unwrap();
+    }
+    let letter = next_dead_letter(&mut dlq).await;
+    assert_eq!(letter.reason, Reason::AttemptsExhausted);
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(letter.consumer, "worker");
+    assert!(letter.error.contains("poison"), "{}", letter.error);
+    let poison: Job = serde_json::from_slice(
+        &events::wire::decode(&letter.original)
+            .unwrap()
+            .data
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(poison.n, 50);
+    wait_until("99 handled", || handled.lock().unwrap().len() == 99).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), dlq.next())
+            .await
+            .is_err(),
+        "dead-lettered once"
+    );
+    let summary = stop(running).await;
+    assert_eq!(
+        (summary.handled, summary.dead_lettered, summary.retried),
+        (99, 1, 2)
+    );
+    let mut seen = handled.lock().unwrap().clone();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 99, "each handled once");
+    bus.close().await.unwrap();
+}
+
+pub async fn undecodable_and_unknown_version_events_are_dead_lettered_at_once<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    #[derive(Serialize, Deserialize)]
+    struct JobV9 {
+        n: u32,
+    }
+    impl EventPayload for JobV9 {
+        const TYPE: &'static str = "jobs.created";
+        const VERSION: u32 = 9;
+    }
+    let bus = bus_on(&make).await;
+    let mut dlq = dead_letters(&bus).await;
+    let calls = Arc::new(Mutex::new(0));
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(calls.clone())
+        .handle(|_e: Event<Job>, ctx: Context<Arc<Mutex<u32>>>| async move {
+            *ctx.state().lock().unwrap() += 1;
+            Ok::<_, HandlerError>(())
+        });
+    let running = start(consumer).await;
+    let subject = bus.codec().subject_for(Job::TYPE).unwrap();
+    bus.transport()
+        .publish(Message::new(subject, &b"garbage"[..]))
+        .await
+        .unwrap();
+    let letter = next_dead_letter(&mut dlq).await;
+    assert_eq!((letter.reason, letter.attempts), (Reason::Decode, 1));
+    assert_eq!(
+        &letter.original.payload[..],
+        b"garbage",
+        "original body kept"
+    );
+    bus.publish(&bus.event(JobV9 { n: 1 })).await.unwrap();
+    let letter = next_dead_letter(&mut dlq).await;
+    assert_eq!(
+        (letter.reason, letter.attempts),
+        (Reason::UnsupportedVersion, 1)
+    );
+    let summary = stop(running).await;
+    assert_eq!(summary.dead_lettered, 2);
+    assert_eq!(*calls.lock().unwrap(), 0, "the handler never saw them");
+    bus.close().await.unwrap();
+}
+
+pub async fn shutdown_nacks_unfinished_handlers_and_acks_nothing_unhandled<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    let bus = bus_on(&make).await;
+    if !bus
+        .transport()
+        .capabilities()
+        .supports(Capability::Redelivery)
+    {
+        return; // Nothing to nack into: at-most-once backends lose in-flight work by contract.
+    }
+    let started = Arc::new(tokio::sync::Semaphore::new(0));
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(started.clone())
+        .handle(
+            |e: Event<Job>, ctx: Context<Arc<tokio::sync::Semaphore>>| async move {
+                ctx.state().add_permits(1);
+                if e.payload.n > 0 {
+                    tokio::time::sleep(Duration::from_secs(3600)).await; // stuck
+                }
+                Ok::<_, HandlerError>(())
+            },
+        )
+        .concurrency(4)
+        .shutdown_timeout(Duration::from_millis(300));
+    let first = start(consumer).await;
+    for n in 0..3 {
+        bus.publish(&bus.event(Job { n })).await.unwrap();
+    }
+    let _ = tokio::time::timeout(ARRIVE, started.acquire_many(3))
+        .await
+        .unwrap()
+        .unwrap();
+    // A second instance of the same consumer joins, then the first stops:
+    // the second gets exactly the unfinished events.
+    let again: Arc<Mutex<Vec<(u32, u32)>>> = Arc::default();
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(again.clone())
+        .handle(
+            |e: Event<Job>, ctx: Context<Arc<Mutex<Vec<(u32, u32)>>>>| async move {
+                ctx.state()
+                    .lock()
+                    .unwrap()
+                    .push((e.payload.n, ctx.attempt()));
+                Ok::<_, HandlerError>(())
+            },
+        );
+    let second = start(consumer).await;
+    let summary = stop(first).await;
+    assert_eq!((summary.handled, summary.nacked_on_shutdown), (1, 2));
+    wait_until("two redeliveries", || again.lock().unwrap().len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop(second).await;
+    let mut again = again.lock().unwrap().clone();
+    again.sort_unstable();
+    assert_eq!(
+        again,
+        [(1, 2), (2, 2)],
+        "only the unfinished, as their second attempt"
+    );
+    bus.close().await.unwrap();
+}
+
+pub async fn with_idempotency_a_duplicate_event_is_handled_once<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    let bus = bus_on(&make).await;
+    let count = Arc::new(Mutex::new(0u32));
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(count.clone())
+        .handle(|_e: Event<Job>, ctx: Context<Arc<Mutex<u32>>>| async move {
+            *ctx.state().lock().unwrap() += 1;
+            Ok::<_, HandlerError>(())
+        })
+        .idempotency(MemoryIdempotencyStore::new(Duration::from_secs(120)));
+    let running = start(consumer).await;
+    let event = bus.event(Job { n: 1 });
+    // The same event published again under a new dedup id, as a producer
+    // replaying its outbox would: the broker cannot deduplicate it.
+    for _ in 0..3 {
+        let mut message = bus.encode(&event, Default::default()).unwrap();
+        message.dedup_id = None;
+        bus.transport().publish(message).await.unwrap();
+    }
+    bus.publish(&bus.event(Job { n: 2 })).await.unwrap();
+    wait_until("both handled", || *count.lock().unwrap() == 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let summary = stop(running).await;
+    assert_eq!(*count.lock().unwrap(), 2);
+    assert_eq!((summary.handled, summary.duplicates), (2, 2));
+    bus.close().await.unwrap();
+}
+
+pub async fn events_of_one_key_are_handled_in_order_under_concurrency_8<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    type Log = Arc<Mutex<HashMap<String, Vec<u32>>>>;
+    type Busy = Arc<Mutex<HashMap<String, bool>>>;
+    let bus = bus_on(&make).await;
+    if !bus
+        .transport()
+        .capabilities()
+        .supports(Capability::OrderedPerPublisher)
+    {
+        return;
+    }
+    let log: Log = Arc::default();
+    let busy: Busy = Arc::default();
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state((log.clone(), busy.clone()))
+        .handle(|e: Event<Job>, ctx: Context<(Log, Busy)>| async move {
+            let key = e.metadata.subject().unwrap().to_owned();
+            let (log, busy) = ctx.state();
+            assert!(
+                !busy
+                    .lock()
+                    .unwrap()
+                    .insert(key.clone(), true)
+                    .unwrap_or(false),
+                "two at once for {key}"
+            );
+            // Later events of a key finish faster: only ordering keeps them in line.
+            tokio::time::sleep(Duration::from_millis(u64::from(20 - e.payload.n % 20))).await;
+            log.lock()
+                .unwrap()
+                .entry(key.clone())
+                .or_default()
+                .push(e.payload.n);
+            busy.lock().unwrap().insert(key, false);
+            Ok::<_, HandlerError>(())
+        })
+        .concurrency(8)
+        .ordered_by_key(true);
+    let running = start(consumer).await;
+    for n in 0..80 {
+        bus.publish(&bus.event(Job { n }).with_subject(format!("k{}", n % 4)))
+            .await
+            .unwrap();
+    }
+    wait_until("80 handled", || {
+        log.lock().unwrap().values().map(Vec::len).sum::<usize>() == 80
+    })
+    .await;
+    let summary = stop(running).await;
+    assert_eq!(summary.handled, 80);
+    for (key, ns) in log.lock().unwrap().iter() {
+        let mut sorted = ns.clone();
+        sorted.sort_unstable();
+        assert_eq!(ns, &sorted, "order of {key}");
+        assert_eq!(ns.len(), 20);
+    }
+    bus.close().await.unwrap();
+}
+
+pub async fn trace_context_and_causality_survive_publish_handle_publish<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    let bus = bus_on(&make).await;
+    let consumer = Consumer::new(&bus, "worker").unwrap().handle(
+        |_e: Event<Job>, ctx: Context<()>| async move {
+            ctx.bus().publish(&ctx.reaction(JobDone { n: 1 })).await?;
+            Ok::<_, HandlerError>(())
+        },
+    );
+    let mut done = bus.subscribe::<JobDone>().await.unwrap();
+    let running = start(consumer).await;
+    let trace = TraceContext::new("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .unwrap()
+        .with_tracestate("vendor=x");
+    let first = bus
+        .event(Job { n: 1 })
+        .with_trace(trace.clone())
+        .with_correlation_id("flow-1");
+    bus.publish(&first).await.unwrap();
+    let d = tokio::time::timeout(ARRIVE, done.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.metadata().trace(), Some(&trace));
+    assert_eq!(d.metadata().correlation_id(), Some("flow-1"));
+    assert_eq!(d.metadata().causation_id(), Some(first.metadata.id()));
+    d.ack().await.unwrap();
+    stop(running).await;
+    bus.close().await.unwrap();
+}
+
+pub async fn dead_letters_can_be_replayed_after_a_fix<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    let bus = bus_on(&make).await;
+    let mut dlq = dead_letters(&bus).await;
+    let fixed = Arc::new(Mutex::new(false));
+    let handled = Arc::new(Mutex::new(0u32));
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state((fixed.clone(), handled.clone()))
+        .handle(
+            |_e: Event<Job>, ctx: Context<(Arc<Mutex<bool>>, Arc<Mutex<u32>>)>| async move {
+                if !*ctx.state().0.lock().unwrap() {
+                    return Err(HandlerError::reject("bug"));
+                }
+                *ctx.state().1.lock().unwrap() += 1;
+                Ok(())
+            },
+        );
+    let running = start(consumer).await;
+    for n in 0..3 {
+        bus.publish(&bus.event(Job { n })).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    *fixed.lock().unwrap() = true; // the fix is deployed
+    let report = replay(
+        bus.transport().as_ref(),
+        &mut dlq,
+        10,
+        Duration::from_secs(1),
+        |l| l.reason == Reason::Rejected,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.replayed, 3);
+    wait_until("replayed events handled", || *handled.lock().unwrap() == 3).await;
+    let summary = stop(running).await;
+    assert_eq!((summary.dead_lettered, summary.handled), (3, 3));
+    bus.close().await.unwrap();
+}
+
+/// Generates one `#[tokio::test]` per runtime case for a backend.
+#[macro_export]
+macro_rules! runtime_suite {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::runtime as r;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn retries_count_attempts_and_respect_the_backoff() {
+                r::retries_count_attempts_and_respect_the_backoff($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_poison_event_is_dead_lettered_once_while_the_others_flow() {
+                r::a_poison_event_is_dead_lettered_once_while_the_others_flow($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn undecodable_and_unknown_version_events_are_dead_lettered_at_once() {
+                r::undecodable_and_unknown_version_events_are_dead_lettered_at_once($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn shutdown_nacks_unfinished_handlers_and_acks_nothing_unhandled() {
+                r::shutdown_nacks_unfinished_handlers_and_acks_nothing_unhandled($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn with_idempotency_a_duplicate_event_is_handled_once() {
+                r::with_idempotency_a_duplicate_event_is_handled_once($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn events_of_one_key_are_handled_in_order_under_concurrency_8() {
+                r::events_of_one_key_are_handled_in_order_under_concurrency_8($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn trace_context_and_causality_survive_publish_handle_publish() {
+                r::trace_context_and_causality_survive_publish_handle_publish($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dead_letters_can_be_replayed_after_a_fix() {
+                r::dead_letters_can_be_replayed_after_a_fix($make).await
+            }
+        }
+    };
+}
+
+runtime_suite!(memory, || async {
+    Arc::new(events::backend::memory::MemoryTransport::new()) as Arc<dyn Transport>
+});
