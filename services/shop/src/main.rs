@@ -1,0 +1,100 @@
+//! Two services reacting to each other's events: orders and inventory.
+//!
+//! The orders service places orders; inventory reserves stock (or reports it
+//! out of stock); orders settles each order. Every reaction carries the
+//! order's correlation id and names its cause.
+//!
+//! Run with `cargo run -p shop` (in-memory bus), or against NATS with
+//! `NATS_URL=nats://127.0.0.1:4222 cargo run -p shop --features nats`.
+
+mod contracts;
+mod inventory;
+mod orders;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use events::transport::Transport;
+use events::Bus;
+
+use contracts::{OrderPlaced, OrderSettled};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let transport = transport_from_env().await?;
+    println!("transport: {}", transport.name());
+    let orders_bus = Bus::builder_shared(transport.clone())
+        .source("orders")
+        .build()?;
+    let inventory_bus = Bus::builder_shared(transport.clone())
+        .source("inventory")
+        .build()?;
+
+    // Watch the outcome before anything is published.
+    let mut settled = orders_bus.subscribe::<OrderSettled>().await?;
+
+    let stock = Arc::new(Mutex::new(HashMap::from([("sku-42".to_owned(), 10)])));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let inventory =
+        tokio::spawn(inventory::consumer(&inventory_bus, stock)?.run(stopped(stop_rx.clone())));
+    let orders = tokio::spawn(orders::consumer(&orders_bus)?.run(stopped(stop_rx)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut placed = HashMap::new();
+    for (order_id, quantity) in [("o-1", 3), ("o-2", 20), ("o-3", 7)] {
+        let event = orders_bus
+            .event(OrderPlaced {
+                order_id: order_id.into(),
+                sku: "sku-42".into(),
+                quantity,
+            })
+            .with_subject(order_id);
+        orders_bus.publish(&event).await?;
+        println!(
+            "orders     published OrderPlaced   {order_id} x{quantity} id={}",
+            event.metadata.id()
+        );
+        placed.insert(order_id.to_owned(), event.metadata.id().to_owned());
+    }
+
+    for _ in 0..placed.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), settled.next())
+            .await?
+            .ok_or("bus closed")??;
+        let order = delivery.payload();
+        let correlation = delivery.metadata().correlation_id().unwrap_or_default();
+        println!(
+            "orders     settled {} confirmed={} correlation={} (the OrderPlaced id: {})",
+            order.order_id,
+            order.confirmed,
+            correlation,
+            correlation == placed[&order.order_id]
+        );
+        delivery.ack().await?;
+    }
+
+    stop_tx.send(true)?;
+    println!("inventory  {:?}", inventory.await??);
+    println!("orders     {:?}", orders.await??);
+    orders_bus.close().await?;
+    Ok(())
+}
+
+async fn transport_from_env() -> Result<Arc<dyn Transport>, Box<dyn std::error::Error>> {
+    if std::env::var_os("NATS_URL").is_some() {
+        #[cfg(feature = "nats")]
+        {
+            let config = events::backend::nats::NatsConfig::from_env()?;
+            return Ok(Arc::new(
+                events::backend::nats::NatsTransport::connect(config).await?,
+            ));
+        }
+        #[cfg(not(feature = "nats"))]
+        return Err("NATS_URL is set: run with `--features nats` to use it".into());
+    }
+    Ok(Arc::new(events::backend::memory::MemoryTransport::new()))
+}
