@@ -9,3 +9,5 @@ mod runtime;
 mod support;
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(feature = "jetstream")]
+mod jetstream;

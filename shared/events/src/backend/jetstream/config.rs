@@ -1,0 +1,500 @@
+//! Typed settings for streams and consumers, mapped onto async-nats's.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::backend::nats::NatsConfig;
+use crate::error::{Error, Result};
+
+/// Where stream data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Storage {
+    /// On disk: survives a server restart (the default).
+    #[default]
+    File,
+    /// In memory: lost when the server stops.
+    Memory,
+}
+
+/// When the stream drops messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Retention {
+    /// Keep messages until a limit (age, bytes, count) is reached (the
+    /// default; what an event log wants).
+    #[default]
+    Limits,
+    /// Keep a message while some consumer has not acknowledged it.
+    Interest,
+    /// Remove a message once one consumer acknowledged it.
+    WorkQueue,
+}
+
+/// A stream the transport creates or updates at connect
+/// (`create_or_update_stream`, so a changed setting is applied to an
+/// existing stream rather than silently ignored).
+///
+/// ```
+/// use std::time::Duration;
+/// use events::backend::jetstream::{StreamConfig, Storage};
+///
+/// let stream = StreamConfig::new("EVENTS", ["events.>"])
+///     .storage(Storage::File)
+///     .max_age(Duration::from_secs(7 * 24 * 3600))
+///     .duplicate_window(Duration::from_secs(120));
+/// assert_eq!(stream.get_name(), "EVENTS");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamConfig {
+    name: String,
+    subjects: Vec<String>,
+    storage: Storage,
+    retention: Retention,
+    max_age: Duration,
+    max_bytes: Option<i64>,
+    max_messages: Option<i64>,
+    duplicate_window: Duration,
+    replicas: usize,
+    metadata: BTreeMap<String, String>,
+}
+
+impl StreamConfig {
+    /// A stream called `name` capturing `subjects` (patterns such as
+    /// `events.>`), file storage, limits retention, no age or size limit, a
+    /// 2-minute duplicate window and one replica.
+    pub fn new<S: Into<String>>(
+        name: impl Into<String>,
+        subjects: impl IntoIterator<Item = S>,
+    ) -> Self {
+        StreamConfig {
+            name: name.into(),
+            subjects: subjects.into_iter().map(Into::into).collect(),
+            storage: Storage::File,
+            retention: Retention::Limits,
+            max_age: Duration::ZERO,
+            max_bytes: None,
+            max_messages: None,
+            duplicate_window: Duration::from_secs(120),
+            replicas: 1,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// File or memory storage.
+    pub fn storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
+    }
+    /// The retention policy.
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+    /// Drop messages older than this (zero: keep forever).
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = age;
+        self
+    }
+    /// Drop the oldest messages beyond this many bytes.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = Some(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self
+    }
+    /// Drop the oldest messages beyond this many.
+    pub fn max_messages(mut self, messages: u64) -> Self {
+        self.max_messages = Some(i64::try_from(messages).unwrap_or(i64::MAX));
+        self
+    }
+    /// How long a `Nats-Msg-Id` is remembered for publish deduplication.
+    /// Keep it longer than any publish retry loop.
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
+        self
+    }
+    /// Copies kept in a cluster (1, 3 or 5).
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas.max(1);
+        self
+    }
+    /// A metadata entry. Needs nats-server 2.10 or later: an older server
+    /// would silently drop it, so connecting to one fails instead.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The stream's name.
+    pub fn get_name(&self) -> &str {
+        &self.name
+    }
+    /// The subjects it captures.
+    pub fn get_subjects(&self) -> &[String] {
+        &self.subjects
+    }
+    /// Storage (default file).
+    pub fn get_storage(&self) -> Storage {
+        self.storage
+    }
+    /// Retention (default limits).
+    pub fn get_retention(&self) -> Retention {
+        self.retention
+    }
+    /// Maximum age (default zero: unlimited).
+    pub fn get_max_age(&self) -> Duration {
+        self.max_age
+    }
+    /// Duplicate window (default 2 min).
+    pub fn get_duplicate_window(&self) -> Duration {
+        self.duplicate_window
+    }
+    /// Replicas (default 1).
+    pub fn get_replicas(&self) -> usize {
+        self.replicas
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.name.is_empty()
+            || self
+                .name
+                .contains(|c: char| c == '.' || c == '*' || c == '>' || c.is_whitespace())
+        {
+            return Err(Error::invalid(format!(
+                "stream name {:?} must be non-empty without '.', '*', '>' or whitespace",
+                self.name
+            )));
+        }
+        if self.subjects.is_empty() {
+            return Err(Error::invalid(format!(
+                "stream {} captures no subjects",
+                self.name
+            )));
+        }
+        for subject in &self.subjects {
+            crate::transport::SubjectPattern::parse(subject)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn to_nats(&self) -> async_nats::jetstream::stream::Config {
+        use async_nats::jetstream::stream;
+        stream::Config {
+            name: self.name.clone(),
+            subjects: self.subjects.clone(),
+            storage: match self.storage {
+                Storage::File => stream::StorageType::File,
+                Storage::Memory => stream::StorageType::Memory,
+            },
+            retention: match self.retention {
+                Retention::Limits => stream::RetentionPolicy::Limits,
+                Retention::Interest => stream::RetentionPolicy::Interest,
+                Retention::WorkQueue => stream::RetentionPolicy::WorkQueue,
+            },
+            max_age: self.max_age,
+            max_bytes: self.max_bytes.unwrap_or(-1),
+            max_messages: self.max_messages.unwrap_or(-1),
+            duplicate_window: self.duplicate_window,
+            num_replicas: self.replicas,
+            metadata: self.metadata.clone().into_iter().collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Which stream the transport publishes to and consumes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamSetup {
+    /// Create the stream, or update it to this configuration.
+    Provision(StreamConfig),
+    /// Use an existing stream as it is (managed elsewhere, e.g. by
+    /// infrastructure code); connecting fails if it does not exist.
+    Bind(String),
+}
+
+/// Where a new consumer starts in the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeliverPolicy {
+    /// From the first message still stored.
+    All,
+    /// Only messages stored after the consumer was created.
+    New,
+    /// From the first message stored at or after this time.
+    ByStartTime(DateTime<Utc>),
+    /// From this stream sequence on.
+    ByStartSequence(u64),
+}
+
+impl DeliverPolicy {
+    fn to_nats(self) -> async_nats::jetstream::consumer::DeliverPolicy {
+        use async_nats::jetstream::consumer::DeliverPolicy as D;
+        match self {
+            DeliverPolicy::All => D::All,
+            DeliverPolicy::New => D::New,
+            DeliverPolicy::ByStartTime(start_time) => D::ByStartTime { start_time },
+            DeliverPolicy::ByStartSequence(seq) => D::ByStartSequence {
+                start_sequence: seq,
+            },
+        }
+    }
+}
+
+/// Defaults for the consumers the transport creates; a subscription's own
+/// options ([`SubscribeOptions`](crate::transport::SubscribeOptions)) win.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerDefaults {
+    pub(crate) ack_wait: Duration,
+    pub(crate) max_deliver: Option<u32>,
+    pub(crate) backoff: Vec<Duration>,
+    pub(crate) durable_deliver: DeliverPolicy,
+    pub(crate) ephemeral_deliver: DeliverPolicy,
+    pub(crate) max_ack_pending: Option<i64>,
+    pub(crate) batch: usize,
+    pub(crate) shared_batch: usize,
+    pub(crate) expires: Duration,
+    pub(crate) inactive_threshold: Duration,
+    pub(crate) metadata: BTreeMap<String, String>,
+    pub(crate) bind_existing: bool,
+}
+
+impl ConsumerDefaults {
+    /// Ack wait 30 s, unlimited deliveries, no backoff; durable consumers
+    /// start at the first stored message, ephemeral ones at new messages;
+    /// pulls of up to 256 messages (16 in a queue group) that wait up to 5 s; ephemeral consumers
+    /// removed 30 s after their subscriber is gone.
+    pub fn new() -> Self {
+        ConsumerDefaults {
+            ack_wait: Duration::from_secs(30),
+            max_deliver: None,
+            backoff: Vec::new(),
+            durable_deliver: DeliverPolicy::All,
+            ephemeral_deliver: DeliverPolicy::New,
+            max_ack_pending: None,
+            batch: 256,
+            shared_batch: 16,
+            expires: Duration::from_secs(5),
+            inactive_threshold: Duration::from_secs(30),
+            metadata: BTreeMap::new(),
+            bind_existing: false,
+        }
+    }
+
+    /// How long a delivery may stay unsettled before it is redelivered.
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = wait;
+        self
+    }
+    /// Stop after this many delivery attempts.
+    pub fn max_deliver(mut self, attempts: u32) -> Self {
+        self.max_deliver = Some(attempts.max(1));
+        self
+    }
+    /// Redelivery delays by attempt for unacknowledged messages (the last
+    /// one repeats); overrides the ack wait, as the server does.
+    pub fn backoff(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
+        self.backoff = delays.into_iter().collect();
+        self
+    }
+    /// Where new durable (and queue-group) consumers start (default all).
+    pub fn durable_deliver_policy(mut self, policy: DeliverPolicy) -> Self {
+        self.durable_deliver = policy;
+        self
+    }
+    /// Where new ephemeral consumers start (default new).
+    pub fn ephemeral_deliver_policy(mut self, policy: DeliverPolicy) -> Self {
+        self.ephemeral_deliver = policy;
+        self
+    }
+    /// Unacknowledged messages the server allows in flight per consumer
+    /// (default: the subscription's capacity, else the server's 1,000).
+    pub fn max_ack_pending(mut self, pending: u32) -> Self {
+        self.max_ack_pending = Some(i64::from(pending.max(1)));
+        self
+    }
+    /// Messages asked for per pull (default 256, at most the subscription's
+    /// capacity).
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = batch.max(1);
+        self
+    }
+    /// Messages asked for per pull by a member of a queue group (default
+    /// 16). The server fills one member's pull before the next member's, so
+    /// smaller pulls share the load more evenly, larger ones cost fewer
+    /// round trips.
+    pub fn shared_batch(mut self, batch: usize) -> Self {
+        self.shared_batch = batch.max(1);
+        self
+    }
+    /// How long one pull waits on the server for messages (default 5 s).
+    /// It also bounds how long a pull lost with a server restart stays
+    /// unanswered.
+    pub fn expires(mut self, expires: Duration) -> Self {
+        self.expires = expires.max(Duration::from_millis(100));
+        self
+    }
+    /// A metadata entry on every consumer created. Needs nats-server 2.10.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+    /// Bind durable and queue-group subscriptions to consumers that already
+    /// exist (managed elsewhere) instead of creating or updating them; a
+    /// missing consumer is an error.
+    pub fn bind_existing(mut self, bind: bool) -> Self {
+        self.bind_existing = bind;
+        self
+    }
+
+    pub(crate) fn pull_config(
+        &self,
+        name: Option<&str>,
+        filter: &str,
+        options: &crate::transport::SubscribeOptions,
+    ) -> async_nats::jetstream::consumer::pull::Config {
+        use async_nats::jetstream::consumer::{pull, AckPolicy};
+        let durable = name.is_some();
+        pull::Config {
+            durable_name: name.map(str::to_owned),
+            // Singular on purpose: nats-server 2.9 ignores `filter_subjects`
+            // and the consumer would receive the whole stream.
+            filter_subject: filter.to_owned(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: options.get_ack_wait().unwrap_or(self.ack_wait),
+            max_deliver: options
+                .get_max_deliver()
+                .or(self.max_deliver)
+                .map_or(-1, i64::from),
+            backoff: self.backoff.clone(),
+            deliver_policy: if durable {
+                self.durable_deliver
+            } else {
+                self.ephemeral_deliver
+            }
+            .to_nats(),
+            max_ack_pending: options
+                .get_capacity()
+                .map(|c| i64::try_from(c).unwrap_or(i64::MAX))
+                .or(self.max_ack_pending)
+                .unwrap_or(0),
+            inactive_threshold: if durable {
+                Duration::ZERO
+            } else {
+                self.inactive_threshold
+            },
+            metadata: self.metadata.clone().into_iter().collect(),
+            ..Default::default()
+        }
+    }
+}
+
+impl Default for ConsumerDefaults {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Settings of a [`JetStreamTransport`](super::JetStreamTransport): the
+/// connection, the stream, consumer defaults and publish behaviour.
+///
+/// ```
+/// use events::backend::jetstream::{JetStreamConfig, StreamConfig};
+/// use events::backend::nats::NatsConfig;
+///
+/// let config = JetStreamConfig::new(NatsConfig::new("nats://127.0.0.1:4222"), StreamConfig::new("EVENTS", ["events.>"]))
+///     .publish_attempts(5);
+/// assert_eq!(config.get_publish_attempts(), 5);
+/// ```
+#[derive(Debug, Clone)]
+pub struct JetStreamConfig {
+    pub(crate) connection: NatsConfig,
+    pub(crate) stream: StreamSetup,
+    pub(crate) consumers: ConsumerDefaults,
+    pub(crate) publish_attempts: u32,
+    pub(crate) ack_timeout: Duration,
+    pub(crate) message_ttl: Option<Duration>,
+    pub(crate) max_ack_inflight: usize,
+}
+
+impl JetStreamConfig {
+    /// Connect with `connection`, provision `stream`.
+    pub fn new(connection: NatsConfig, stream: StreamConfig) -> Self {
+        Self::with_setup(connection, StreamSetup::Provision(stream))
+    }
+
+    /// Connect with `connection` and use the existing stream `name`.
+    pub fn bind(connection: NatsConfig, name: impl Into<String>) -> Self {
+        Self::with_setup(connection, StreamSetup::Bind(name.into()))
+    }
+
+    fn with_setup(connection: NatsConfig, stream: StreamSetup) -> Self {
+        JetStreamConfig {
+            connection,
+            stream,
+            consumers: ConsumerDefaults::new(),
+            publish_attempts: 3,
+            ack_timeout: Duration::from_secs(5),
+            message_ttl: None,
+            max_ack_inflight: 5_000,
+        }
+    }
+
+    /// Consumer defaults.
+    pub fn consumers(mut self, defaults: ConsumerDefaults) -> Self {
+        self.consumers = defaults;
+        self
+    }
+
+    /// How many times one publish is sent when its ack does not come
+    /// (default 3). Retries carry the same `Nats-Msg-Id`, so a message that
+    /// was stored after all is answered as a duplicate, not stored twice.
+    /// Messages without a dedup id are never retried.
+    pub fn publish_attempts(mut self, attempts: u32) -> Self {
+        self.publish_attempts = attempts.max(1);
+        self
+    }
+
+    /// How long one publish attempt waits for its PubAck (default 5 s).
+    pub fn ack_timeout(mut self, timeout: Duration) -> Self {
+        self.ack_timeout = timeout;
+        self
+    }
+
+    /// A time to live for every message published (`Nats-TTL`). Needs
+    /// nats-server 2.11 and a stream that allows it; older servers would
+    /// keep the messages forever, so connecting to one fails instead.
+    pub fn message_ttl(mut self, ttl: Duration) -> Self {
+        self.message_ttl = Some(ttl);
+        self
+    }
+
+    /// Publishes awaiting their ack at once, across the transport (default
+    /// 5,000); more wait for room.
+    pub fn max_ack_inflight(mut self, inflight: usize) -> Self {
+        self.max_ack_inflight = inflight.max(1);
+        self
+    }
+
+    /// The connection settings.
+    pub fn get_connection(&self) -> &NatsConfig {
+        &self.connection
+    }
+    /// The stream setup.
+    pub fn get_stream(&self) -> &StreamSetup {
+        &self.stream
+    }
+    /// The consumer defaults.
+    pub fn get_consumers(&self) -> &ConsumerDefaults {
+        &self.consumers
+    }
+    /// Publish attempts (default 3).
+    pub fn get_publish_attempts(&self) -> u32 {
+        self.publish_attempts
+    }
+    /// Ack timeout per attempt (default 5 s).
+    pub fn get_ack_timeout(&self) -> Duration {
+        self.ack_timeout
+    }
+}

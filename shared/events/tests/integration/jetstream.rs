@@ -1,0 +1,517 @@
+//! The JetStream transport against private `nats-server` processes with
+//! their own store directories (never the machine's server on 4222).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use events::backend::jetstream::{
+    ConsumerDefaults, DeliverPolicy, JetStreamConfig, JetStreamTransport, StreamConfig,
+};
+use events::backend::nats::ConnectionState;
+use events::testing::NatsServer;
+use events::transport::{Message, Subject, Transport};
+use events::{Bus, ErrorKind};
+
+use crate::nats::{config, WithServer, WAIT};
+use crate::support::Ping;
+
+/// How long a test watches for something that must not arrive.
+const QUIET: Duration = Duration::from_millis(1500);
+const PREFIX: &str = "js";
+
+fn js_config(server: &NatsServer) -> JetStreamConfig {
+    JetStreamConfig::new(config(server), StreamConfig::new("EVENTS", ["js.>"]))
+        .ack_timeout(Duration::from_secs(1))
+        .consumers(ConsumerDefaults::new().expires(Duration::from_secs(1)))
+}
+
+async fn connect(config: JetStreamConfig) -> JetStreamTransport {
+    JetStreamTransport::connect(config)
+        .await
+        .expect("connects and provisions the stream")
+}
+
+fn bus(transport: JetStreamTransport) -> Bus {
+    Bus::builder(transport)
+        .source("js-tests")
+        .prefix(PREFIX)
+        .build()
+        .unwrap()
+}
+
+fn ping(bus: &Bus, seq: u64) -> events::Event<Ping> {
+    bus.event(Ping {
+        seq,
+        note: format!("n{seq}"),
+    })
+}
+
+async fn next(sub: &mut events::bus::Subscriber<Ping>) -> events::bus::Delivery<Ping> {
+    tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("a delivery in time")
+        .expect("open")
+        .expect("decodes")
+}
+
+async fn quiet(sub: &mut events::bus::Subscriber<Ping>) -> bool {
+    tokio::time::timeout(QUIET, sub.next()).await.is_err()
+}
+
+async fn stored(t: &JetStreamTransport) -> u64 {
+    let mut stream = t.context().get_stream(t.stream_name()).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+crate::conformance_suite!(jetstream_conformance, || async {
+    let server = NatsServer::with_jetstream();
+    // The conformance bus publishes `<unique prefix>.test.ping`.
+    let config = JetStreamConfig::new(config(&server), StreamConfig::new("CONF", ["*.test.>"]))
+        .consumers(ConsumerDefaults::new().expires(Duration::from_secs(1)));
+    let transport = connect(config).await;
+    Arc::new(WithServer {
+        transport,
+        _server: server,
+    }) as Arc<dyn Transport>
+});
+
+#[tokio::test]
+async fn capabilities_and_server_version_are_read_at_connect() {
+    let server = NatsServer::with_jetstream();
+    let t = connect(js_config(&server)).await;
+    let caps = t.capabilities();
+    assert!(
+        caps.redelivery
+            && caps.delayed_redelivery
+            && caps.durable
+            && caps.persistent
+            && caps.publish_dedup
+    );
+    assert!(caps.queue_groups && caps.wildcards && caps.ordered_per_publisher);
+    assert!(caps.max_message_size > 1_000_000 && caps.max_message_size < 1024 * 1024);
+    assert!(t.server_version() >= (2, 9, 0), "{:?}", t.server_version());
+    t.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn options_an_older_server_would_silently_ignore_are_refused() {
+    let server = NatsServer::with_jetstream();
+    let version = connect(js_config(&server)).await.server_version();
+    let cases = [
+        (
+            "stream metadata",
+            JetStreamConfig::new(
+                config(&server),
+                StreamConfig::new("META", ["meta.>"]).metadata("owner", "orders"),
+            ),
+            (2, 10),
+        ),
+        (
+            "consumer metadata",
+            js_config(&server).consumers(ConsumerDefaults::new().metadata("owner", "billing")),
+            (2, 10),
+        ),
+        (
+            "a per-message TTL",
+            js_config(&server).message_ttl(Duration::from_secs(60)),
+            (2, 11),
+        ),
+    ];
+    for (what, config, needs) in cases {
+        let result = JetStreamTransport::connect(config).await;
+        if (version.0, version.1) < needs {
+            let err = result.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Unsupported, "{what}: {err}");
+            assert!(err.to_string().contains(what), "{err}");
+            assert!(
+                err.to_string()
+                    .contains(&format!("{}.{}", needs.0, needs.1)),
+                "{err}"
+            );
+        } else {
+            result.unwrap_or_else(|e| panic!("{what} is supported by {version:?}: {e}"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_existing_stream_is_updated_to_the_configuration_and_can_be_bound_without_managing_it() {
+    let server = NatsServer::with_jetstream();
+    let first = connect(JetStreamConfig::new(
+        config(&server),
+        StreamConfig::new("EVENTS", ["js.>"]).max_age(Duration::from_secs(3600)),
+    ))
+    .await;
+    first.close().await.unwrap();
+    let second = connect(JetStreamConfig::new(
+        config(&server),
+        StreamConfig::new("EVENTS", ["js.>"])
+            .max_age(Duration::from_secs(7200))
+            .duplicate_window(Duration::from_secs(30))
+            .max_bytes(1 << 20),
+    ))
+    .await;
+    let info = second
+        .context()
+        .get_stream("EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(
+        info.config.max_age,
+        Duration::from_secs(7200),
+        "create_or_update reconciles"
+    );
+    assert_eq!(info.config.duplicate_window, Duration::from_secs(30));
+    assert_eq!(info.config.max_bytes, 1 << 20);
+
+    let bound = connect(JetStreamConfig::bind(config(&server), "EVENTS")).await;
+    assert_eq!(bound.stream_name(), "EVENTS");
+    let err = JetStreamTransport::connect(JetStreamConfig::bind(config(&server), "MISSING"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
+    second.close().await.unwrap();
+    bound.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn no_event_is_lost_or_stored_twice_when_the_server_is_killed_mid_run() {
+    let mut server = NatsServer::with_jetstream();
+    let t = connect(js_config(&server).publish_attempts(3)).await;
+    let bus = bus(t.clone());
+    const N: u64 = 1500;
+    let publisher = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(N as usize);
+            let mut retried = 0u32;
+            for seq in 0..N {
+                let event = ping(&bus, seq);
+                let started = Instant::now();
+                // What a producer does with a retryable error: publish the
+                // same event (same id) again.
+                loop {
+                    match bus.publish(&event).await {
+                        Ok(()) => break,
+                        Err(e)
+                            if e.is_retryable() && started.elapsed() < Duration::from_secs(60) =>
+                        {
+                            retried += 1
+                        }
+                        Err(e) => panic!("event {seq}: {e}"),
+                    }
+                }
+                ids.push(event.metadata.id().to_owned());
+            }
+            (ids, retried)
+        })
+    };
+    let deadline = Instant::now() + WAIT;
+    while stored(&t).await < 300 {
+        assert!(Instant::now() < deadline, "publishing started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.kill();
+    let mut state = t.watch_state();
+    tokio::time::timeout(
+        WAIT,
+        state.wait_for(|s| *s == ConnectionState::Disconnected),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    server.restart();
+    let (ids, retried) = tokio::time::timeout(Duration::from_secs(120), publisher)
+        .await
+        .expect("publisher finished")
+        .unwrap();
+
+    let stream = t.context().get_stream("EVENTS").await.unwrap();
+    let mut info = stream.clone();
+    assert_eq!(
+        info.info().await.unwrap().state.messages,
+        N,
+        "every event stored exactly once ({retried} retried publishes)"
+    );
+    let mut seen = HashSet::new();
+    for seq in 1..=N {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        let id = m
+            .headers
+            .get("Nats-Msg-Id")
+            .expect("every message carries its id")
+            .as_str()
+            .to_owned();
+        assert!(seen.insert(id), "stream sequence {seq} holds a duplicate");
+    }
+    assert_eq!(seen, ids.into_iter().collect::<HashSet<_>>());
+    assert!(t.status().disconnects >= 1);
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn batch_publish_pipelines_and_a_republished_batch_is_deduplicated() {
+    let server = NatsServer::with_jetstream();
+    let t = connect(js_config(&server)).await;
+    let bus = bus(t.clone());
+    let events: Vec<_> = (0..1000).map(|i| ping(&bus, i)).collect();
+    assert!(bus
+        .publish_all(&events)
+        .await
+        .into_iter()
+        .all(|r| r.is_ok()));
+    assert_eq!(stored(&t).await, 1000);
+    assert!(
+        bus.publish_all(&events)
+            .await
+            .into_iter()
+            .all(|r| r.is_ok()),
+        "duplicates count as success"
+    );
+    assert_eq!(stored(&t).await, 1000, "the server dropped the duplicates");
+    let mut sub = bus.subscribe::<Ping>().durable("reader").await.unwrap();
+    for i in 0..1000 {
+        let d = next(&mut sub).await;
+        assert_eq!(d.payload().seq, i, "stored in publish order");
+        assert_eq!(d.message().dedup_id.as_deref(), Some(d.metadata().id()));
+        d.ack().await.unwrap();
+    }
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn nack_with_delay_is_redelivered_no_sooner_with_the_attempt_counted() {
+    let server = NatsServer::with_jetstream();
+    let bus = bus(connect(js_config(&server)).await);
+    let mut sub = bus.subscribe::<Ping>().durable("delayed").await.unwrap();
+    bus.publish(&ping(&bus, 1)).await.unwrap();
+    let first = next(&mut sub).await;
+    assert_eq!(first.attempt(), 1);
+    let info = first.info();
+    assert_eq!(
+        (info.stream_sequence, info.consumer_sequence),
+        (Some(1), Some(1))
+    );
+    let mut last = Instant::now();
+    first.nack(Some(Duration::from_millis(1000))).await.unwrap();
+    for (attempt, delay) in [(2, 1000), (3, 500)] {
+        let d = next(&mut sub).await;
+        let waited = last.elapsed();
+        assert!(
+            waited >= Duration::from_millis(delay),
+            "attempt {attempt} after {waited:?}"
+        );
+        assert_eq!(d.attempt(), attempt);
+        assert_eq!(d.info().stream_sequence, Some(1));
+        last = Instant::now();
+        if attempt == 3 {
+            d.ack().await.unwrap();
+        } else {
+            d.nack(Some(Duration::from_millis(500))).await.unwrap();
+        }
+    }
+    assert!(quiet(&mut sub).await, "acked: never again");
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn max_deliver_stops_redelivery() {
+    let server = NatsServer::with_jetstream();
+    let bus = bus(connect(js_config(&server)).await);
+    let mut sub = bus
+        .subscribe::<Ping>()
+        .durable("limited")
+        .max_deliver(3)
+        .await
+        .unwrap();
+    bus.publish(&ping(&bus, 1)).await.unwrap();
+    for attempt in 1..=3 {
+        let d = next(&mut sub).await;
+        assert_eq!(d.attempt(), attempt);
+        d.nack(None).await.unwrap();
+    }
+    assert!(quiet(&mut sub).await, "no fourth attempt");
+    // The consumer is not stuck: the next event still arrives.
+    bus.publish(&ping(&bus, 2)).await.unwrap();
+    let d = next(&mut sub).await;
+    assert_eq!((d.payload().seq, d.attempt()), (2, 1));
+    d.ack().await.unwrap();
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn term_and_in_progress_are_honoured() {
+    let server = NatsServer::with_jetstream();
+    let bus = bus(connect(js_config(&server)).await);
+    let mut sub = bus
+        .subscribe::<Ping>()
+        .durable("worker")
+        .ack_wait(Duration::from_millis(1500))
+        .await
+        .unwrap();
+    bus.publish(&ping(&bus, 1)).await.unwrap();
+    let d = next(&mut sub).await;
+    // Working for longer than the ack wait, reporting progress: no redelivery meanwhile.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        d.in_progress().await.unwrap();
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), sub.next())
+            .await
+            .is_err(),
+        "in progress: not redelivered"
+    );
+    d.term().await.unwrap();
+    assert!(quiet(&mut sub).await, "terminated: never again");
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_durable_consumer_resumes_where_it_left_off_after_the_process_restarts() {
+    let server = NatsServer::with_jetstream();
+    {
+        let bus = bus(connect(js_config(&server)).await);
+        for seq in 1..=10 {
+            bus.publish(&ping(&bus, seq)).await.unwrap();
+        }
+        let mut sub = bus
+            .subscribe::<Ping>()
+            .durable("billing")
+            .ack_wait(Duration::from_secs(1))
+            .await
+            .unwrap();
+        for seq in 1..=5 {
+            let d = next(&mut sub).await;
+            assert_eq!(d.payload().seq, seq);
+            d.ack().await.unwrap();
+        }
+        drop(sub);
+        // The last ack is confirmed by close, not lost with the connection.
+        bus.close().await.unwrap();
+    }
+    let bus = bus(connect(js_config(&server)).await);
+    let mut sub = bus
+        .subscribe::<Ping>()
+        .durable("billing")
+        .ack_wait(Duration::from_secs(1))
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    for _ in 6..=10 {
+        let d = next(&mut sub).await;
+        rest.push(d.payload().seq);
+        d.ack().await.unwrap();
+    }
+    rest.sort_unstable();
+    assert_eq!(rest, [6, 7, 8, 9, 10]);
+    assert!(quiet(&mut sub).await, "nothing acknowledged comes back");
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn deliver_policies_choose_where_a_new_consumer_starts() {
+    let server = NatsServer::with_jetstream();
+    let publisher = bus(connect(js_config(&server)).await);
+    for seq in 1..=3 {
+        publisher.publish(&ping(&publisher, seq)).await.unwrap();
+    }
+    let middle = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for seq in 4..=5 {
+        publisher.publish(&ping(&publisher, seq)).await.unwrap();
+    }
+    let cases = [
+        (DeliverPolicy::All, 1),
+        (DeliverPolicy::ByStartSequence(3), 3),
+        (DeliverPolicy::ByStartTime(middle), 4),
+    ];
+    for (policy, first) in cases {
+        let b = bus(connect(
+            js_config(&server).consumers(ConsumerDefaults::new().ephemeral_deliver_policy(policy)),
+        )
+        .await);
+        let mut sub = b.subscribe::<Ping>().await.unwrap();
+        assert_eq!(next(&mut sub).await.payload().seq, first, "{policy:?}");
+        b.close().await.unwrap();
+    }
+    let b = bus(connect(
+        js_config(&server)
+            .consumers(ConsumerDefaults::new().ephemeral_deliver_policy(DeliverPolicy::New)),
+    )
+    .await);
+    let mut sub = b.subscribe::<Ping>().await.unwrap();
+    publisher.publish(&ping(&publisher, 6)).await.unwrap();
+    assert_eq!(
+        next(&mut sub).await.payload().seq,
+        6,
+        "new: only what comes after"
+    );
+    b.close().await.unwrap();
+    publisher.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn binding_to_an_existing_consumer_uses_it_as_it_is() {
+    let server = NatsServer::with_jetstream();
+    let managing = bus(connect(js_config(&server)).await);
+    drop(
+        managing
+            .subscribe::<Ping>()
+            .durable("audit")
+            .max_deliver(7)
+            .await
+            .unwrap(),
+    );
+    managing.publish(&ping(&managing, 1)).await.unwrap();
+
+    let binding = bus(connect(
+        js_config(&server).consumers(ConsumerDefaults::new().bind_existing(true)),
+    )
+    .await);
+    let mut sub = binding.subscribe::<Ping>().durable("audit").await.unwrap();
+    next(&mut sub).await.ack().await.unwrap();
+    let t = binding.transport().clone();
+    let err = binding
+        .subscribe::<Ping>()
+        .durable("missing")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
+    drop(t);
+    binding.close().await.unwrap();
+    managing.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_oversized_message_fails_before_it_is_sent() {
+    let server = NatsServer::builder()
+        .jetstream()
+        .config("max_payload: 4096\n")
+        .start();
+    let t = connect(js_config(&server)).await;
+    let subject = Subject::parse("js.big").unwrap();
+    let mut m = Message::new(subject.clone(), vec![b'x'; 4096 - 20]);
+    m.dedup_id = Some("0190a0a0-0000-7000-8000-000000000000".into());
+    // Body alone fits; with the Nats-Msg-Id header it does not.
+    let err = t.publish(m).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge, "{err}");
+    let bus = bus(t.clone());
+    let big = bus.event(Ping {
+        seq: 1,
+        note: "x".repeat(5000),
+    });
+    assert_eq!(
+        bus.publish(&big).await.unwrap_err().kind(),
+        ErrorKind::PayloadTooLarge
+    );
+    bus.publish(&ping(&bus, 2)).await.unwrap();
+    assert_eq!(stored(&t).await, 1, "only the small one was sent");
+    assert_eq!(t.status().disconnects, 0);
+    bus.close().await.unwrap();
+}
