@@ -7,7 +7,7 @@
 //! the test panics.
 
 use std::fmt;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -69,7 +69,8 @@ impl NatsServerBuilder {
 /// A running private `nats-server`; killed and cleaned up on drop.
 pub struct NatsServer {
     settings: NatsServerBuilder,
-    port: u16,
+    /// Chosen by the server on first start (`-p -1`), reused on restart.
+    port: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -102,7 +103,7 @@ impl NatsServer {
         std::fs::create_dir_all(&dir).expect("create the server's directory");
         let mut server = NatsServer {
             settings,
-            port: free_port(),
+            port: None,
             dir,
             child: None,
         };
@@ -117,7 +118,16 @@ impl NatsServer {
             std::fs::write(&path, config).expect("write the server's config file");
             cmd.arg("-c").arg(path);
         }
-        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        // The first start lets the server pick a free port itself and
+        // report it in a ports file: probing for a free port and passing it
+        // on races with other tests doing the same, and a test could end up
+        // talking to another test's server. A restart reuses the port.
+        let ports_dir = self.dir.join("ports");
+        let _ = std::fs::remove_dir_all(&ports_dir);
+        std::fs::create_dir_all(&ports_dir).expect("create the ports directory");
+        let port = self.port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+        cmd.args(["-a", "127.0.0.1", "-p", &port]);
+        cmd.arg("--ports_file_dir").arg(&ports_dir);
         if self.settings.jetstream {
             cmd.arg("-js").arg("-sd").arg(self.dir.join("store"));
         }
@@ -144,9 +154,9 @@ impl NatsServer {
         self.wait_ready();
     }
 
+    /// Waits for the server's ports file, which it writes once it listens.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -157,13 +167,22 @@ impl NatsServer {
                     );
                 }
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-                return;
+            if let Some(port) = self.reported_port() {
+                assert!(
+                    self.port.is_none_or(|p| p == port),
+                    "nats-server restarted on port {port} instead of {:?}",
+                    self.port
+                );
+                self.port = Some(port);
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+                    return;
+                }
             }
             if Instant::now() >= deadline {
                 self.kill();
                 panic!(
-                    "nats-server did not accept connections on {addr} within {READY_TIMEOUT:?}; its log:\n{}",
+                    "nats-server did not accept connections within {READY_TIMEOUT:?}; its log:\n{}",
                     self.log()
                 );
             }
@@ -171,14 +190,36 @@ impl NatsServer {
         }
     }
 
+    /// The client port from the ports file of the running process.
+    fn reported_port(&self) -> Option<u16> {
+        let pid = self.child.as_ref()?.id();
+        let entries = std::fs::read_dir(self.dir.join("ports")).ok()?;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.ends_with(&format!("_{pid}.ports")) {
+                continue;
+            }
+            // {"nats":["nats://127.0.0.1:PORT"],...}
+            let text = std::fs::read_to_string(entry.path()).ok()?;
+            let start = text.find("127.0.0.1:")? + "127.0.0.1:".len();
+            let digits: String = text[start..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            return digits.parse().ok();
+        }
+        None
+    }
+
     /// The URL clients connect to, `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://127.0.0.1:{}", self.port())
     }
 
     /// The port the server listens on; it stays the same across restarts.
     pub fn port(&self) -> u16 {
         self.port
+            .expect("the server reported its port when it started")
     }
 
     /// The server's own directory (config, log, JetStream store).
@@ -268,16 +309,6 @@ impl fmt::Debug for NatsServer {
             .field("dir", &self.dir)
             .finish()
     }
-}
-
-/// A port nobody listens on now: bind port 0, read it, release it. Another
-/// process could take it before the server binds it; on a test machine that
-/// race is rare, and the server then fails to start with a clear message.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
 }
 
 #[cfg(test)]
