@@ -138,6 +138,19 @@ fn main() {
         .build()
         .unwrap();
     let (mut base, mut run1, mut run16) = (Vec::new(), Vec::new(), Vec::new());
+    if let Ok(only) = std::env::var("RUNTIME_BENCH_ONLY") {
+        // For profiling one variant: `RUNTIME_BENCH_ONLY=16 perf record ...`.
+        let concurrency = only.parse().unwrap_or(1);
+        for _ in 0..ROUNDS {
+            let d = if concurrency == 0 {
+                rt.block_on(baseline())
+            } else {
+                rt.block_on(runtime(concurrency))
+            };
+            println!("{:.0} events/s", rate(d));
+        }
+        return;
+    }
     for _ in 0..ROUNDS {
         base.push(rt.block_on(baseline()));
         run1.push(rt.block_on(runtime(1)));

@@ -405,7 +405,8 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
                             (error, Some(raw)) => {
                                 let shared = shared.clone();
                                 in_flight.push(Box::pin(async move {
-                                    shared.dead_letter(raw, reason_for(&error), &error.to_string()).await;
+                                    let attempt = raw.attempt();
+                                    shared.dead_letter(raw, reason_for(&error), &error.to_string(), attempt).await;
                                 }));
                             }
                             (error, None) => {
@@ -513,7 +514,10 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     async fn process_in_span(&self, raw: RawEvent, delivery: transport::Delivery) {
         let Some(handler) = self.handlers.get(raw.metadata.event_type()).cloned() else {
             let text = format!("no handler for {}", raw.metadata.event_type());
-            return self.dead_letter(delivery, Reason::NoHandler, &text).await;
+            let attempt = delivery.attempt();
+            return self
+                .dead_letter(delivery, Reason::NoHandler, &text, attempt)
+                .await;
         };
         let claim_key = match &self.idempotency {
             Some(_) => format!("{}/{}", self.name, raw.metadata.id()),
@@ -595,13 +599,18 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             let delay = match error.disposition() {
                 Disposition::Reject => {
                     return self
-                        .dead_letter(delivery, Reason::Rejected, &error.to_string())
+                        .dead_letter(delivery, Reason::Rejected, &error.to_string(), attempt)
                         .await;
                 }
                 Disposition::Retry(_) if !self.retry.allows_another(attempt) => {
                     tracing::warn!(error = %error, "attempts exhausted");
                     return self
-                        .dead_letter(delivery, Reason::AttemptsExhausted, &error.to_string())
+                        .dead_letter(
+                            delivery,
+                            Reason::AttemptsExhausted,
+                            &error.to_string(),
+                            attempt,
+                        )
                         .await;
                 }
                 Disposition::Retry(delay) => delay.unwrap_or_else(|| self.retry.delay(attempt)),
@@ -645,18 +654,27 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 NewerVersion::Retry => {}
             }
         }
-        self.dead_letter(delivery, reason, &error.to_string()).await
+        self.dead_letter(delivery, reason, &error.to_string(), attempt)
+            .await
     }
 
     /// Publishes the dead-letter copy and, only once that succeeded,
     /// terminates the original. If the copy cannot be published, the
     /// original is nacked: it comes back, it is never lost.
-    async fn dead_letter(&self, delivery: transport::Delivery, reason: Reason, error: &str) {
+    /// `attempts` counts in-process retries too, where the backend cannot
+    /// redeliver.
+    async fn dead_letter(
+        &self,
+        delivery: transport::Delivery,
+        reason: Reason,
+        error: &str,
+        attempts: u32,
+    ) {
         let letter = DeadLetter {
             original: delivery.message().clone(),
             reason,
             error: error.to_owned(),
-            attempts: delivery.attempt(),
+            attempts,
             consumer: self.name.to_string(),
             time: chrono::Utc::now(),
         };

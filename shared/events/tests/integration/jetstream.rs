@@ -64,17 +64,22 @@ async fn stored(t: &JetStreamTransport) -> u64 {
     stream.info().await.unwrap().state.messages
 }
 
-crate::conformance_suite!(jetstream_conformance, || async {
+/// A JetStream transport on its own server, with a stream capturing every
+/// conformance and runtime case (`conf.<unique>.…`) and their dead letters.
+async fn suite_transport() -> Arc<dyn Transport> {
     let server = NatsServer::with_jetstream();
-    // The conformance bus publishes `<unique prefix>.test.ping`.
-    let config = JetStreamConfig::new(config(&server), StreamConfig::new("CONF", ["*.test.>"]))
+    let stream = StreamConfig::new("CONF", ["conf.>", "deadletter.>"]);
+    let config = JetStreamConfig::new(config(&server), stream)
         .consumers(ConsumerDefaults::new().expires(Duration::from_secs(1)));
     let transport = connect(config).await;
     Arc::new(WithServer {
         transport,
         _server: server,
     }) as Arc<dyn Transport>
-});
+}
+
+crate::conformance_suite!(jetstream_conformance, suite_transport);
+crate::runtime_suite!(jetstream_runtime, suite_transport);
 
 #[tokio::test]
 async fn capabilities_and_server_version_are_read_at_connect() {

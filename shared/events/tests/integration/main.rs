@@ -4,10 +4,10 @@
 mod bad_input;
 mod conformance;
 mod fixtures;
+#[cfg(feature = "jetstream")]
+mod jetstream;
+#[cfg(feature = "nats")]
+mod nats;
 mod props;
 mod runtime;
 mod support;
-#[cfg(feature = "nats")]
-mod nats;
-#[cfg(feature = "jetstream")]
-mod jetstream;

@@ -92,14 +92,17 @@ async fn wait_state(transport: &NatsTransport, wanted: ConnectionState) {
         .unwrap();
 }
 
-crate::conformance_suite!(core_nats_conformance, || async {
+async fn suite_transport() -> Arc<dyn Transport> {
     let server = NatsServer::core();
     let transport = transport(&server).await;
     Arc::new(WithServer {
         transport,
         _server: server,
     }) as Arc<dyn Transport>
-});
+}
+
+crate::conformance_suite!(core_nats_conformance, suite_transport);
+crate::runtime_suite!(core_nats_runtime, suite_transport);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Pong {

@@ -41,6 +41,11 @@ impl EventPayload for JobDone {
 
 const ARRIVE: Duration = Duration::from_secs(20);
 
+/// (event number, attempt) pairs a handler saw.
+type Seen = Arc<Mutex<Vec<(u32, u32)>>>;
+type Flag = Arc<Mutex<bool>>;
+type Count = Arc<Mutex<u32>>;
+
 type Running = (
     oneshot::Sender<()>,
     tokio::task::JoinHandle<events::Result<Summary>>,
@@ -285,19 +290,17 @@ where
         .unwrap();
     // A second instance of the same consumer joins, then the first stops:
     // the second gets exactly the unfinished events.
-    let again: Arc<Mutex<Vec<(u32, u32)>>> = Arc::default();
+    let again: Seen = Arc::default();
     let consumer = Consumer::new(&bus, "worker")
         .unwrap()
         .state(again.clone())
-        .handle(
-            |e: Event<Job>, ctx: Context<Arc<Mutex<Vec<(u32, u32)>>>>| async move {
-                ctx.state()
-                    .lock()
-                    .unwrap()
-                    .push((e.payload.n, ctx.attempt()));
-                Ok::<_, HandlerError>(())
-            },
-        );
+        .handle(|e: Event<Job>, ctx: Context<Seen>| async move {
+            ctx.state()
+                .lock()
+                .unwrap()
+                .push((e.payload.n, ctx.attempt()));
+            Ok::<_, HandlerError>(())
+        });
     let second = start(consumer).await;
     let summary = stop(first).await;
     assert_eq!((summary.handled, summary.nacked_on_shutdown), (1, 2));
@@ -458,15 +461,13 @@ where
     let consumer = Consumer::new(&bus, "worker")
         .unwrap()
         .state((fixed.clone(), handled.clone()))
-        .handle(
-            |_e: Event<Job>, ctx: Context<(Arc<Mutex<bool>>, Arc<Mutex<u32>>)>| async move {
-                if !*ctx.state().0.lock().unwrap() {
-                    return Err(HandlerError::reject("bug"));
-                }
-                *ctx.state().1.lock().unwrap() += 1;
-                Ok(())
-            },
-        );
+        .handle(|_e: Event<Job>, ctx: Context<(Flag, Count)>| async move {
+            if !*ctx.state().0.lock().unwrap() {
+                return Err(HandlerError::reject("bug"));
+            }
+            *ctx.state().1.lock().unwrap() += 1;
+            Ok(())
+        });
     let running = start(consumer).await;
     for n in 0..3 {
         bus.publish(&bus.event(Job { n })).await.unwrap();
