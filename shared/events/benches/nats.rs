@@ -311,6 +311,11 @@ fn median(mut xs: Vec<Duration>) -> Duration {
 
 macro_rules! compare {
     ($rt:expr, $rows:expr, $name:expr, $size:expr, $n:expr, $base:ident, $ours:ident, $server:expr) => {{
+        // `NATS_BENCH_ONLY=<part of a name>` runs the matching rows only (for profiling).
+        let only = std::env::var("NATS_BENCH_ONLY").unwrap_or_default();
+        if !$name.contains(only.as_str()) {
+            continue;
+        }
         let p = payload($size);
         let (mut b, mut o) = (Vec::new(), Vec::new());
         for _ in 0..3 {

@@ -323,7 +323,8 @@ impl BusBuilder {
 
     /// Builds the bus; fails if the prefix or source is invalid.
     pub fn build(self) -> Result<Bus> {
-        let codec = Codec::new(&self.prefix)?;
+        let dedup = self.transport.capabilities().publish_dedup;
+        let codec = Codec::new(&self.prefix)?.with_dedup_ids(dedup);
         let source = match self.source {
             Some(source) => source,
             None => default_source(),

@@ -77,6 +77,9 @@ pub struct Codec {
     subjects: Arc<RwLock<HashMap<&'static str, Subject>>>,
     /// The size of the last structured body, to allocate the next one once.
     size_hint: Arc<AtomicUsize>,
+    /// Whether messages carry the event id as dedup id (only useful, and
+    /// only paid for, where the transport deduplicates publishes).
+    dedup_ids: bool,
 }
 
 impl Codec {
@@ -88,7 +91,16 @@ impl Codec {
             prefix: prefix.to_owned(),
             subjects: Arc::default(),
             size_hint: Arc::default(),
+            dedup_ids: true,
         })
+    }
+
+    /// Whether encoded messages carry the event id as
+    /// [`Message::dedup_id`] (default true). The bus turns it off for
+    /// transports without publish deduplication.
+    pub fn with_dedup_ids(mut self, enabled: bool) -> Self {
+        self.dedup_ids = enabled;
+        self
     }
 
     /// The subject prefix.
@@ -154,7 +166,7 @@ impl Codec {
             subject,
             headers,
             payload,
-            dedup_id: Some(metadata.id().to_owned()),
+            dedup_id: self.dedup_ids.then(|| metadata.id().to_owned()),
         })
     }
 
@@ -193,6 +205,7 @@ impl Default for Codec {
             prefix: DEFAULT_PREFIX.to_owned(),
             subjects: Arc::default(),
             size_hint: Arc::default(),
+            dedup_ids: true,
         }
     }
 }

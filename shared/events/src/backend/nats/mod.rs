@@ -164,13 +164,30 @@ impl Transport for NatsTransport {
                     None => inner.client.publish(subject, message.payload).await,
                 }
             };
-            match tokio::time::timeout_at(deadline.into(), send).await {
-                Ok(result) => result.map_err(|e| publish_error(&message.subject, e)),
-                Err(_elapsed) => Err(unavailable(
-                    &message.subject,
-                    inner.config.get_publish_timeout(),
-                )),
-            }
+            // Fast path: the client's queue usually has room, so the send
+            // completes on its first poll and needs no timer. Only a send
+            // that has to wait (client buffer full while disconnected) is
+            // bounded by the deadline.
+            let mut send = std::pin::pin!(send);
+            let first = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(std::future::Future::poll(send.as_mut(), cx))
+            })
+            .await;
+            let result = match first {
+                std::task::Poll::Ready(result) => result,
+                std::task::Poll::Pending => {
+                    match tokio::time::timeout_at(deadline.into(), send).await {
+                        Ok(result) => result,
+                        Err(_elapsed) => {
+                            return Err(unavailable(
+                                &message.subject,
+                                inner.config.get_publish_timeout(),
+                            ))
+                        }
+                    }
+                }
+            };
+            result.map_err(|e| publish_error(&message.subject, e))
         })
     }
 
