@@ -184,6 +184,7 @@ pub struct Consumer<S = ()> {
     version_policy: VersionPolicy,
     newer_version: NewerVersion,
     handler_timeout: Option<Duration>,
+    ack_wait: Option<Duration>,
 }
 
 impl Consumer<()> {
@@ -211,6 +212,7 @@ impl Consumer<()> {
             version_policy: VersionPolicy::Reject,
             newer_version: NewerVersion::DeadLetter,
             handler_timeout: None,
+            ack_wait: None,
         })
     }
 }
@@ -237,6 +239,7 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
             version_policy: self.version_policy,
             newer_version: self.newer_version,
             handler_timeout: self.handler_timeout,
+            ack_wait: self.ack_wait,
         }
     }
 
@@ -310,6 +313,16 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
         self
     }
 
+    /// How long a delivery may stay unsettled before the transport gives it
+    /// to another instance (the transport's default otherwise: 30 s for
+    /// memory and JetStream). This is how long a crashed instance's events
+    /// wait; keep it above the longest handler run (or use
+    /// [`handler_timeout`](Self::handler_timeout)).
+    pub fn ack_wait(mut self, wait: Duration) -> Self {
+        self.ack_wait = Some(wait);
+        self
+    }
+
     /// The consumer's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -338,6 +351,9 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
             let subject = self.bus.codec().subject_for(event_type)?;
             let mut options = SubscribeOptions::new(SubjectPattern::exact(&subject))
                 .capacity(self.concurrency * 2);
+            if let Some(wait) = self.ack_wait {
+                options = options.ack_wait(wait);
+            }
             // Instances of one consumer compete for its events: a shared
             // durable consumer where the backend has one, else a queue group.
             options = if caps.supports(Capability::Durable) {

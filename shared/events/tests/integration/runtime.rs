@@ -490,6 +490,65 @@ where
     bus.close().await.unwrap();
 }
 
+pub async fn a_crashed_instance_s_unfinished_event_goes_to_another_instance<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    let bus = bus_on(&make).await;
+    if !bus
+        .transport()
+        .capabilities()
+        .supports(Capability::Redelivery)
+    {
+        return; // At-most-once: a crash loses in-flight events by contract.
+    }
+    let started = Arc::new(tokio::sync::Semaphore::new(0));
+    let crashing = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(started.clone())
+        .handle(
+            |_e: Event<Job>, ctx: Context<Arc<tokio::sync::Semaphore>>| async move {
+                ctx.state().add_permits(1);
+                tokio::time::sleep(Duration::from_secs(3600)).await; // the process dies in here
+                Ok::<_, HandlerError>(())
+            },
+        )
+        .ack_wait(Duration::from_secs(1));
+    let (_never_stopped, crashing) = start(crashing).await;
+    bus.publish(&bus.event(Job { n: 7 })).await.unwrap();
+    let _ = tokio::time::timeout(ARRIVE, started.acquire())
+        .await
+        .unwrap()
+        .unwrap();
+    // A crash: the run future is dropped mid-handling, nothing is settled.
+    crashing.abort();
+    let _ = crashing.await;
+
+    let seen: Seen = Arc::default();
+    let survivor = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(seen.clone())
+        .handle(|e: Event<Job>, ctx: Context<Seen>| async move {
+            ctx.state()
+                .lock()
+                .unwrap()
+                .push((e.payload.n, ctx.attempt()));
+            Ok::<_, HandlerError>(())
+        })
+        .ack_wait(Duration::from_secs(1));
+    let survivor = start(survivor).await;
+    wait_until("the redelivery", || !seen.lock().unwrap().is_empty()).await;
+    let summary = stop(survivor).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(7, 2)],
+        "handled once more, as attempt 2"
+    );
+    assert_eq!(summary.handled, 1);
+    bus.close().await.unwrap();
+}
+
 /// Generates one `#[tokio::test]` per runtime case for a backend.
 #[macro_export]
 macro_rules! runtime_suite {
@@ -526,6 +585,10 @@ macro_rules! runtime_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn trace_context_and_causality_survive_publish_handle_publish() {
                 r::trace_context_and_causality_survive_publish_handle_publish($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_crashed_instance_s_unfinished_event_goes_to_another_instance() {
+                r::a_crashed_instance_s_unfinished_event_goes_to_another_instance($make).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn dead_letters_can_be_replayed_after_a_fix() {
