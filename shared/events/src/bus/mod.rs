@@ -130,7 +130,15 @@ impl Bus {
             event.id = event.metadata.id(),
             subject = message.subject.as_str(),
         );
-        self.inner.transport.publish(message).instrument(span).await
+        let result = self.inner.transport.publish(message).instrument(span).await;
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            "events_published_total",
+            "type" => T::TYPE,
+            "outcome" => if result.is_ok() { "ok" } else { "error" }
+        )
+        .increment(1);
+        result
     }
 
     /// Publishes many events, letting the transport pipeline them (JetStream

@@ -64,32 +64,54 @@ pub struct Summary {
     pub nacked_on_shutdown: u64,
 }
 
+/// What the runtime counts; each is also a `metrics` counter (feature
+/// `metrics`) labelled with the consumer and the event type.
+#[derive(Debug, Clone, Copy)]
+enum Counter {
+    Handled,
+    Retried,
+    DeadLettered,
+    Duplicates,
+    Skipped,
+    DeadLetterFailures,
+    NackedOnShutdown,
+}
+
+impl Counter {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    fn metric_name(self) -> &'static str {
+        match self {
+            Counter::Handled => "events_handled_total",
+            Counter::Retried => "events_retried_total",
+            Counter::DeadLettered => "events_dead_lettered_total",
+            Counter::Duplicates => "events_duplicates_total",
+            Counter::Skipped => "events_skipped_total",
+            Counter::DeadLetterFailures => "events_dead_letter_failures_total",
+            Counter::NackedOnShutdown => "events_nacked_on_shutdown_total",
+        }
+    }
+}
+
 #[derive(Default)]
 struct Stats {
-    handled: AtomicU64,
-    retried: AtomicU64,
-    dead_lettered: AtomicU64,
-    duplicates: AtomicU64,
-    skipped: AtomicU64,
-    dead_letter_failures: AtomicU64,
-    nacked_on_shutdown: AtomicU64,
+    counts: [AtomicU64; 7],
 }
 
 impl Stats {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    fn bump(&self, counter: Counter) {
+        self.counts[counter as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     fn summary(&self) -> Summary {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let get = |c: Counter| self.counts[c as usize].load(Ordering::Relaxed);
         Summary {
-            handled: get(&self.handled),
-            retried: get(&self.retried),
-            dead_lettered: get(&self.dead_lettered),
-            duplicates: get(&self.duplicates),
-            skipped: get(&self.skipped),
-            dead_letter_failures: get(&self.dead_letter_failures),
-            nacked_on_shutdown: get(&self.nacked_on_shutdown),
+            handled: get(Counter::Handled),
+            retried: get(Counter::Retried),
+            dead_lettered: get(Counter::DeadLettered),
+            duplicates: get(Counter::Duplicates),
+            skipped: get(Counter::Skipped),
+            dead_letter_failures: get(Counter::DeadLetterFailures),
+            nacked_on_shutdown: get(Counter::NackedOnShutdown),
         }
     }
 }
@@ -422,7 +444,7 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
                                 let shared = shared.clone();
                                 in_flight.push(Box::pin(async move {
                                     let attempt = raw.attempt();
-                                    shared.dead_letter(raw, reason_for(&error), &error.to_string(), attempt).await;
+                                    shared.dead_letter(raw, reason_for(&error), &error.to_string(), attempt, UNKNOWN_TYPE).await;
                                 }));
                             }
                             (error, None) => {
@@ -500,6 +522,24 @@ struct Shared<S> {
     cancel: CancellationToken,
 }
 
+/// The type label of messages that could not be read far enough to know it.
+const UNKNOWN_TYPE: &str = "unknown";
+
+impl<S> Shared<S> {
+    fn count(&self, counter: Counter, event_type: &str) {
+        self.stats.bump(counter);
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            counter.metric_name(),
+            "consumer" => self.name.to_string(),
+            "type" => event_type.to_owned()
+        )
+        .increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = event_type;
+    }
+}
+
 impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// Handles one delivery, after the previous event of its key (if
     /// ordered), then signals the next one.
@@ -528,13 +568,15 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     }
 
     async fn process_in_span(&self, raw: RawEvent, delivery: transport::Delivery) {
-        let Some(handler) = self.handlers.get(raw.metadata.event_type()).cloned() else {
+        let Some((&event_type, handler)) = self.handlers.get_key_value(raw.metadata.event_type())
+        else {
             let text = format!("no handler for {}", raw.metadata.event_type());
             let attempt = delivery.attempt();
             return self
-                .dead_letter(delivery, Reason::NoHandler, &text, attempt)
+                .dead_letter(delivery, Reason::NoHandler, &text, attempt, UNKNOWN_TYPE)
                 .await;
         };
+        let handler = handler.clone();
         let claim_key = match &self.idempotency {
             Some(_) => format!("{}/{}", self.name, raw.metadata.id()),
             None => String::new(),
@@ -543,7 +585,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             match store.claim(&claim_key).await {
                 Ok(Claim::Acquired) => {}
                 Ok(Claim::Done) => {
-                    Stats::bump(&self.stats.duplicates);
+                    self.count(Counter::Duplicates, event_type);
                     tracing::debug!("duplicate event acknowledged without handling");
                     return settle(delivery.ack().await);
                 }
@@ -586,14 +628,14 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 Ok(future) => future,
                 Err(error) => {
                     release().await;
-                    return self.undecodable(delivery, error, attempt).await;
+                    return self.undecodable(delivery, error, attempt, event_type).await;
                 }
             };
             let result = tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
                     release().await;
-                    Stats::bump(&self.stats.nacked_on_shutdown);
+                    self.count(Counter::NackedOnShutdown, event_type);
                     tracing::info!("shutdown deadline passed; event nacked");
                     return settle(delivery.nack(None).await);
                 }
@@ -606,7 +648,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                             tracing::warn!(error = %e, "could not record the event as handled");
                         }
                     }
-                    Stats::bump(&self.stats.handled);
+                    self.count(Counter::Handled, event_type);
                     return settle(delivery.ack().await);
                 }
                 Err(error) => error,
@@ -615,7 +657,13 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             let delay = match error.disposition() {
                 Disposition::Reject => {
                     return self
-                        .dead_letter(delivery, Reason::Rejected, &error.to_string(), attempt)
+                        .dead_letter(
+                            delivery,
+                            Reason::Rejected,
+                            &error.to_string(),
+                            attempt,
+                            event_type,
+                        )
                         .await;
                 }
                 Disposition::Retry(_) if !self.retry.allows_another(attempt) => {
@@ -626,12 +674,13 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                             Reason::AttemptsExhausted,
                             &error.to_string(),
                             attempt,
+                            event_type,
                         )
                         .await;
                 }
                 Disposition::Retry(delay) => delay.unwrap_or_else(|| self.retry.delay(attempt)),
             };
-            Stats::bump(&self.stats.retried);
+            self.count(Counter::Retried, event_type);
             tracing::debug!(error = %error, ?delay, "attempt failed; retrying");
             if self.native_redelivery {
                 // The broker counts the attempt and redelivers: no second,
@@ -641,7 +690,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
-                    Stats::bump(&self.stats.nacked_on_shutdown);
+                    self.count(Counter::NackedOnShutdown, event_type);
                     return settle(delivery.nack(None).await);
                 }
                 _ = tokio::time::sleep(delay) => {}
@@ -651,26 +700,32 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     }
 
     /// An event that could not be decoded into its handler's type.
-    async fn undecodable(&self, delivery: transport::Delivery, error: Error, attempt: u32) {
+    async fn undecodable(
+        &self,
+        delivery: transport::Delivery,
+        error: Error,
+        attempt: u32,
+        event_type: &str,
+    ) {
         let reason = reason_for(&error);
         if reason == Reason::UnsupportedVersion {
             match self.newer_version {
                 NewerVersion::DeadLetter => {}
                 NewerVersion::Skip => {
                     tracing::warn!(error = %error, "newer event version skipped by policy");
-                    Stats::bump(&self.stats.skipped);
+                    self.count(Counter::Skipped, event_type);
                     return settle(delivery.ack().await);
                 }
                 NewerVersion::Retry
                     if self.retry.allows_another(attempt) && self.native_redelivery =>
                 {
-                    Stats::bump(&self.stats.retried);
+                    self.count(Counter::Retried, event_type);
                     return settle(delivery.nack(Some(self.retry.delay(attempt))).await);
                 }
                 NewerVersion::Retry => {}
             }
         }
-        self.dead_letter(delivery, reason, &error.to_string(), attempt)
+        self.dead_letter(delivery, reason, &error.to_string(), attempt, event_type)
             .await
     }
 
@@ -685,6 +740,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         reason: Reason,
         error: &str,
         attempts: u32,
+        event_type: &str,
     ) {
         let letter = DeadLetter {
             original: delivery.message().clone(),
@@ -697,12 +753,12 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         let message = letter.to_message(self.dead_letter_subject.clone());
         match self.bus.transport().publish(message).await {
             Ok(()) => {
-                Stats::bump(&self.stats.dead_lettered);
+                self.count(Counter::DeadLettered, event_type);
                 tracing::warn!(reason = reason.as_str(), error, dead_letter_subject = %self.dead_letter_subject, "event dead-lettered");
                 settle(delivery.term().await);
             }
             Err(e) => {
-                Stats::bump(&self.stats.dead_letter_failures);
+                self.count(Counter::DeadLetterFailures, event_type);
                 tracing::error!(error = %e, "dead-letter copy failed; original nacked");
                 let delay = self.retry.delay(delivery.attempt());
                 settle(delivery.nack(Some(delay)).await);

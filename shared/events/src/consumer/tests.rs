@@ -181,3 +181,113 @@ fn handler_errors_say_whether_to_retry() {
     assert!(!e.is_retryable());
     assert_eq!(e.to_string(), "handler rejected the event: bad data");
 }
+
+#[cfg(feature = "metrics")]
+mod metrics_counters {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use metrics::{
+        Counter, CounterFn, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+
+    use super::*;
+
+    /// Counts every counter by name and sorted labels.
+    #[derive(Default)]
+    struct Counting(Mutex<HashMap<String, Arc<Count>>>);
+
+    #[derive(Default)]
+    struct Count(AtomicU64);
+
+    impl CounterFn for Count {
+        fn increment(&self, value: u64) {
+            self.0.fetch_add(value, Ordering::Relaxed);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.store(value, Ordering::Relaxed);
+        }
+    }
+
+    fn render(key: &Key) -> String {
+        let mut labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        labels.sort();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+
+    impl Recorder for Counting {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            let count = self
+                .0
+                .lock()
+                .unwrap()
+                .entry(render(key))
+                .or_default()
+                .clone();
+            Counter::from_arc(count)
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    fn recorder() -> &'static Counting {
+        static RECORDER: OnceLock<&'static Counting> = OnceLock::new();
+        RECORDER.get_or_init(|| {
+            let recorder: &'static Counting = Box::leak(Box::default());
+            metrics::set_global_recorder(recorder).expect("the only recorder of this test binary");
+            recorder
+        })
+    }
+
+    fn value(name: &str) -> u64 {
+        recorder()
+            .0
+            .lock()
+            .unwrap()
+            .get(name)
+            .map_or(0, |c| c.0.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn the_runtime_and_the_bus_feed_metrics_counters() {
+        let _ = recorder();
+        let bus = Bus::memory("test");
+        let consumer = Consumer::new(&bus, "metered").unwrap().handle(
+            |e: Event<Job>, _ctx: Context<()>| async move {
+                if e.payload.n == 0 {
+                    Err(HandlerError::reject("no"))
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        let (tx, handle) = start(consumer);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for n in 0..3 {
+            bus.publish(&bus.event(Job { n })).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let summary = stop(tx, handle).await;
+        assert_eq!((summary.handled, summary.dead_lettered), (2, 1));
+        assert_eq!(
+            value("events_handled_total{consumer=metered,type=jobs.created}"),
+            2
+        );
+        assert_eq!(
+            value("events_dead_lettered_total{consumer=metered,type=jobs.created}"),
+            1
+        );
+        assert!(value("events_published_total{outcome=ok,type=jobs.created}") >= 3);
+    }
+}
