@@ -79,6 +79,7 @@ impl Bus {
         BusBuilder::new(transport)
     }
 
+    #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
     }
