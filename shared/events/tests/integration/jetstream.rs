@@ -520,3 +520,116 @@ async fn an_oversized_message_fails_before_it_is_sent() {
     assert_eq!(t.status().disconnects, 0);
     bus.close().await.unwrap();
 }
+
+mod kv_idempotency {
+    use std::sync::Mutex;
+
+    use events::backend::jetstream::KvIdempotencyStore;
+    use events::consumer::{Claim, Consumer, Context, HandlerError, IdempotencyStore};
+    use events::Event;
+
+    use super::*;
+    use crate::runtime::Job;
+
+    #[tokio::test]
+    async fn claims_are_exclusive_completed_released_and_taken_over_when_abandoned() {
+        let server = NatsServer::with_jetstream();
+        let t = connect(js_config(&server)).await;
+        let store = KvIdempotencyStore::open(&t, "dedup", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .claim_timeout(Duration::from_secs(1));
+        let other = KvIdempotencyStore::open(&t, "dedup", Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(store.claim("c/1").await.unwrap(), Claim::Acquired);
+        assert_eq!(
+            other.claim("c/1").await.unwrap(),
+            Claim::InProgress,
+            "one winner"
+        );
+        store.complete("c/1").await.unwrap();
+        assert_eq!(other.claim("c/1").await.unwrap(), Claim::Done);
+        assert_eq!(
+            store.claim("c/odd id: ä/#").await.unwrap(),
+            Claim::Acquired,
+            "any id is a valid key"
+        );
+        store.release("c/odd id: ä/#").await.unwrap();
+        assert_eq!(
+            other.claim("c/odd id: ä/#").await.unwrap(),
+            Claim::Acquired,
+            "released"
+        );
+        // `other`'s claim is now abandoned; after the claim timeout `store` takes it over.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        assert_eq!(store.claim("c/odd id: ä/#").await.unwrap(), Claim::Acquired);
+        t.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn two_instances_sharing_the_store_handle_a_republished_event_once() {
+        let server = NatsServer::with_jetstream();
+        let transport = Arc::new(connect(js_config(&server)).await);
+        let bus = Bus::builder_shared(transport.clone())
+            .source("js")
+            .prefix(PREFIX)
+            .build()
+            .unwrap();
+        let handled: Arc<Mutex<Vec<u32>>> = Arc::default();
+        let mut runs = Vec::new();
+        let mut stops = Vec::new();
+        for _ in 0..2 {
+            let store = KvIdempotencyStore::open(&transport, "dedup", Duration::from_secs(120))
+                .await
+                .unwrap();
+            let consumer = Consumer::new(&bus, "worker")
+                .unwrap()
+                .state(handled.clone())
+                .handle(
+                    |e: Event<Job>, ctx: Context<Arc<Mutex<Vec<u32>>>>| async move {
+                        ctx.state().lock().unwrap().push(e.payload.n);
+                        Ok::<_, HandlerError>(())
+                    },
+                )
+                .idempotency(store);
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            runs.push(tokio::spawn(consumer.run(async move {
+                let _ = rx.await;
+            })));
+            stops.push(tx);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Each event republished three times under fresh dedup ids (an
+        // outbox replay): the stream stores all of them.
+        for n in 0..10 {
+            let event = bus.event(Job { n });
+            for _ in 0..3 {
+                let mut message = bus.encode(&event, Default::default()).unwrap();
+                message.dedup_id = None;
+                transport.publish(message).await.unwrap();
+            }
+        }
+        let start = Instant::now();
+        while handled.lock().unwrap().len() < 10 && start.elapsed() < WAIT {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await; // time for any extra handling
+        let mut summaries = Vec::new();
+        for (tx, run) in stops.into_iter().zip(runs) {
+            let _ = tx.send(());
+            summaries.push(run.await.unwrap().unwrap());
+        }
+        let mut seen = handled.lock().unwrap().clone();
+        seen.sort_unstable();
+        assert_eq!(
+            seen,
+            (0..10).collect::<Vec<_>>(),
+            "each event handled exactly once"
+        );
+        let duplicates: u64 = summaries.iter().map(|s| s.duplicates).sum();
+        let handled: u64 = summaries.iter().map(|s| s.handled).sum();
+        assert_eq!((handled, duplicates), (10, 20));
+        bus.close().await.unwrap();
+    }
+}

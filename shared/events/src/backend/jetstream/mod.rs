@@ -24,6 +24,8 @@
 //!   pending for them before they end.
 
 mod config;
+#[cfg(feature = "runtime")]
+mod idempotency;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,6 +41,9 @@ use tokio::sync::watch;
 pub use config::{
     ConsumerDefaults, DeliverPolicy, JetStreamConfig, Retention, Storage, StreamConfig, StreamSetup,
 };
+#[cfg(feature = "runtime")]
+#[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
+pub use idempotency::KvIdempotencyStore;
 
 use crate::backend::nats::{self as core, ConnectionState, NatsStatus, Tracker};
 use crate::error::{Error, ErrorKind, Result};

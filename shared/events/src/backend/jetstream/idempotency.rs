@@ -1,0 +1,186 @@
+//! An idempotency store shared by every instance of a consumer group, on a
+//! JetStream key-value bucket (works on nats-server 2.9).
+
+use std::fmt;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use super::JetStreamTransport;
+use crate::consumer::{Claim, IdempotencyStore};
+use crate::error::{Error, ErrorKind, Result};
+
+const PENDING: &[u8] = b"pending";
+const DONE: &[u8] = b"done";
+
+/// Remembers handled event ids in a JetStream key-value bucket, so that a
+/// redelivered or republished event is handled once per consumer group, not
+/// once per instance.
+///
+/// - `claim` creates the key (`pending`) only if it does not exist: of two
+///   instances racing for one event, exactly one wins.
+/// - `complete` writes `done`; entries expire after the bucket's TTL.
+/// - A `pending` claim older than the claim timeout (its holder crashed) is
+///   taken over with a compare-and-set on its revision.
+///
+/// ```no_run
+/// # async fn f(transport: &events::backend::jetstream::JetStreamTransport) -> events::Result<()> {
+/// use std::time::Duration;
+/// use events::backend::jetstream::KvIdempotencyStore;
+///
+/// let store = KvIdempotencyStore::open(transport, "events_dedup", Duration::from_secs(600)).await?;
+/// # Ok(()) }
+/// ```
+pub struct KvIdempotencyStore {
+    store: kv::Store,
+    bucket: String,
+    ttl: Duration,
+    claim_timeout: Duration,
+}
+
+impl KvIdempotencyStore {
+    /// Opens the bucket `bucket`, creating it with `ttl` as its entries'
+    /// maximum age if it does not exist. The TTL should be at least the
+    /// producers' dedup window (2 minutes by default).
+    pub async fn open(transport: &JetStreamTransport, bucket: &str, ttl: Duration) -> Result<Self> {
+        let context = transport.context();
+        if context.get_key_value(bucket).await.is_err() {
+            // The stream a key-value bucket is made of, created directly:
+            // async-nats's `create_key_value` first reads the account info,
+            // whose 2.9 answer it cannot parse.
+            let config = async_nats::jetstream::stream::Config {
+                name: format!("KV_{bucket}"),
+                description: Some("events: handled event ids per consumer".to_owned()),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age: ttl,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: async_nats::jetstream::stream::DiscardPolicy::New,
+                num_replicas: 1,
+                ..Default::default()
+            };
+            context.create_stream(config).await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Backend,
+                    format!("creating key-value bucket `{bucket}` failed"),
+                )
+                .with_source(e)
+            })?;
+        }
+        let store = context.get_key_value(bucket).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Backend,
+                format!("opening key-value bucket `{bucket}` failed"),
+            )
+            .with_source(e)
+        })?;
+        Ok(KvIdempotencyStore {
+            store,
+            bucket: bucket.to_owned(),
+            ttl,
+            claim_timeout: Duration::from_secs(5 * 60),
+        })
+    }
+
+    /// How long a `pending` claim is honoured before another instance may
+    /// take it over (default 5 minutes).
+    pub fn claim_timeout(mut self, timeout: Duration) -> Self {
+        self.claim_timeout = timeout;
+        self
+    }
+
+    /// Key-value keys allow `[-/_=.A-Za-z0-9]`; event ids from other
+    /// producers may hold anything, so keys are base64url.
+    fn key(key: &str) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key)
+    }
+
+    fn backend(&self, what: &str, e: impl Into<crate::BoxError>) -> Error {
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("{what} in key-value bucket `{}` failed", self.bucket),
+        )
+        .with_source(e)
+    }
+
+    async fn claim_now(&self, key: &str) -> Result<Claim> {
+        let key = Self::key(key);
+        match self.store.create(&key, Bytes::from_static(PENDING)).await {
+            Ok(_) => return Ok(Claim::Acquired),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(self.backend("claim", e)),
+        }
+        let Some(entry) = self
+            .store
+            .entry(&key)
+            .await
+            .map_err(|e| self.backend("read", e))?
+        else {
+            // Expired between the two calls: try once more.
+            return match self.store.create(&key, Bytes::from_static(PENDING)).await {
+                Ok(_) => Ok(Claim::Acquired),
+                Err(_) => Ok(Claim::InProgress),
+            };
+        };
+        if entry.value.as_ref() == DONE {
+            return Ok(Claim::Done);
+        }
+        let age = chrono::Utc::now().signed_duration_since(entry.created);
+        if age.to_std().unwrap_or_default() < self.claim_timeout {
+            return Ok(Claim::InProgress);
+        }
+        // An abandoned claim: take it over unless someone else just did.
+        match self
+            .store
+            .update(&key, Bytes::from_static(PENDING), entry.revision)
+            .await
+        {
+            Ok(_) => Ok(Claim::Acquired),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(Claim::InProgress),
+            Err(e) => Err(self.backend("claim takeover", e)),
+        }
+    }
+}
+
+impl fmt::Debug for KvIdempotencyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvIdempotencyStore")
+            .field("bucket", &self.bucket)
+            .field("ttl", &self.ttl)
+            .field("claim_timeout", &self.claim_timeout)
+            .finish()
+    }
+}
+
+impl IdempotencyStore for KvIdempotencyStore {
+    fn claim(&self, key: &str) -> BoxFuture<'_, Result<Claim>> {
+        let key = key.to_owned();
+        Box::pin(async move { self.claim_now(&key).await })
+    }
+
+    fn complete(&self, key: &str) -> BoxFuture<'_, Result<()>> {
+        let key = Self::key(key);
+        Box::pin(async move {
+            self.store
+                .put(&key, Bytes::from_static(DONE))
+                .await
+                .map(drop)
+                .map_err(|e| self.backend("complete", e))
+        })
+    }
+
+    fn release(&self, key: &str) -> BoxFuture<'_, Result<()>> {
+        let key = Self::key(key);
+        Box::pin(async move {
+            self.store
+                .delete(&key)
+                .await
+                .map_err(|e| self.backend("release", e))
+        })
+    }
+}
