@@ -573,3 +573,57 @@ async fn connecting_to_nothing_is_unavailable_fast() {
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// The case the pitfall list warns of: publishers blocked on a full client
+/// queue when the connection drops. Each publish must come back (queued in
+/// the client, or `Unavailable`) within about the bound, never hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_blocked_on_a_full_queue_fail_within_the_bound_when_the_server_dies() {
+    let mut server = NatsServer::core();
+    let t = NatsTransport::connect(config(&server).client_capacity(4))
+        .await
+        .unwrap();
+    let bound = t.config().get_publish_timeout();
+    let bus = bus(t.clone());
+    server.kill();
+    let publishers: Vec<_> = (0..4)
+        .map(|p| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                let mut unavailable = 0;
+                for seq in 0..6 {
+                    let note = "x".repeat(1024);
+                    let started = Instant::now();
+                    let result = bus
+                        .publish(&bus.event(Ping {
+                            seq: p * 100 + seq,
+                            note,
+                        }))
+                        .await;
+                    let took = started.elapsed();
+                    assert!(
+                        took < bound + Duration::from_secs(2),
+                        "a publish took {took:?}"
+                    );
+                    if let Err(e) = result {
+                        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+                        unavailable += 1;
+                    }
+                }
+                unavailable
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for p in publishers {
+        failed += tokio::time::timeout(bound * 6 + Duration::from_secs(10), p)
+            .await
+            .expect("no publisher hangs")
+            .unwrap();
+    }
+    assert!(
+        failed > 0,
+        "with the server gone, publishes fail as unavailable"
+    );
+    drop(server);
+}

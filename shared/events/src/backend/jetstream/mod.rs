@@ -294,7 +294,7 @@ impl Inner {
         match tokio::time::timeout_at(
             deadline.into(),
             self.context
-                .send_publish(p.subject.as_str().to_owned(), publish),
+                .send_publish(core::nats_subject(&p.subject), publish),
         )
         .await
         {

@@ -46,6 +46,12 @@ pub(crate) struct Tracker {
     transport: &'static str,
     state: watch::Sender<ConnectionState>,
     status: Mutex<NatsStatus>,
+    /// Set by the watchdog once the connection has been down for longer
+    /// than the publish timeout (or closed); cleared on reconnect.
+    unavailable: std::sync::atomic::AtomicBool,
+    /// Wakes publishes blocked on a full client queue when `unavailable`
+    /// is set.
+    unavailable_waiters: tokio::sync::Notify,
 }
 
 impl Tracker {
@@ -61,6 +67,8 @@ impl Tracker {
                 lame_duck: false,
                 last_error: None,
             }),
+            unavailable: std::sync::atomic::AtomicBool::new(false),
+            unavailable_waiters: tokio::sync::Notify::new(),
         })
     }
 
@@ -142,6 +150,89 @@ impl Tracker {
     /// Marks the connection closed by us.
     pub(crate) fn set_closed(&self) {
         self.update(|s| s.state = ConnectionState::Closed);
+    }
+
+    /// Resolves once the connection has been unusable for longer than the
+    /// publish timeout. One lock to register, no timer: cheap enough for
+    /// every publish that finds the client's queue full.
+    pub(crate) async fn unavailable(&self) {
+        let notified = self.unavailable_waiters.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        if self.unavailable.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+
+    fn set_unavailable(&self, unavailable: bool) {
+        self.unavailable
+            .store(unavailable, std::sync::atomic::Ordering::Release);
+        if unavailable {
+            self.unavailable_waiters.notify_waiters();
+        }
+    }
+
+    /// Starts the task that declares the connection unavailable after it
+    /// has been down for `limit`, and available again on reconnect. It ends
+    /// with the tracker.
+    pub(crate) fn spawn_watchdog(self: &Arc<Self>, limit: std::time::Duration) {
+        let tracker = Arc::downgrade(self);
+        let mut state = self.state.subscribe();
+        tokio::spawn(async move {
+            let set = |unavailable: bool| match tracker.upgrade() {
+                Some(t) => {
+                    t.set_unavailable(unavailable);
+                    true
+                }
+                None => false,
+            };
+            loop {
+                if state
+                    .wait_for(|s| *s != ConnectionState::Connected)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if *state.borrow() == ConnectionState::Closed {
+                    set(true);
+                    return;
+                }
+                // Keep no `Ref` of the watch across an await (not `Send`).
+                let back = tokio::time::timeout(
+                    limit,
+                    state.wait_for(|s| *s == ConnectionState::Connected),
+                )
+                .await
+                .map(|r| r.is_ok());
+                match back {
+                    Ok(true) => continue,
+                    Ok(false) => return,
+                    Err(_elapsed) => {
+                        if !set(true) {
+                            return;
+                        }
+                        if state
+                            .wait_for(|s| {
+                                *s != ConnectionState::Disconnected
+                                    && *s != ConnectionState::Connecting
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        if *state.borrow() == ConnectionState::Closed {
+                            return;
+                        }
+                        if !set(false) {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
     }
 
     pub(crate) fn state(&self) -> ConnectionState {
