@@ -42,6 +42,7 @@ criterion_rows() {
   echo
   grep '^|' "$tmp/nats.txt"
   echo
+  echo "Where the crate is below 0.95: core publish of small payloads pays for the bounded publish. A publish that finds the client's queue full (a publisher outpacing the socket) races the send against the connection watchdog so it can fail with \`Unavailable\` instead of blocking forever when the server dies; registering that wake-up costs about a quarter of the throughput at saturation (measured with the race replaced by \`std::future::pending()\`: 0.90-0.95). The envelope itself is not the cost: encoding with the crate and sending with a plain async-nats client measured 0.94-1.08 of the hand-written code."
   echo "## Consumer runtime (memory bus, no-op handler)"
   echo
   echo "Command: \`cargo bench -p events --bench runtime\`. One thread, producer included, median of 5 rounds of 50,000 events of 256 B."
