@@ -644,9 +644,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             let error = match result {
                 Ok(()) => {
                     if let Some(store) = &self.idempotency {
-                        if let Err(e) = store.complete(&claim_key).await {
-                            tracing::warn!(error = %e, "could not record the event as handled");
-                        }
+                        self.complete(store.as_ref(), &claim_key).await;
                     }
                     self.count(Counter::Handled, event_type);
                     return settle(delivery.ack().await);
@@ -694,6 +692,32 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                     return settle(delivery.nack(None).await);
                 }
                 _ = tokio::time::sleep(delay) => {}
+            }
+            attempt += 1;
+        }
+    }
+
+    /// Records `key` as handled. A failed write (the store's server
+    /// restarting) is retried with the retry policy's backoff, up to its
+    /// attempts, before the event is acked: if the ack were lost as well,
+    /// the redelivery would find the claim still pending and, once it timed
+    /// out, handle the event a second time.
+    async fn complete(&self, store: &dyn IdempotencyStore, key: &str) {
+        let mut attempt = 1;
+        loop {
+            let error = match store.complete(key).await {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            if !self.retry.allows_another(attempt) || self.cancel.is_cancelled() {
+                tracing::warn!(error = %error, attempt, "could not record the event as handled");
+                return;
+            }
+            tracing::debug!(error = %error, attempt, "recording the event as handled failed; retrying");
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {}
+                _ = tokio::time::sleep(self.retry.delay(attempt)) => {}
             }
             attempt += 1;
         }

@@ -291,3 +291,74 @@ mod metrics_counters {
         assert!(value("events_published_total{outcome=ok,type=jobs.created}") >= 3);
     }
 }
+
+/// A store whose first `failures` completions fail, as a key-value store
+/// does while its server restarts.
+#[derive(Debug)]
+struct FlakyStore {
+    inner: Arc<MemoryIdempotencyStore>,
+    failures: Mutex<u32>,
+}
+
+impl IdempotencyStore for FlakyStore {
+    fn claim(&self, key: &str) -> futures_util::future::BoxFuture<'_, crate::Result<Claim>> {
+        self.inner.claim(key)
+    }
+    fn complete(&self, key: &str) -> futures_util::future::BoxFuture<'_, crate::Result<()>> {
+        let mut failures = self.failures.lock().unwrap();
+        if *failures > 0 {
+            *failures -= 1;
+            return Box::pin(async {
+                Err(crate::Error::new(
+                    crate::ErrorKind::Unavailable,
+                    "store restarting",
+                ))
+            });
+        }
+        self.inner.complete(key)
+    }
+    fn release(&self, key: &str) -> futures_util::future::BoxFuture<'_, crate::Result<()>> {
+        self.inner.release(key)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_completion_is_retried_so_a_redelivery_is_not_handled_again() {
+    let bus = Bus::memory("test");
+    let inner = Arc::new(MemoryIdempotencyStore::new(Duration::from_secs(60)));
+    let handled = Arc::new(Mutex::new(0u32));
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(handled.clone())
+        .handle(|_e: Event<Job>, ctx: Context<Arc<Mutex<u32>>>| async move {
+            *ctx.state().lock().unwrap() += 1;
+            Ok::<_, HandlerError>(())
+        })
+        .idempotency(FlakyStore {
+            inner: inner.clone(),
+            failures: Mutex::new(2),
+        })
+        .retry(
+            RetryPolicy::exponential()
+                .initial_delay(Duration::from_millis(10))
+                .jitter(false),
+        );
+    let (tx, handle) = start(consumer);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let event = bus.event(Job { n: 1 });
+    bus.publish(&event).await.unwrap();
+    wait_until(|| *handled.lock().unwrap() == 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let key = format!("worker/{}", event.metadata.id());
+    assert_eq!(
+        inner.claim(&key).await.unwrap(),
+        Claim::Done,
+        "the completion was recorded after the store came back"
+    );
+    // A redelivery (here: the same event again) is a duplicate, not handled.
+    bus.publish(&event).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let summary = stop(tx, handle).await;
+    assert_eq!(*handled.lock().unwrap(), 1);
+    assert_eq!((summary.handled, summary.duplicates), (1, 1));
+}

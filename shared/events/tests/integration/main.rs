@@ -5,6 +5,8 @@ mod bad_input;
 mod conformance;
 mod fixtures;
 #[cfg(feature = "jetstream")]
+mod faults;
+#[cfg(feature = "jetstream")]
 mod jetstream;
 #[cfg(feature = "nats")]
 mod nats;
