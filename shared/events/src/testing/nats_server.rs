@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The binary, overridable for machines where it is not on `PATH`.
-fn binary() -> String {
+pub(crate) fn binary() -> String {
     std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned())
 }
 

@@ -2,10 +2,12 @@
 #![allow(unreachable_pub, missing_docs)]
 
 mod bad_input;
+#[cfg(feature = "jetstream")]
+mod cluster;
 mod conformance;
-mod fixtures;
 #[cfg(feature = "jetstream")]
 mod faults;
+mod fixtures;
 #[cfg(feature = "jetstream")]
 mod jetstream;
 #[cfg(feature = "nats")]
