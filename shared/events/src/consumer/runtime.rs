@@ -624,7 +624,17 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 raw.clone()
             };
             let input = input.expect("one attempt per delivery with native redelivery");
-            let future = match handler.prepare(input, self.version_policy, parts) {
+            // Decoding runs user code too (upcasters, custom `Deserialize`):
+            // a panic there dead-letters the event instead of ending `run`.
+            let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                handler.prepare(input, self.version_policy, parts)
+            }))
+            .unwrap_or_else(|panic| {
+                let text = panic_text(&*panic);
+                tracing::error!(panic = %text, "decoding an event panicked");
+                Err(Error::decode(format!("decoding panicked: {text}")))
+            });
+            let future = match prepared {
                 Ok(future) => future,
                 Err(error) => {
                     release().await;
@@ -791,6 +801,14 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     }
 }
 
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
 /// Runs a handler with an optional deadline; a panic becomes a retryable
 /// error, so one bad handler call cannot take the consumer down.
 async fn with_timeout(
@@ -809,11 +827,7 @@ async fn with_timeout(
         },
     };
     outcome.unwrap_or_else(|panic| {
-        let text = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".to_owned());
+        let text = panic_text(&*panic);
         tracing::error!(panic = %text, "handler panicked");
         Err(HandlerError::retry(format!("handler panicked: {text}")))
     })

@@ -428,7 +428,10 @@ pub(crate) fn is_json_content_type(ct: &str) -> bool {
     let media = ct.split(';').next().unwrap_or("").trim();
     media.eq_ignore_ascii_case("application/json")
         || media.eq_ignore_ascii_case("text/json")
-        || (media.len() >= 5 && media[media.len() - 5..].eq_ignore_ascii_case("+json"))
+        // Bytes, not a str slice: the value comes from the network and a
+        // multi-byte character there must not make us slice inside it.
+        || media.as_bytes().len() >= 5
+            && media.as_bytes()[media.len() - 5..].eq_ignore_ascii_case(b"+json")
 }
 
 fn starts_with_ignore_case(value: &str, prefix: &str) -> bool {

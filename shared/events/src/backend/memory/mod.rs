@@ -27,8 +27,8 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{
-    Acker, Capabilities, Delivery, DeliveryInfo, Message, SubjectPattern, SubscribeOptions,
-    Subscription, Transport,
+    Acker, Capabilities, Delivery, DeliveryInfo, Message, Subject, SubjectPattern,
+    SubscribeOptions, Subscription, Transport,
 };
 
 /// Settings of the in-memory transport.
@@ -283,14 +283,21 @@ impl Shared {
 
     /// Where a redelivery goes: the same subscription, or for a queue group
     /// any live member of the group.
-    fn redelivery_target(&self, sub_id: u64, group: Option<&str>) -> Option<Arc<Sub>> {
+    fn redelivery_target(
+        &self,
+        sub_id: u64,
+        group: Option<&str>,
+        subject: &Subject,
+    ) -> Option<Arc<Sub>> {
         let routes = self.snapshot();
         match group {
+            // Only a member whose pattern matches: members of one group may
+            // subscribe to different subjects (different event types).
             Some(name) => routes
                 .groups
                 .iter()
                 .find(|g| g.name == name)
-                .and_then(|g| Self::pick_member(g, |_| true)),
+                .and_then(|g| Self::pick_member(g, |s| s.pattern.matches(subject))),
             None => routes.plain.iter().find(|s| s.id == sub_id).cloned(),
         }
     }
@@ -472,7 +479,10 @@ impl Drop for MemorySubscription {
         // group: hand them to the remaining members rather than lose them.
         if let Some(group) = self.group.clone() {
             while let Ok(queued) = self.rx.try_recv() {
-                match self.shared.redelivery_target(id, Some(&group)) {
+                match self
+                    .shared
+                    .redelivery_target(id, Some(&group), &queued.message.subject)
+                {
                     Some(target) => {
                         if let Err(e) = target.tx.try_send(queued) {
                             let q = match e {
@@ -530,10 +540,11 @@ impl MemoryAcker {
             if self.shared.closed.load(Ordering::Acquire) {
                 return;
             }
-            match self
-                .shared
-                .redelivery_target(self.sub_id, self.group.as_deref())
-            {
+            match self.shared.redelivery_target(
+                self.sub_id,
+                self.group.as_deref(),
+                &queued.message.subject,
+            ) {
                 Some(target) => {
                     if let Err(e) = target.tx.send(queued).await {
                         tracing::debug!(subject = %e.0.message.subject, "redelivery target closed");

@@ -293,3 +293,27 @@ fn declared_capabilities_match_the_semantics() {
     assert!(caps.redelivery && caps.delayed_redelivery && caps.queue_groups && caps.wildcards);
     assert!(!caps.durable && !caps.persistent && !caps.publish_dedup);
 }
+
+#[tokio::test]
+async fn group_redelivery_only_goes_to_members_whose_pattern_matches() {
+    let t = MemoryTransport::new();
+    let mut placed = t
+        .subscribe(options("events.placed").queue_group("billing").unwrap())
+        .await
+        .unwrap();
+    let mut cancelled = t
+        .subscribe(options("events.cancelled").queue_group("billing").unwrap())
+        .await
+        .unwrap();
+    t.publish(message("events.placed", "p")).await.unwrap();
+    for attempt in 1..=5 {
+        let d = next(&mut placed).await;
+        assert_eq!(d.attempt(), attempt);
+        d.nack(None).await.unwrap();
+    }
+    assert!(
+        nothing_within(&mut cancelled, Duration::from_millis(50)).await,
+        "never to the other subject's member"
+    );
+    next(&mut placed).await.ack().await.unwrap();
+}

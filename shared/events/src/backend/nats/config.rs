@@ -574,7 +574,12 @@ fn redact_url(url: &str) -> String {
         Some(i) => (&url[..i + 3], &url[i + 3..]),
         None => ("", url),
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
+    // The userinfo ends at the last '@' of the authority; a password may
+    // itself contain '/', '?' or '#', so look for the '@' first.
+    let authority_end = match rest.rfind('@') {
+        Some(at) => at + rest[at..].find(['/', '?', '#']).unwrap_or(rest.len() - at),
+        None => rest.find('/').unwrap_or(rest.len()),
+    };
     match rest[..authority_end].rfind('@') {
         None => url.to_owned(),
         Some(at) => {
@@ -648,6 +653,13 @@ mod tests {
         );
         assert_eq!(redact_url("nats://tok@h:4222"), "nats://<redacted>@h:4222");
         assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+        // A password with '/' in it is still redacted.
+        let shown = redact_url("nats://svc:ab/cd@h:4222");
+        assert!(
+            !shown.contains("ab/cd") && !shown.contains("cd@"),
+            "{shown}"
+        );
+        assert_eq!(shown, "nats://svc:<redacted>@h:4222");
         assert_eq!(redact_url("h:4222"), "h:4222");
     }
 
