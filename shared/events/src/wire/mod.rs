@@ -430,7 +430,7 @@ pub(crate) fn is_json_content_type(ct: &str) -> bool {
         || media.eq_ignore_ascii_case("text/json")
         // Bytes, not a str slice: the value comes from the network and a
         // multi-byte character there must not make us slice inside it.
-        || media.as_bytes().len() >= 5
+        || media.len() >= 5
             && media.as_bytes()[media.len() - 5..].eq_ignore_ascii_case(b"+json")
 }
 
