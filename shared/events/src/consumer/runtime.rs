@@ -836,8 +836,14 @@ async fn with_timeout(
 /// Logs a failed settle: the broker will redeliver after its ack wait, which
 /// is the safe direction.
 fn settle(result: Result<()>) {
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "settling a delivery failed; it will be redelivered");
+    match result {
+        Ok(()) => {}
+        // Core NATS: there is no redelivery to ask for; the event is gone
+        // (at-most-once), and the log must say so rather than promise a retry.
+        Err(e) if e.kind() == ErrorKind::Unsupported => {
+            tracing::error!(error = %e, "the backend cannot redeliver; event dropped (at-most-once)");
+        }
+        Err(e) => tracing::warn!(error = %e, "settling a delivery failed; it will be redelivered"),
     }
 }
 

@@ -473,8 +473,21 @@ pub(crate) fn from_nats_headers(headers: Option<&async_nats::HeaderMap>) -> Resu
     let mut out = Headers::with_capacity(map.len());
     for (name, values) in map.iter() {
         for value in values {
-            out.append(name.to_string(), value.as_str().to_owned())
+            // async-nats accepts values our headers refuse (a NUL byte, say).
+            // Refusing the whole message would leave it unsettled and
+            // redelivered forever; percent-encoding the value keeps it
+            // deliverable (and a `ce-` value decodes back to the original).
+            if out
+                .append(name.to_string(), value.as_str().to_owned())
+                .is_err()
+            {
+                tracing::debug!(header = %name, "received header value percent-encoded");
+                out.append(
+                    name.to_string(),
+                    crate::wire::percent::encode(value.as_str()),
+                )
                 .map_err(|e| Error::decode(format!("received header {name}: {}", e.detail())))?;
+            }
         }
     }
     Ok(out)
@@ -497,6 +510,11 @@ mod tests {
         assert_eq!(back.get("ce-id"), Some("1"));
         assert_eq!(back.get("Content-Type"), Some("application/json"));
         assert!(to_nats_headers(&Headers::new()).unwrap().is_none());
+        // A value async-nats accepts but our headers refuse is kept, encoded.
+        let mut raw = async_nats::HeaderMap::new();
+        raw.insert("x-nul", async_nats::HeaderValue::from("a\0b"));
+        let kept = from_nats_headers(Some(&raw)).unwrap();
+        assert_eq!(kept.get("x-nul"), Some("a%00b"));
         assert_eq!(from_nats_headers(None).unwrap().len(), 0);
     }
 
