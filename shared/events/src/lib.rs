@@ -70,6 +70,10 @@
 //! # Feature flags
 //! - `memory` (default): the in-memory transport. Without it, only the
 //!   envelope, wire format and transport trait remain.
+//! - `runtime` (default): the consumer runtime ([`consumer`]).
+//! - `nats`, `jetstream`: the NATS transports on async-nats.
+//! - `metrics`: counters through the `metrics` facade.
+//! - `testing`: private `nats-server` processes and clusters for tests.
 //!
 //! # Minimum supported Rust version
 //! 1.85.
