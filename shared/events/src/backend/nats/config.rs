@@ -54,8 +54,8 @@ impl fmt::Debug for Auth {
                 .field("password", &"<redacted>")
                 .finish(),
             Auth::NKey(_) => f.write_str("NKey(<redacted>)"),
-            // The path is not secret, the file's contents are.
-            Auth::CredsFile(path) => f.debug_tuple("CredsFile").field(path).finish(),
+            // The house rule treats the creds path as a secret too.
+            Auth::CredsFile(_) => f.write_str("CredsFile(<redacted>)"),
         }
     }
 }
@@ -490,11 +490,7 @@ impl NatsConfig {
             }
             Auth::NKey(seed) => options.nkey(seed.clone()),
             Auth::CredsFile(path) => options.credentials_file(path).await.map_err(|e| {
-                Error::invalid(format!(
-                    "cannot read the NATS creds file {}",
-                    path.display()
-                ))
-                .with_source(e)
+                Error::invalid("cannot read the NATS creds file (path redacted)").with_source(e)
             })?,
         };
         for root in &self.root_certificates {
@@ -722,5 +718,19 @@ mod tests {
         let delays: Vec<_> = (1..=6).map(|a| p.delay(a).as_millis()).collect();
         assert_eq!(delays, [0, 100, 200, 400, 500, 500]);
         assert_eq!(p.delay(usize::MAX), Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod creds_path_tests {
+    use super::*;
+
+    #[test]
+    fn the_creds_file_path_is_not_shown() {
+        let config =
+            NatsConfig::new("nats://127.0.0.1:4222").creds_file("/secret/team-a/user.creds");
+        for shown in [format!("{config:?}"), format!("{config}")] {
+            assert!(!shown.contains("team-a"), "{shown}");
+        }
     }
 }
