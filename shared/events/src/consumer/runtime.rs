@@ -522,6 +522,11 @@ struct Shared<S> {
     cancel: CancellationToken,
 }
 
+/// How often a consumer first looks again at an event id claimed elsewhere;
+/// the pause doubles up to [`CLAIM_POLL_MAX`].
+const CLAIM_POLL_START: Duration = Duration::from_millis(50);
+const CLAIM_POLL_MAX: Duration = Duration::from_secs(1);
+
 /// The type label of messages that could not be read far enough to know it.
 const UNKNOWN_TYPE: &str = "unknown";
 
@@ -548,11 +553,15 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             Some((previous, done)) => (previous, Some(done)),
             None => (None, None),
         };
-        if let Some(mut previous) = previous {
-            // Either the predecessor signals, or it is gone.
-            let _ = previous.wait_for(|done| *done).await;
-        }
         let (raw, delivery) = delivery.into_parts();
+        if let Some(mut previous) = previous {
+            // Either the predecessor signals, or it is gone. The wait can be
+            // long (the predecessor retrying): the delivery is held meanwhile.
+            holding(&delivery, async move {
+                let _ = previous.wait_for(|done| *done).await;
+            })
+            .await;
+        }
         let span = tracing::info_span!(
             "events.handle",
             consumer = %self.name,
@@ -561,13 +570,19 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             subject = delivery.message().subject.as_str(),
             attempt = delivery.attempt(),
         );
-        self.process_in_span(raw, delivery).instrument(span).await;
+        let ordered = done.is_some();
+        self.process_in_span(raw, delivery, ordered)
+            .instrument(span)
+            .await;
         if let Some(done) = done {
             let _ = done.send(true);
         }
     }
 
-    async fn process_in_span(&self, raw: RawEvent, delivery: transport::Delivery) {
+    /// `ordered`: the event's key is handled strictly in order, so a failed
+    /// attempt is retried here, holding the key, rather than handed back to
+    /// the broker (whose redelivery would let the key's next event overtake).
+    async fn process_in_span(&self, raw: RawEvent, delivery: transport::Delivery, ordered: bool) {
         let Some((&event_type, handler)) = self.handlers.get_key_value(raw.metadata.event_type())
         else {
             let text = format!("no handler for {}", raw.metadata.event_type());
@@ -582,20 +597,33 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             None => String::new(),
         };
         if let Some(store) = &self.idempotency {
-            match store.claim(&claim_key).await {
-                Ok(Claim::Acquired) => {}
-                Ok(Claim::Done) => {
-                    self.count(Counter::Duplicates, event_type);
-                    tracing::debug!("duplicate event acknowledged without handling");
-                    return settle(delivery.ack().await);
-                }
-                Ok(Claim::InProgress) => {
-                    return settle(delivery.nack(Some(Duration::from_secs(1))).await);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "idempotency store unavailable; event nacked");
-                    let delay = self.retry.delay(delivery.attempt());
-                    return settle(delivery.nack(Some(delay)).await);
+            let mut pause = CLAIM_POLL_START;
+            loop {
+                match store.claim(&claim_key).await {
+                    Ok(Claim::Acquired) => break,
+                    Ok(Claim::Done) => {
+                        self.count(Counter::Duplicates, event_type);
+                        tracing::debug!("duplicate event acknowledged without handling");
+                        return settle(delivery.ack().await);
+                    }
+                    Ok(Claim::InProgress) => {
+                        // Another delivery of this id is being handled (a
+                        // republished copy, or an earlier delivery still
+                        // running elsewhere). Wait for its outcome here,
+                        // holding this delivery: a nack per poll would spend
+                        // the broker's delivery attempts on waiting.
+                        tracing::debug!(?pause, "event id is being handled elsewhere; waiting");
+                        if !self.pause(&delivery, pause).await {
+                            self.count(Counter::NackedOnShutdown, event_type);
+                            return settle(delivery.nack(None).await);
+                        }
+                        pause = (pause * 2).min(CLAIM_POLL_MAX);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "idempotency store unavailable; event nacked");
+                        let delay = self.retry.delay(delivery.attempt());
+                        return settle(delivery.nack(Some(delay)).await);
+                    }
                 }
             }
         }
@@ -608,6 +636,9 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         };
 
         let mut attempt = delivery.attempt();
+        // Retries run in process where the backend cannot redeliver, and for
+        // ordered keys; otherwise the broker redelivers and counts.
+        let in_process = !self.native_redelivery || ordered;
         let mut raw = Some(raw);
         loop {
             let parts = ContextParts {
@@ -618,11 +649,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             };
             // With native redelivery there is one attempt per delivery, so the
             // event moves into the handler; in-process retries keep a copy.
-            let input = if self.native_redelivery {
-                raw.take()
-            } else {
-                raw.clone()
-            };
+            let input = if in_process { raw.clone() } else { raw.take() };
             let input = input.expect("one attempt per delivery with native redelivery");
             // Decoding runs user code too (upcasters, custom `Deserialize`):
             // a panic there dead-letters the event instead of ending `run`.
@@ -649,7 +676,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                     tracing::info!("shutdown deadline passed; event nacked");
                     return settle(delivery.nack(None).await);
                 }
-                result = with_timeout(self.handler_timeout, AssertUnwindSafe(future).catch_unwind()) => result,
+                result = holding(&delivery, with_timeout(self.handler_timeout, AssertUnwindSafe(future).catch_unwind())) => result,
             };
             let error = match result {
                 Ok(()) => {
@@ -690,21 +717,30 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             };
             self.count(Counter::Retried, event_type);
             tracing::debug!(error = %error, ?delay, "attempt failed; retrying");
-            if self.native_redelivery {
+            if !in_process {
                 // The broker counts the attempt and redelivers: no second,
                 // in-process retry loop stacked on top.
                 return settle(delivery.nack(Some(delay)).await);
             }
-            tokio::select! {
-                biased;
-                _ = self.cancel.cancelled() => {
-                    self.count(Counter::NackedOnShutdown, event_type);
-                    return settle(delivery.nack(None).await);
-                }
-                _ = tokio::time::sleep(delay) => {}
+            if !self.pause(&delivery, delay).await {
+                self.count(Counter::NackedOnShutdown, event_type);
+                return settle(delivery.nack(None).await);
             }
             attempt += 1;
         }
+    }
+
+    /// Waits `delay` holding `delivery` (its ack wait kept from running
+    /// out); false if shutdown's deadline passed first.
+    async fn pause(&self, delivery: &transport::Delivery, delay: Duration) -> bool {
+        holding(delivery, async {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => false,
+                _ = tokio::time::sleep(delay) => true,
+            }
+        })
+        .await
     }
 
     /// Records `key` as handled. A failed write (the store's server
@@ -835,6 +871,29 @@ async fn with_timeout(
 
 /// Logs a failed settle: the broker will redeliver after its ack wait, which
 /// is the safe direction.
+/// Runs `work` while telling the backend, every half of its ack wait, that
+/// `delivery` is still being handled: a handler (or a wait) longer than the
+/// ack wait is not handed to another instance meanwhile. Free on backends
+/// that never redeliver a held delivery.
+async fn holding<F: Future>(delivery: &transport::Delivery, work: F) -> F::Output {
+    let Some(ack_wait) = delivery.info().ack_wait else {
+        return work.await;
+    };
+    let period = (ack_wait / 2).max(Duration::from_millis(10));
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            biased;
+            output = &mut work => return output,
+            _ = tokio::time::sleep(period) => {
+                if let Err(e) = delivery.in_progress().await {
+                    tracing::debug!(error = %e, "could not extend the ack wait");
+                }
+            }
+        }
+    }
+}
+
 fn settle(result: Result<()>) {
     match result {
         Ok(()) => {}

@@ -162,6 +162,11 @@ pub struct DeliveryInfo {
     pub stream_sequence: Option<u64>,
     /// The position in this consumer's deliveries, for durable backends.
     pub consumer_sequence: Option<u64>,
+    /// How long the backend waits, while this delivery is held unsettled,
+    /// before it gives the message to another consumer instance; `None`
+    /// where a held delivery is never redelivered (memory, core NATS).
+    /// [`Delivery::in_progress`] restarts that wait.
+    pub ack_wait: Option<Duration>,
 }
 
 impl DeliveryInfo {
@@ -171,6 +176,7 @@ impl DeliveryInfo {
             attempt,
             stream_sequence: None,
             consumer_sequence: None,
+            ack_wait: None,
         }
     }
 }

@@ -549,6 +549,120 @@ where
     bus.close().await.unwrap();
 }
 
+pub async fn a_handler_longer_than_the_ack_wait_keeps_its_event<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    let bus = bus_on(&make).await;
+    let calls: Count = Arc::default();
+    let instance = || {
+        Consumer::new(&bus, "worker")
+            .unwrap()
+            .state(calls.clone())
+            .handle(|_e: Event<Job>, ctx: Context<Count>| async move {
+                *ctx.state().lock().unwrap() += 1;
+                // Well past the ack wait: the runtime must keep the delivery.
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                Ok::<_, HandlerError>(())
+            })
+            .ack_wait(Duration::from_secs(1))
+    };
+    let (first, second) = (start(instance()).await, start(instance()).await);
+    bus.publish(&bus.event(Job { n: 1 })).await.unwrap();
+    wait_until("the first call", || *calls.lock().unwrap() == 1).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let handled = stop(first).await.handled + stop(second).await.handled;
+    assert_eq!(*calls.lock().unwrap(), 1, "handed to another instance");
+    assert_eq!(handled, 1);
+    bus.close().await.unwrap();
+}
+
+pub async fn a_retried_event_keeps_its_place_in_its_key_s_order<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    let bus = bus_on(&make).await;
+    if !bus
+        .transport()
+        .capabilities()
+        .supports(Capability::OrderedPerPublisher)
+    {
+        return;
+    }
+    let seen: Seen = Arc::default();
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(seen.clone())
+        .handle(|e: Event<Job>, ctx: Context<Seen>| async move {
+            ctx.state()
+                .lock()
+                .unwrap()
+                .push((e.payload.n, ctx.attempt()));
+            if e.payload.n == 0 && ctx.attempt() < 3 {
+                Err(HandlerError::retry("not yet"))
+            } else {
+                Ok(())
+            }
+        })
+        .retry(fast_retry(5))
+        .concurrency(8)
+        .ordered_by_key(true);
+    let running = start(consumer).await;
+    for n in 0..3 {
+        bus.publish(&bus.event(Job { n }).with_subject("k"))
+            .await
+            .unwrap();
+    }
+    wait_until("three handled", || seen.lock().unwrap().len() == 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let summary = stop(running).await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [(0, 1), (0, 2), (0, 3), (1, 1), (2, 1)],
+        "the key's next events waited for the retried one"
+    );
+    assert_eq!((summary.handled, summary.retried), (3, 2));
+    bus.close().await.unwrap();
+}
+
+pub async fn a_duplicate_arriving_during_handling_waits_for_the_outcome<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    let bus = bus_on(&make).await;
+    let calls: Count = Arc::default();
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(calls.clone())
+        .handle(|_e: Event<Job>, ctx: Context<Count>| async move {
+            *ctx.state().lock().unwrap() += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok::<_, HandlerError>(())
+        })
+        .idempotency(MemoryIdempotencyStore::new(Duration::from_secs(120)));
+    let running = start(consumer).await;
+    let event = bus.event(Job { n: 1 });
+    for _ in 0..2 {
+        let mut message = bus.encode(&event, Default::default()).unwrap();
+        message.dedup_id = None;
+        bus.transport().publish(message).await.unwrap();
+    }
+    wait_until("the first call", || *calls.lock().unwrap() == 1).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let summary = stop(running).await;
+    assert_eq!(*calls.lock().unwrap(), 1);
+    // The copy waited for the first delivery and was then acknowledged as a
+    // duplicate: not dropped (core NATS cannot redeliver), not retried.
+    assert_eq!(
+        (summary.handled, summary.duplicates, summary.retried),
+        (1, 1, 0)
+    );
+    bus.close().await.unwrap();
+}
+
 /// Generates one `#[tokio::test]` per runtime case for a backend.
 #[macro_export]
 macro_rules! runtime_suite {
@@ -589,6 +703,18 @@ macro_rules! runtime_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn a_crashed_instance_s_unfinished_event_goes_to_another_instance() {
                 r::a_crashed_instance_s_unfinished_event_goes_to_another_instance($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_handler_longer_than_the_ack_wait_keeps_its_event() {
+                r::a_handler_longer_than_the_ack_wait_keeps_its_event($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_retried_event_keeps_its_place_in_its_key_s_order() {
+                r::a_retried_event_keeps_its_place_in_its_key_s_order($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_duplicate_arriving_during_handling_waits_for_the_outcome() {
+                r::a_duplicate_arriving_during_handling_waits_for_the_outcome($make).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn dead_letters_can_be_replayed_after_a_fix() {

@@ -615,7 +615,8 @@ impl Puller {
             match batch.next().await {
                 Some(Ok(message)) => {
                     self.in_current += 1;
-                    let delivery = to_delivery(message, &self.inner);
+                    let ack_wait = self.consumer.cached_info().config.ack_wait;
+                    let delivery = to_delivery(message, ack_wait, &self.inner);
                     return Some((delivery, self));
                 }
                 Some(Err(e)) => {
@@ -653,7 +654,11 @@ impl Puller {
     }
 }
 
-fn to_delivery(message: jetstream::Message, inner: &Arc<Inner>) -> Result<Delivery> {
+fn to_delivery(
+    message: jetstream::Message,
+    ack_wait: Duration,
+    inner: &Arc<Inner>,
+) -> Result<Delivery> {
     let info = message.info().map_err(|e| {
         Error::decode("a jetstream message without a valid reply subject").with_source(e)
     })?;
@@ -661,6 +666,7 @@ fn to_delivery(message: jetstream::Message, inner: &Arc<Inner>) -> Result<Delive
         attempt: u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
         stream_sequence: Some(info.stream_sequence),
         consumer_sequence: Some(info.consumer_sequence),
+        ack_wait: Some(ack_wait),
     };
     let (message, acker) = message.split();
     let mut headers: Headers = core::from_nats_headers(message.headers.as_ref())?;
