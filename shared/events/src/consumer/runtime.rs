@@ -368,6 +368,20 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
         }
         let transport = self.bus.transport().clone();
         let caps = transport.capabilities().clone();
+        // A dead-letter subject no stream stores would make every dead letter
+        // fail (and its original come back forever): refuse to start instead.
+        transport
+            .check_subject(&self.dead_letter_subject)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    e.kind(),
+                    format!(
+                        "consumer {:?} cannot dead-letter to {}: {e}",
+                        self.name, self.dead_letter_subject
+                    ),
+                )
+            })?;
         let mut subscriptions = Vec::with_capacity(self.handlers.len());
         for event_type in self.handlers.keys() {
             let subject = self.bus.codec().subject_for(event_type)?;

@@ -63,6 +63,18 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// [`ErrorKind::Closed`], open subscriptions end after what they already
     /// buffered.
     fn close(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// Checks, where the backend can tell in advance, that messages published
+    /// to `subject` will be accepted and kept: JetStream answers
+    /// [`ErrorKind::InvalidInput`] when no stream captures the subject. The
+    /// consumer runtime asks this of its dead-letter subject before it
+    /// starts, so a missing stream is a start-up error rather than every
+    /// dead letter failing later. The default (every subject is fine) suits
+    /// backends without storage.
+    fn check_subject(&self, subject: &Subject) -> BoxFuture<'_, Result<()>> {
+        let _ = subject;
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// What to subscribe to and how.

@@ -494,6 +494,38 @@ async fn binding_to_an_existing_consumer_uses_it_as_it_is() {
 }
 
 #[tokio::test]
+async fn a_consumer_whose_dead_letters_no_stream_stores_refuses_to_start() {
+    use events::consumer::{Consumer, Context, HandlerError};
+
+    let server = NatsServer::with_jetstream();
+    let bus = bus(connect(js_config(&server)).await);
+    let consumer = |bus: &Bus| {
+        Consumer::new(bus, "worker").unwrap().handle(
+            |_e: events::Event<Ping>, _ctx: Context<()>| async { Ok::<_, HandlerError>(()) },
+        )
+    };
+    // The stream captures `js.>`; the default `deadletter.js.worker` is not stored.
+    let refused = tokio::time::timeout(WAIT, consumer(&bus).run(std::future::pending()))
+        .await
+        .expect("refuses at once")
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::InvalidInput, "{refused}");
+    assert!(
+        refused.to_string().contains("deadletter.js.worker"),
+        "{refused}"
+    );
+
+    let stored = Subject::parse("js.deadletter.worker").unwrap();
+    let summary = consumer(&bus)
+        .dead_letter_subject(stored)
+        .run(tokio::time::sleep(Duration::from_millis(300)))
+        .await
+        .expect("starts when a stream stores its dead letters");
+    assert_eq!(summary.handled, 0);
+    bus.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn an_oversized_message_fails_before_it_is_sent() {
     let server = NatsServer::builder()
         .jetstream()

@@ -51,6 +51,9 @@ impl<T: Transport> Transport for WithServer<T> {
     fn close(&self) -> BoxFuture<'_, events::Result<()>> {
         self.transport.close()
     }
+    fn check_subject(&self, subject: &Subject) -> BoxFuture<'_, events::Result<()>> {
+        self.transport.check_subject(subject)
+    }
 }
 
 /// Settings for a test: reconnect fast, give up publishing after 1 s.
@@ -526,7 +529,7 @@ async fn token_auth_connects_with_the_token_and_refuses_without_it() {
 
     for bad in [config(&server).token("wrong"), config(&server)] {
         let err = NatsTransport::connect(bad).await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
+        assert_eq!(err.kind(), ErrorKind::Unauthorized, "{err}");
         assert!(!err.is_retryable());
         assert!(
             err.to_string().contains("rejected the credentials"),
@@ -549,7 +552,7 @@ async fn user_password_auth_from_a_config_file_and_a_wrong_password_is_a_typed_e
     let err = NatsTransport::connect(config(&server).user_password("alice", "battery staple"))
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
+    assert_eq!(err.kind(), ErrorKind::Unauthorized, "{err}");
     assert!(
         err.to_string()
             .contains("rejected the credentials (user/password)"),

@@ -484,6 +484,26 @@ impl Transport for JetStreamTransport {
         })
     }
 
+    fn check_subject(&self, subject: &Subject) -> BoxFuture<'_, Result<()>> {
+        let subject = subject.as_str().to_owned();
+        Box::pin(async move {
+            use jetstream::context::GetStreamByNameErrorKind as K;
+            self.inner.check_open()?;
+            match self.inner.context.stream_by_subject(subject.clone()).await {
+                Ok(_) => Ok(()),
+                Err(e) if matches!(e.kind(), K::NotFound) => Err(Error::invalid(format!(
+                    "no JetStream stream captures `{subject}`: messages published there \
+                     would be refused; add the subject to a stream"
+                ))),
+                Err(e) => Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("could not look up the stream that captures `{subject}`"),
+                )
+                .with_source(e)),
+            }
+        })
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             if self.inner.closed.load(Ordering::Acquire) {
