@@ -473,6 +473,11 @@ impl Transport for JetStreamTransport {
                 in_current: 0,
                 draining: false,
                 failures: 0,
+                state: {
+                    let mut state = inner.tracker.watch();
+                    state.mark_unchanged();
+                    state
+                },
             };
             // Pull in the background, ahead of the reader, as a core
             // subscription buffers: every member of a group has a pull
@@ -557,6 +562,21 @@ struct Puller {
     in_current: usize,
     draining: bool,
     failures: u32,
+    /// The connection's state, to notice reconnects.
+    state: watch::Receiver<ConnectionState>,
+}
+
+/// Resolves on the next change of the connection to connected (a
+/// reconnect); never, once the connection is gone for good.
+async fn reconnected(state: &mut watch::Receiver<ConnectionState>) {
+    loop {
+        if state.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if *state.borrow_and_update() == ConnectionState::Connected {
+            return;
+        }
+    }
 }
 
 impl Drop for Puller {
@@ -632,7 +652,18 @@ impl Puller {
                     }
                 }
             };
-            match batch.next().await {
+            let next = tokio::select! {
+                next = batch.next() => next,
+                () = reconnected(&mut self.state) => {
+                    // A pull request lives on the server that took it: after
+                    // a reconnect (a restarted server forgot it) waiting for
+                    // its expiry would stall the subscription. Pull again.
+                    tracing::debug!(consumer = %self.consumer.cached_info().name, "reconnected; pulling again");
+                    self.current = None;
+                    continue;
+                }
+            };
+            match next {
                 Some(Ok(message)) => {
                     self.in_current += 1;
                     let ack_wait = self.consumer.cached_info().config.ack_wait;
