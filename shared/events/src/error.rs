@@ -45,7 +45,14 @@ pub enum ErrorKind {
     Unavailable,
     /// The bus or subscription was closed.
     Closed,
-    /// The broker reported an error not covered by another kind.
+    /// The server refused the credentials (token, password, NKey, creds
+    /// file) or the TLS identity (client certificate) the client presented.
+    /// Not retryable: the configuration, or the server's, must change.
+    Unauthorized,
+    /// The broker reported an error not covered by another kind, or the
+    /// connection to it failed for a reason waiting does not fix (such as
+    /// a TLS handshake the client gave up on because it does not trust the
+    /// server's certificate).
     Backend,
 }
 
@@ -62,6 +69,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported by this backend",
             ErrorKind::Unavailable => "broker unavailable",
             ErrorKind::Closed => "closed",
+            ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Backend => "backend error",
         }
     }
@@ -160,6 +168,7 @@ mod tests {
             ErrorKind::Unsupported,
             ErrorKind::Unavailable,
             ErrorKind::Closed,
+            ErrorKind::Unauthorized,
             ErrorKind::Backend,
         ];
         for kind in kinds {
@@ -188,5 +197,6 @@ mod tests {
         assert!(!Error::from(ErrorKind::Decode).is_retryable());
         assert!(!Error::from(ErrorKind::Closed).is_retryable());
         assert!(!Error::from(ErrorKind::InvalidInput).is_retryable());
+        assert!(!Error::from(ErrorKind::Unauthorized).is_retryable());
     }
 }

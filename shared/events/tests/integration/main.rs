@@ -1,6 +1,8 @@
 //! Integration tests, one binary (link once on two cores).
 #![allow(unreachable_pub, missing_docs)]
 
+#[cfg(feature = "nats")]
+mod auth;
 mod bad_input;
 #[cfg(feature = "jetstream")]
 mod cluster;

@@ -722,6 +722,81 @@ mod tests {
 }
 
 #[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    /// Every auth method, alone and next to TLS settings and a URL with a
+    /// password: the method is named, the secret never shown.
+    #[test]
+    fn no_auth_method_shows_its_secret_in_debug_or_display() {
+        let cases: [(Auth, Option<&str>, &str); 5] = [
+            (
+                Auth::Token("tok-HIDDEN".into()),
+                Some("tok-HIDDEN"),
+                "token",
+            ),
+            (
+                Auth::UserPassword {
+                    user: "alice".into(),
+                    password: "pw-HIDDEN".into(),
+                },
+                Some("pw-HIDDEN"),
+                "user/password",
+            ),
+            (
+                Auth::NKey("SUAHIDDENSEEDHIDDENSEED".into()),
+                Some("HIDDENSEED"),
+                "nkey",
+            ),
+            (
+                Auth::CredsFile("/vault/HIDDEN-team/user.creds".into()),
+                Some("HIDDEN-team"),
+                "creds file",
+            ),
+            (Auth::None, None, "none"),
+        ];
+        for (auth, secret, method) in cases {
+            let plain = NatsConfig::new("nats://h:4222").auth(auth.clone());
+            let tls = NatsConfig::new("nats://svc:url-HIDDEN@h:4222,tls://h2:4222")
+                .auth(auth.clone())
+                .root_certificate("/etc/nats/ca.pem")
+                .client_certificate("/etc/nats/client.pem", "/etc/nats/client-key.pem");
+            for config in [plain, tls] {
+                let display = config.to_string();
+                assert!(display.contains(&format!("auth: {method}")), "{display}");
+                for text in [
+                    format!("{auth:?}"),
+                    format!("{auth:#?}"),
+                    format!("{config:?}"),
+                    format!("{config:#?}"),
+                    display,
+                ] {
+                    if let Some(secret) = secret {
+                        assert!(!text.contains(secret), "{secret} leaked in {text}");
+                    }
+                    assert!(
+                        !text.contains("url-HIDDEN"),
+                        "url password leaked in {text}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tls_settings_are_shown_and_marked_in_display() {
+        let config = NatsConfig::new("nats://h:4222")
+            .root_certificate("/etc/nats/ca.pem")
+            .client_certificate("/etc/nats/client.pem", "/etc/nats/client-key.pem");
+        assert_eq!(config.to_string(), "nats://h:4222 (auth: none, tls)");
+        // A CA path is public information; operators need it to debug a
+        // handshake.
+        let debug = format!("{config:?}");
+        assert!(debug.contains("/etc/nats/ca.pem"), "{debug}");
+    }
+}
+
+#[cfg(test)]
 mod creds_path_tests {
     use super::*;
 

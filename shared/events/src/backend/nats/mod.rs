@@ -75,8 +75,10 @@ impl NatsTransport {
     /// # Errors
     /// [`ErrorKind::Unavailable`] if no server can be reached (unless
     /// [`NatsConfig::retry_initial_connect`] is set),
-    /// [`ErrorKind::Backend`] if the server rejects the credentials or TLS
-    /// fails, [`ErrorKind::InvalidInput`] for an unusable configuration.
+    /// [`ErrorKind::Unauthorized`] if the server refuses the credentials or
+    /// the client certificate, [`ErrorKind::Backend`] if another TLS failure
+    /// (such as an untrusted server certificate) stops the handshake,
+    /// [`ErrorKind::InvalidInput`] for an unusable configuration.
     pub async fn connect(config: NatsConfig) -> Result<Self> {
         let (client, tracker) = connect(&config, "nats").await?;
         let mut capabilities = Capabilities::none();
@@ -301,30 +303,90 @@ pub(crate) async fn connect(
 }
 
 fn connect_error(config: &NatsConfig, e: async_nats::ConnectError) -> Error {
+    use async_nats::rustls::{AlertDescription as A, Error as TlsError};
     use async_nats::ConnectErrorKind as K;
     let servers = config.redacted_servers().join(",");
-    let (kind, detail) = match e.kind() {
-        K::AuthorizationViolation | K::Authentication => (
+    let method = config.get_auth().method();
+    // A failed TLS handshake reaches us as an I/O error wrapping the rustls
+    // error (async-nats's `Tls` kind only covers loading the files), so
+    // look into the chain before trusting the kind.
+    let tls = tls_error(&e);
+    let (kind, detail) = match (e.kind(), tls) {
+        (K::AuthorizationViolation, _) => (
+            ErrorKind::Unauthorized,
+            format!("the nats server at {servers} rejected the credentials ({method})"),
+        ),
+        // The client could not produce a signature: the seed is malformed.
+        (K::Authentication, _) => (
+            ErrorKind::InvalidInput,
+            format!("the {method} credentials could not sign the server's challenge"),
+        ),
+        // The server closed the handshake because of our certificate (or
+        // the lack of one). Go's TLS stack answers a missing certificate
+        // with `certificate_required` (TLS 1.3) or `bad_certificate`, and
+        // one from an unknown CA with `bad_certificate` or `unknown_ca`.
+        (
+            _,
+            Some(TlsError::AlertReceived(
+                alert @ (A::CertificateRequired
+                | A::BadCertificate
+                | A::UnknownCA
+                | A::CertificateUnknown
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::AccessDenied),
+            )),
+        ) => (
+            ErrorKind::Unauthorized,
+            format!("the nats server at {servers} refused the tls client identity ({alert:?})"),
+        ),
+        // We do not trust the server's certificate: a configuration fault
+        // on one side or the other, which a retry does not fix.
+        (_, Some(TlsError::InvalidCertificate(reason))) => (
             ErrorKind::Backend,
             format!(
-                "the nats server at {servers} rejected the credentials ({})",
-                config.get_auth().method()
+                "the tls certificate of the nats server at {servers} is not trusted ({reason:?}); \
+                 is its CA configured with `root_certificate` / NATS_CA?"
             ),
         ),
-        K::Tls => (
+        (_, Some(_)) | (K::Tls, None) => (
             ErrorKind::Backend,
-            format!("tls handshake with {servers} failed"),
+            format!("tls with the nats server at {servers} failed"),
         ),
-        K::ServerParse => (
+        (K::ServerParse, None) => (
             ErrorKind::InvalidInput,
             format!("invalid nats server url in {servers}"),
         ),
-        K::Dns | K::Io | K::TimedOut | K::MaxReconnects => (
+        (K::Dns | K::Io | K::TimedOut | K::MaxReconnects, None) => (
             ErrorKind::Unavailable,
             format!("cannot connect to nats at {servers}"),
         ),
     };
     Error::new(kind, detail).with_source(e)
+}
+
+/// The rustls error somewhere in `e`'s source chain, if any. An
+/// `io::Error` hides the error it wraps from `source()` (it returns the
+/// wrapped error's own source), so each link is also opened as an I/O error.
+fn tls_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a async_nats::rustls::Error> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<async_nats::rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<async_nats::rustls::Error>())
+        {
+            return Some(tls);
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// Flushes, then drains the client and waits (bounded) until it is closed,
