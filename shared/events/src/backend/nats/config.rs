@@ -208,7 +208,7 @@ impl NatsConfig {
     /// | `NATS_USER`, `NATS_PASSWORD` | user/password auth (both or neither) |
     /// | `NATS_NKEY_SEED` | NKey seed auth |
     /// | `NATS_CREDS` | path of a `.creds` file (JWT auth) |
-    /// | `NATS_CA` | root certificate PEM file(s), comma-separated; enables TLS |
+    /// | `NATS_CA` | root certificate PEM file(s), comma-separated; enables TLS; replaces the system roots |
     /// | `NATS_CLIENT_CERT`, `NATS_CLIENT_KEY` | client certificate and key PEM files (both or neither); enables TLS |
     ///
     /// At most one auth method may be set. Empty variables count as unset.
@@ -323,7 +323,8 @@ impl NatsConfig {
     }
 
     /// Trust this root certificate (PEM file) for the server's TLS
-    /// certificate, in addition to the system roots; requires TLS.
+    /// certificate; requires TLS. Once any root is given, only the given
+    /// roots are trusted: the system's are not loaded.
     pub fn root_certificate(mut self, path: impl Into<PathBuf>) -> Self {
         self.root_certificates.push(path.into());
         self.require_tls = true;
