@@ -73,6 +73,10 @@
 //! - `runtime` (default): the consumer runtime ([`consumer`]).
 //! - `nats`, `jetstream`: the NATS transports on async-nats.
 //! - `metrics`: counters through the `metrics` facade.
+//! - `opentelemetry`: handling spans continue the event's W3C trace context
+//!   and publishes stamp the current span's, through `tracing-opentelemetry`
+//!   (the service installs its own tracer provider and layer). Without it,
+//!   the trace context travels as data only.
 //! - `testing`: private `nats-server` processes and clusters for tests.
 //!
 //! # Minimum supported Rust version
@@ -87,6 +91,8 @@ pub mod bus;
 pub mod consumer;
 pub mod envelope;
 mod error;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

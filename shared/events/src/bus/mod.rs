@@ -124,13 +124,18 @@ impl Bus {
         event: &Event<T>,
         mode: ContentMode,
     ) -> Result<()> {
-        let message = self.encode(event, mode)?;
         let span = tracing::debug_span!(
             "events.publish",
             event.r#type = T::TYPE,
             event.id = event.metadata.id(),
-            subject = message.subject.as_str(),
+            subject = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
         );
+        #[cfg(feature = "opentelemetry")]
+        let message = crate::otel::Outgoing::producer(&span).encode(self, event, mode)?;
+        #[cfg(not(feature = "opentelemetry"))]
+        let message = self.encode(event, mode)?;
+        span.record("subject", message.subject.as_str());
         let result = self.inner.transport.publish(message).instrument(span).await;
         #[cfg(feature = "metrics")]
         metrics::counter!(
@@ -148,8 +153,20 @@ impl Bus {
     pub async fn publish_all<T: EventPayload>(&self, events: &[Event<T>]) -> Vec<Result<()>> {
         let mut results: Vec<Option<Result<()>>> = Vec::with_capacity(events.len());
         let mut messages = Vec::with_capacity(events.len());
+        let span = tracing::debug_span!(
+            "events.publish_all",
+            event.r#type = T::TYPE,
+            count = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+        );
+        #[cfg(feature = "opentelemetry")]
+        let outgoing = crate::otel::Outgoing::producer(&span);
         for event in events {
-            match self.encode(event, self.inner.mode) {
+            #[cfg(feature = "opentelemetry")]
+            let encoded = outgoing.encode(self, event, self.inner.mode);
+            #[cfg(not(feature = "opentelemetry"))]
+            let encoded = self.encode(event, self.inner.mode);
+            match encoded {
                 Ok(message) => {
                     messages.push(message);
                     results.push(None);
@@ -157,11 +174,7 @@ impl Bus {
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        let span = tracing::debug_span!(
-            "events.publish_all",
-            event.r#type = T::TYPE,
-            count = messages.len()
-        );
+        span.record("count", messages.len());
         let mut sent = self
             .inner
             .transport
@@ -187,6 +200,19 @@ impl Bus {
     /// it against the transport's size limit.
     pub fn encode<T: EventPayload>(&self, event: &Event<T>, mode: ContentMode) -> Result<Message> {
         let message = self.inner.codec.encode(event, mode)?;
+        self.check_size(&message)?;
+        Ok(message)
+    }
+
+    /// [`Bus::encode`] with other metadata than the event's own.
+    #[cfg(feature = "opentelemetry")]
+    pub(crate) fn encode_parts<T: EventPayload>(
+        &self,
+        metadata: &crate::envelope::EventMetadata,
+        payload: &T,
+        mode: ContentMode,
+    ) -> Result<Message> {
+        let message = self.inner.codec.encode_parts(metadata, payload, mode)?;
         self.check_size(&message)?;
         Ok(message)
     }

@@ -583,7 +583,10 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             event.id = raw.metadata.id(),
             subject = delivery.message().subject.as_str(),
             attempt = delivery.attempt(),
+            otel.kind = tracing::field::Empty,
         );
+        #[cfg(feature = "opentelemetry")]
+        crate::otel::continue_trace(&span, &raw.metadata);
         let ordered = done.is_some();
         self.process_in_span(raw, delivery, ordered)
             .instrument(span)

@@ -143,7 +143,18 @@ impl Codec {
     /// [`ErrorKind::Encode`](crate::ErrorKind::Encode) if the payload does not
     /// serialize.
     pub fn encode<T: EventPayload>(&self, event: &Event<T>, mode: ContentMode) -> Result<Message> {
-        let metadata = &event.metadata;
+        self.encode_parts(&event.metadata, &event.payload, mode)
+    }
+
+    /// [`Codec::encode`] with the metadata apart from the payload, so a
+    /// publish can send other metadata (an injected trace context) without
+    /// owning or cloning the event.
+    pub(crate) fn encode_parts<T: EventPayload>(
+        &self,
+        metadata: &EventMetadata,
+        payload: &T,
+        mode: ContentMode,
+    ) -> Result<Message> {
         metadata.validate()?;
         if metadata.event_type() != T::TYPE {
             return Err(Error::invalid(format!(
@@ -156,11 +167,11 @@ impl Codec {
         let (headers, payload) = match mode {
             ContentMode::Structured => {
                 let hint = self.size_hint.load(Ordering::Relaxed);
-                let encoded = structured::encode(metadata, &event.payload, hint)?;
+                let encoded = structured::encode(metadata, payload, hint)?;
                 self.size_hint.store(encoded.1.len(), Ordering::Relaxed);
                 encoded
             }
-            ContentMode::Binary => binary::encode(metadata, &event.payload)?,
+            ContentMode::Binary => binary::encode(metadata, payload)?,
         };
         Ok(Message {
             subject,
