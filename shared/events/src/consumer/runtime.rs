@@ -207,6 +207,7 @@ pub struct Consumer<S = ()> {
     newer_version: NewerVersion,
     handler_timeout: Option<Duration>,
     ack_wait: Option<Duration>,
+    prefetch: Option<usize>,
 }
 
 impl Consumer<()> {
@@ -235,6 +236,7 @@ impl Consumer<()> {
             newer_version: NewerVersion::DeadLetter,
             handler_timeout: None,
             ack_wait: None,
+            prefetch: None,
         })
     }
 }
@@ -262,6 +264,7 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
             newer_version: self.newer_version,
             handler_timeout: self.handler_timeout,
             ack_wait: self.ack_wait,
+            prefetch: self.prefetch,
         }
     }
 
@@ -345,6 +348,16 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
         self
     }
 
+    /// How many events each subscription of this instance fetches ahead of
+    /// its handlers (default: twice the concurrency, at least 128). More hides the broker's round trips; but on
+    /// JetStream an event's ack wait runs from the moment it is fetched, so
+    /// keep `prefetch / (events handled per second)` well under the ack
+    /// wait, or lower this for slow handlers.
+    pub fn prefetch(mut self, events: usize) -> Self {
+        self.prefetch = Some(events.max(1));
+        self
+    }
+
     /// The consumer's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -385,8 +398,11 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
         let mut subscriptions = Vec::with_capacity(self.handlers.len());
         for event_type in self.handlers.keys() {
             let subject = self.bus.codec().subject_for(event_type)?;
-            let mut options = SubscribeOptions::new(SubjectPattern::exact(&subject))
-                .capacity(self.concurrency * 2);
+            let prefetch = self
+                .prefetch
+                .unwrap_or((self.concurrency * 2).max(DEFAULT_PREFETCH));
+            let mut options =
+                SubscribeOptions::new(SubjectPattern::exact(&subject)).capacity(prefetch);
             if let Some(wait) = self.ack_wait {
                 options = options.ack_wait(wait);
             }
@@ -535,6 +551,10 @@ struct Shared<S> {
     stats: Stats,
     cancel: CancellationToken,
 }
+
+/// The least a consumer fetches ahead of its handlers by default: enough
+/// to keep a broker round trip off the delivery path.
+const DEFAULT_PREFETCH: usize = 128;
 
 /// How often a consumer first looks again at an event id claimed elsewhere;
 /// the pause doubles up to [`CLAIM_POLL_MAX`].

@@ -624,7 +624,9 @@ mod kv_idempotency {
                         Ok::<_, HandlerError>(())
                     },
                 )
-                .idempotency(store);
+                .idempotency(store)
+                // The stream stores `js.>` only.
+                .dead_letter_subject(Subject::parse("js.deadletter.worker").unwrap());
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             runs.push(tokio::spawn(consumer.run(async move {
                 let _ = rx.await;

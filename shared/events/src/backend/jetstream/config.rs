@@ -308,8 +308,8 @@ impl ConsumerDefaults {
         self.ephemeral_deliver = policy;
         self
     }
-    /// Unacknowledged messages the server allows in flight per consumer
-    /// (default: the subscription's capacity, else the server's 1,000).
+    /// Unacknowledged messages the server allows in flight per consumer, all
+    /// its instances together (default: the server's, 1,000 on 2.9).
     pub fn max_ack_pending(mut self, pending: u32) -> Self {
         self.max_ack_pending = Some(i64::from(pending.max(1)));
         self
@@ -374,11 +374,11 @@ impl ConsumerDefaults {
                 self.ephemeral_deliver
             }
             .to_nats(),
-            max_ack_pending: options
-                .get_capacity()
-                .map(|c| i64::try_from(c).unwrap_or(i64::MAX))
-                .or(self.max_ack_pending)
-                .unwrap_or(0),
+            // Consumer-wide (all instances together), so not derived from
+            // one subscription's capacity: a cap that low stalled delivery
+            // until acks made the round trip (0.55x a hand-written loop at
+            // 32). Each subscription's pulls bound what it holds.
+            max_ack_pending: self.max_ack_pending.unwrap_or(0),
             inactive_threshold: if durable {
                 Duration::ZERO
             } else {
