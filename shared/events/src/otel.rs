@@ -46,18 +46,18 @@ const SPAN_KIND: &str = "otel.kind";
 /// context `metadata` arrived with.
 #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
 pub(crate) fn continue_trace(span: &tracing::Span, metadata: &EventMetadata) {
-    if span.is_disabled() {
+    // An empty parent makes the span a root: a new trace. Set first, it is
+    // also the probe: an error means no OpenTelemetry layer sees this span,
+    // and then nothing is parsed.
+    if span.set_parent(Context::new()).is_err() {
         return;
     }
-    let parent = match metadata.trace().and_then(remote_span_context) {
-        Some(remote) => Context::new().with_remote_span_context(remote),
-        // An empty parent makes the span a root: a new trace.
-        None => Context::new(),
-    };
-    // An error means no OpenTelemetry layer sees this span: nothing to do.
-    if span.set_parent(parent).is_ok() {
-        span.record(SPAN_KIND, "consumer");
+    if let Some(remote) = metadata.trace().and_then(remote_span_context) {
+        // The span has not started (not entered yet): the parent can still
+        // be replaced.
+        let _ = span.set_parent(Context::new().with_remote_span_context(remote));
     }
+    span.record(SPAN_KIND, "consumer");
 }
 
 /// The OpenTelemetry span context a publish stamps on its events.
