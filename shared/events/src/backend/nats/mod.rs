@@ -167,20 +167,17 @@ impl Transport for NatsTransport {
                 }
             };
             // A send that cannot complete at once (the client's queue is
-            // full) is raced against the watchdog declaring the connection
-            // unavailable (down for longer than the publish timeout). No
-            // timer per publish: one cost a third of core publish
-            // throughput when the publisher outpaced the socket.
-            // A send that cannot complete at once (the client's queue is
-            // full) is raced against the watchdog declaring the connection
-            // unavailable (down for longer than the publish timeout). No
-            // timer per publish.
-            let result = tokio::select! {
-                biased;
-                result = send => result,
-                () = inner.tracker.unavailable() => {
-                    return Err(unavailable(&message.subject, inner.config.get_publish_timeout()));
-                }
+            // full) also waits for the watchdog declaring the connection
+            // unavailable (down for longer than the publish timeout): no
+            // timer per publish, and a blocked publisher is registered once.
+            let mut send = std::pin::pin!(send);
+            let result =
+                std::future::poll_fn(|cx| inner.tracker.poll_send(send.as_mut(), cx)).await;
+            let Some(result) = result else {
+                return Err(unavailable(
+                    &message.subject,
+                    inner.config.get_publish_timeout(),
+                ));
             };
             result.map_err(|e| publish_error(&message.subject, e))
         })
@@ -215,10 +212,10 @@ impl Transport for NatsTransport {
                 )
                 .with_source(e)
             })?;
-            // The subscription counts from the moment the server has the
-            // SUB: wait for it, so a publish right after `subscribe`
-            // returns is seen.
-            flush(&inner.client, inner.config.get_publish_timeout()).await?;
+            // The subscription counts from the moment the server has
+            // processed the SUB: wait for that, so a publish right after
+            // `subscribe` returns is seen, from any connection.
+            round_trip(&inner.client, inner.config.get_publish_timeout()).await?;
             tracing::debug!(pattern = %options.get_pattern(), group = ?options.get_queue_group(), "nats subscription opened");
             let stream = subscriber.map(|m| {
                 let headers = from_nats_headers(m.headers.as_ref())?;
@@ -424,6 +421,33 @@ pub(crate) async fn flush(client: &async_nats::Client, limit: Duration) -> Resul
         Err(_) => Err(Error::new(
             ErrorKind::Unavailable,
             format!("flush did not complete within {limit:?}: the server is unreachable"),
+        )),
+    }
+}
+
+/// A round trip through the server: once it returns, the server has
+/// processed everything this client sent before (a subscription is live).
+/// `flush` is not enough: it only proves the bytes left the socket, and a
+/// publish from another connection could still overtake a fresh `SUB` (seen
+/// as a lost first event). The probe is a request to a subject nobody
+/// serves, which the server answers at once with "no responders".
+pub(crate) async fn round_trip(client: &async_nats::Client, limit: Duration) -> Result<()> {
+    use async_nats::RequestErrorKind as K;
+    let nobody = client.new_inbox();
+    match tokio::time::timeout(limit, client.request(nobody, bytes::Bytes::new())).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) if e.kind() == K::NoResponders => Ok(()),
+        Ok(Err(e)) if e.kind() == K::TimedOut => Err(Error::new(
+            ErrorKind::Unavailable,
+            "the nats server did not answer a round trip",
+        )
+        .with_source(e)),
+        Ok(Err(e)) => {
+            Err(Error::new(ErrorKind::Closed, "the nats connection is closed").with_source(e))
+        }
+        Err(_) => Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("the nats server did not answer within {limit:?}"),
         )),
     }
 }
