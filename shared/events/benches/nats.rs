@@ -314,10 +314,13 @@ async fn ours_js_runtime(server: &NatsServer, p: &Payload, n: usize) -> Duration
     use events::transport::Subject;
     use std::sync::{Arc, Mutex};
 
+    /// Events handled so far, when the first and the `n`th were.
+    type Tally = (usize, Option<Instant>, Option<Instant>);
+
     #[derive(Clone)]
     struct Progress {
         n: usize,
-        handled: Arc<Mutex<(usize, Option<Instant>, Option<Instant>)>>,
+        handled: Arc<Mutex<Tally>>,
         all: Arc<tokio::sync::Notify>,
     }
 

@@ -1,6 +1,9 @@
 //! Connection state and counters, fed by the client's event callback.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -49,9 +52,45 @@ pub(crate) struct Tracker {
     /// Set by the watchdog once the connection has been down for longer
     /// than the publish timeout (or closed); cleared on reconnect.
     unavailable: std::sync::atomic::AtomicBool,
-    /// Wakes publishes blocked on a full client queue when `unavailable`
+    /// Publishes blocked on a full client queue, woken when `unavailable`
     /// is set.
-    unavailable_waiters: tokio::sync::Notify,
+    blocked: BlockedPublishers,
+}
+
+/// The wakers of publishes blocked on a full client queue. A task is
+/// registered once however often it is polled while blocked (deduplicated
+/// with [`Waker::will_wake`]) and nothing is unregistered when a send
+/// completes: no lock pair and no waker clone per blocked poll, which is
+/// what the publisher pays at saturation. The set stays bounded: past
+/// [`BlockedPublishers::MAX`] entries, every registered task is woken and
+/// forgotten; those still blocked poll again and register anew.
+#[derive(Debug, Default)]
+struct BlockedPublishers {
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl BlockedPublishers {
+    const MAX: usize = 64;
+
+    fn register(&self, waker: &Waker) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if wakers.iter().any(|w| w.will_wake(waker)) {
+            return;
+        }
+        let forgotten = if wakers.len() >= Self::MAX {
+            std::mem::take(&mut *wakers)
+        } else {
+            Vec::new()
+        };
+        wakers.push(waker.clone());
+        drop(wakers);
+        forgotten.into_iter().for_each(Waker::wake);
+    }
+
+    fn wake_all(&self) {
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        wakers.into_iter().for_each(Waker::wake);
+    }
 }
 
 impl Tracker {
@@ -68,7 +107,7 @@ impl Tracker {
                 last_error: None,
             }),
             unavailable: std::sync::atomic::AtomicBool::new(false),
-            unavailable_waiters: tokio::sync::Notify::new(),
+            blocked: BlockedPublishers::default(),
         })
     }
 
@@ -152,24 +191,40 @@ impl Tracker {
         self.update(|s| s.state = ConnectionState::Closed);
     }
 
-    /// Resolves once the connection has been unusable for longer than the
-    /// publish timeout. One lock to register, no timer: cheap enough for
-    /// every publish that finds the client's queue full.
-    pub(crate) async fn unavailable(&self) {
-        let notified = self.unavailable_waiters.notified();
-        let mut notified = std::pin::pin!(notified);
-        notified.as_mut().enable();
-        if self.unavailable.load(std::sync::atomic::Ordering::Acquire) {
-            return;
+    /// Whether the connection has been unusable for longer than the
+    /// publish timeout.
+    pub(crate) fn is_unavailable(&self) -> bool {
+        self.unavailable.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Polls `send` (a publish into the client's queue); while it is blocked
+    /// on a full queue, the task is registered to be woken if the watchdog
+    /// declares the connection unavailable. `None` when that happened first.
+    pub(crate) fn poll_send<T>(
+        &self,
+        send: Pin<&mut impl Future<Output = T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<T>> {
+        if let Poll::Ready(output) = send.poll(cx) {
+            return Poll::Ready(Some(output));
         }
-        notified.await;
+        if self.is_unavailable() {
+            return Poll::Ready(None);
+        }
+        self.blocked.register(cx.waker());
+        // The watchdog may have set the flag and woken the set between the
+        // check and the registration: look again.
+        if self.is_unavailable() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
     }
 
     fn set_unavailable(&self, unavailable: bool) {
         self.unavailable
             .store(unavailable, std::sync::atomic::Ordering::Release);
         if unavailable {
-            self.unavailable_waiters.notify_waiters();
+            self.blocked.wake_all();
         }
     }
 
@@ -260,5 +315,74 @@ impl Tracker {
         tokio::time::timeout(limit, rx.wait_for(|s| done(*s)))
             .await
             .is_ok_and(|r| r.is_ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    #[derive(Default)]
+    struct Counted(AtomicUsize);
+
+    impl Wake for Counted {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn woken(tasks: &[Arc<Counted>]) -> usize {
+        tasks.iter().map(|t| t.0.load(Ordering::SeqCst)).sum()
+    }
+
+    #[test]
+    fn blocked_publishers_register_once_stay_bounded_and_are_all_woken() {
+        let set = BlockedPublishers::default();
+        let tasks: Vec<Arc<Counted>> = (0..=BlockedPublishers::MAX)
+            .map(|_| Arc::default())
+            .collect();
+        let wakers: Vec<Waker> = tasks.iter().map(|t| Waker::from(t.clone())).collect();
+        for waker in &wakers[..BlockedPublishers::MAX] {
+            // Polled three times while blocked: registered once.
+            for _ in 0..3 {
+                set.register(waker);
+            }
+        }
+        assert_eq!(set.wakers.lock().unwrap().len(), BlockedPublishers::MAX);
+        assert_eq!(woken(&tasks), 0);
+
+        // One more task: the full set is woken (so none waits unregistered)
+        // and forgotten.
+        set.register(&wakers[BlockedPublishers::MAX]);
+        assert_eq!(woken(&tasks), BlockedPublishers::MAX);
+        assert_eq!(set.wakers.lock().unwrap().len(), 1);
+
+        set.wake_all();
+        assert_eq!(tasks[BlockedPublishers::MAX].0.load(Ordering::SeqCst), 1);
+        assert!(set.wakers.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_blocked_send_ends_when_the_connection_is_declared_unavailable() {
+        let tracker = Tracker::new("nats", ConnectionState::Connected);
+        let task = Arc::new(Counted::default());
+        let waker = Waker::from(task.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut blocked = std::pin::pin!(std::future::pending::<()>());
+        assert!(tracker.poll_send(blocked.as_mut(), &mut cx).is_pending());
+        tracker.set_unavailable(true);
+        assert_eq!(task.0.load(Ordering::SeqCst), 1, "woken");
+        assert_eq!(
+            tracker.poll_send(blocked.as_mut(), &mut cx),
+            Poll::Ready(None)
+        );
+        let mut ready = std::pin::pin!(std::future::ready(7));
+        assert_eq!(
+            tracker.poll_send(ready.as_mut(), &mut cx),
+            Poll::Ready(Some(7)),
+            "a send that completes wins even then"
+        );
     }
 }
