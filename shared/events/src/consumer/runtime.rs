@@ -702,7 +702,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 Ok(future) => future,
                 Err(error) => {
                     release().await;
-                    return self.undecodable(delivery, error, attempt, event_type).await;
+                    return Box::pin(self.undecodable(delivery, error, attempt, event_type)).await;
                 }
             };
             let result = tokio::select! {
@@ -718,7 +718,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             let error = match result {
                 Ok(()) => {
                     if let Some(store) = &self.idempotency {
-                        self.complete(store.as_ref(), &claim_key).await;
+                        Box::pin(self.complete(store.as_ref(), &claim_key)).await;
                     }
                     self.count(Counter::Handled, event_type);
                     return settle(delivery.ack().await);
@@ -770,13 +770,13 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// Waits `delay` holding `delivery` (its ack wait kept from running
     /// out); false if shutdown's deadline passed first.
     async fn pause(&self, delivery: &transport::Delivery, delay: Duration) -> bool {
-        holding(delivery, async {
+        Box::pin(holding(delivery, async {
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => false,
                 _ = tokio::time::sleep(delay) => true,
             }
-        })
+        }))
         .await
     }
 
@@ -842,6 +842,20 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// `attempts` counts in-process retries too, where the backend cannot
     /// redeliver.
     async fn dead_letter(
+        &self,
+        delivery: transport::Delivery,
+        reason: Reason,
+        error: &str,
+        attempts: u32,
+        event_type: &str,
+    ) {
+        // Boxed, like the other paths off the success path: the handling
+        // future is moved once per event, and its size is the largest
+        // state any of its paths can be in.
+        Box::pin(self.dead_letter_now(delivery, reason, error, attempts, event_type)).await
+    }
+
+    async fn dead_letter_now(
         &self,
         delivery: transport::Delivery,
         reason: Reason,
@@ -922,7 +936,9 @@ async fn holding<F: Future>(delivery: &transport::Delivery, work: F) -> F::Outpu
         tokio::select! {
             biased;
             output = &mut work => return output,
-            _ = tokio::time::sleep(period) => {
+            // Boxed: a timer is large, and only backends with an ack wait
+            // need one.
+            _ = Box::pin(tokio::time::sleep(period)) => {
                 if let Err(e) = delivery.in_progress().await {
                     tracing::debug!(error = %e, "could not extend the ack wait");
                 }

@@ -146,14 +146,16 @@ impl Transport for NatsTransport {
             }
             check_size(&inner.client, &message)?;
             let headers = to_nats_headers(&message.headers)?;
-            let deadline = Instant::now() + inner.config.get_publish_timeout();
-            wait_connected(
-                &inner.tracker,
-                &message.subject,
-                deadline,
-                inner.config.get_publish_timeout(),
-            )
-            .await?;
+            if inner.tracker.state() != ConnectionState::Connected {
+                let limit = inner.config.get_publish_timeout();
+                wait_connected(
+                    &inner.tracker,
+                    &message.subject,
+                    Instant::now() + limit,
+                    limit,
+                )
+                .await?;
+            }
             let subject = nats_subject(&message.subject);
             let send = async {
                 match headers {
