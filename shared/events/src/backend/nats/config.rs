@@ -523,7 +523,15 @@ impl fmt::Debug for NatsConfig {
             .field("name", &self.name)
             .field("auth", &self.auth)
             .field("root_certificates", &self.root_certificates)
-            .field("client_certificate", &self.client_certificate)
+            // The private key's path is treated like the creds path: shown
+            // as present, not where it is.
+            .field(
+                "client_certificate",
+                &self
+                    .client_certificate
+                    .as_ref()
+                    .map(|(cert, _key)| (cert, "<key path redacted>")),
+            )
             .field("require_tls", &self.require_tls)
             .field("reconnect", &self.reconnect)
             .field("retry_initial_connect", &self.retry_initial_connect)
@@ -800,6 +808,18 @@ mod redaction_tests {
 #[cfg(test)]
 mod creds_path_tests {
     use super::*;
+
+    #[test]
+    fn the_client_key_path_is_not_shown() {
+        let config = NatsConfig::new("nats://127.0.0.1:4222")
+            .client_certificate("/etc/nats/client.pem", "/secret/team-a/client-key.pem");
+        let debug = format!("{config:?} {config:#?} {config}");
+        assert!(!debug.contains("team-a"), "{debug}");
+        assert!(
+            debug.contains("client.pem"),
+            "the certificate path stays visible: {debug}"
+        );
+    }
 
     #[test]
     fn the_creds_file_path_is_not_shown() {
