@@ -463,11 +463,11 @@ async fn creds_file_auth_round_trips_and_a_user_of_an_unknown_account_is_refused
 
 /// A refusal after the connection was up (the server's config changed and
 /// it dropped the client with `-ERR 'Authorization Violation'`) is not a
-/// connect error: the client keeps reconnecting and being refused. Today it
-/// is visible in `status().last_error`, and a publish fails as
-/// `Unavailable` after the publish timeout, not as `Unauthorized`.
+/// connect error: the client keeps reconnecting and being refused. It shows
+/// in `status().last_error`, and a publish waiting for the connection gives
+/// up after the publish timeout as `Unauthorized` (retrying cannot help).
 #[tokio::test]
-async fn credentials_revoked_while_connected_show_in_the_status_and_publishes_become_unavailable() {
+async fn credentials_revoked_while_connected_show_in_the_status_and_publishes_fail_unauthorized() {
     let server = NatsServer::builder()
         .config("authorization {\n  users = [ { user: alice, password: first } ]\n}\n")
         .start();
@@ -513,7 +513,8 @@ async fn credentials_revoked_while_connected_show_in_the_status_and_publishes_be
         ))
         .await
         .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Unavailable, "{}", report(&err));
+    assert_eq!(err.kind(), ErrorKind::Unauthorized, "{}", report(&err));
+    assert!(!err.is_retryable());
     assert_no_secret(&err, &["first", "second"]);
     transport.close().await.ok();
 }

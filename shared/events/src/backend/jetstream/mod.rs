@@ -300,7 +300,7 @@ impl Inner {
         {
             Ok(Ok(ack)) => Ok(ack),
             Ok(Err(e)) => Err(publish_error(&p.subject, e)),
-            Err(_) => Err(core::unavailable(&p.subject, limit)),
+            Err(_) => Err(core::unavailable(&self.tracker, &p.subject, limit)),
         }
     }
 

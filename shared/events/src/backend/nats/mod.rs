@@ -177,6 +177,7 @@ impl Transport for NatsTransport {
                 std::future::poll_fn(|cx| inner.tracker.poll_send(send.as_mut(), cx)).await;
             let Some(result) = result else {
                 return Err(unavailable(
+                    &inner.tracker,
                     &message.subject,
                     inner.config.get_publish_timeout(),
                 ));
@@ -477,13 +478,26 @@ pub(crate) async fn wait_connected(
                     _ => Ok(()),
                 }
             } else {
-                Err(unavailable(subject, limit))
+                Err(unavailable(tracker, subject, limit))
             }
         }
     }
 }
 
-pub(crate) fn unavailable(subject: &Subject, limit: Duration) -> Error {
+/// A publish that gave up waiting for the connection: `Unauthorized` when
+/// the server has been refusing the credentials since the connection
+/// dropped (they were revoked: waiting longer will not help), else
+/// `Unavailable`.
+pub(crate) fn unavailable(tracker: &Tracker, subject: &Subject, limit: Duration) -> Error {
+    if tracker.refused() {
+        return Error::new(
+            ErrorKind::Unauthorized,
+            format!(
+                "publish to `{subject}` gave up after {limit:?}: the nats server refuses \
+                 the credentials since the connection dropped (authorization violation)"
+            ),
+        );
+    }
     Error::new(
         ErrorKind::Unavailable,
         format!("publish to `{subject}` gave up after {limit:?}: the nats server is unreachable"),

@@ -52,6 +52,9 @@ pub(crate) struct Tracker {
     /// Set by the watchdog once the connection has been down for longer
     /// than the publish timeout (or closed); cleared on reconnect.
     unavailable: std::sync::atomic::AtomicBool,
+    /// The server refused the credentials since the last successful connect
+    /// (revoked, or its config reloaded): the reconnects will not succeed.
+    refused: std::sync::atomic::AtomicBool,
     /// Publishes blocked on a full client queue, woken when `unavailable`
     /// is set.
     blocked: BlockedPublishers,
@@ -107,6 +110,7 @@ impl Tracker {
                 last_error: None,
             }),
             unavailable: std::sync::atomic::AtomicBool::new(false),
+            refused: std::sync::atomic::AtomicBool::new(false),
             blocked: BlockedPublishers::default(),
         })
     }
@@ -129,6 +133,8 @@ impl Tracker {
         let transport = self.transport;
         match event {
             Event::Connected => {
+                self.refused
+                    .store(false, std::sync::atomic::Ordering::Release);
                 let mut connects = 0;
                 self.update(|s| {
                     s.connects += 1;
@@ -175,6 +181,10 @@ impl Tracker {
             }
             Event::ServerError(e) => {
                 let text = e.to_string();
+                if matches!(e, async_nats::ServerError::AuthorizationViolation) {
+                    self.refused
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
                 tracing::error!(transport, error = %text, "nats server reported an error");
                 self.update(|s| s.last_error = Some(text));
             }
@@ -189,6 +199,12 @@ impl Tracker {
     /// Marks the connection closed by us.
     pub(crate) fn set_closed(&self) {
         self.update(|s| s.state = ConnectionState::Closed);
+    }
+
+    /// Whether the server refused the credentials since the last
+    /// successful connect.
+    pub(crate) fn refused(&self) -> bool {
+        self.refused.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Whether the connection has been unusable for longer than the
