@@ -99,6 +99,23 @@ impl DeadLetter {
         for name in headers::ALL {
             headers.remove(name);
         }
+        // NATS control headers received with the original (a `Nats-Msg-Id`
+        // a core subscriber sees, `Nats-Expected-*` a publisher set) would
+        // make a stream drop the copy as a duplicate or refuse it: they
+        // describe the original's publish, not the event.
+        let control: Vec<String> = headers
+            .iter()
+            .map(|(name, _)| name)
+            .filter(|name| {
+                name.as_bytes()
+                    .get(..5)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"nats-"))
+            })
+            .map(str::to_owned)
+            .collect();
+        for name in control {
+            headers.remove(&name);
+        }
         headers.push_trusted(headers::REASON, self.reason.as_str());
         headers.push_trusted(headers::ERROR, percent::encode(&self.error));
         headers.push_trusted(headers::ATTEMPTS, self.attempts.to_string());
@@ -242,6 +259,31 @@ mod tests {
         let mut expected = letter.clone();
         expected.original.dedup_id = None;
         assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn a_dead_letter_copy_drops_the_originals_nats_control_headers() {
+        let mut original = Message::new(Subject::parse("events.a").unwrap(), &b"{}"[..]);
+        original.headers.append("Nats-Msg-Id", "abc").unwrap();
+        original
+            .headers
+            .append("nats-expected-stream", "S")
+            .unwrap();
+        original.headers.append("ce-id", "abc").unwrap();
+        original.headers.append("natsish", "kept").unwrap();
+        let letter = DeadLetter {
+            original,
+            reason: Reason::Decode,
+            error: "bad".into(),
+            attempts: 1,
+            consumer: "c".into(),
+            time: parse_time("2024-01-01T00:00:00Z").unwrap(),
+        };
+        let m = letter.to_message(Subject::parse("deadletter.events.c").unwrap());
+        assert_eq!(m.headers.get("Nats-Msg-Id"), None);
+        assert_eq!(m.headers.get("Nats-Expected-Stream"), None);
+        assert_eq!(m.headers.get("ce-id"), Some("abc"));
+        assert_eq!(m.headers.get("natsish"), Some("kept"));
     }
 
     #[test]
