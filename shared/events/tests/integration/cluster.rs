@@ -55,6 +55,25 @@ async fn a_replicated_stream_loses_nothing_when_the_producer_s_node_is_killed() 
         .unwrap()
         .clone();
     assert_eq!(info.config.num_replicas, 3);
+    // A shared idempotency bucket is replicated like the events it guards.
+    events::backend::jetstream::KvIdempotencyStore::open(
+        &producer_transport,
+        "cluster_dedup",
+        Duration::from_secs(600),
+    )
+    .await
+    .unwrap();
+    let kv = producer_transport
+        .context()
+        .get_stream("KV_cluster_dedup")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .config
+        .num_replicas;
+    assert_eq!(kv, 3, "the idempotency bucket has the stream's replicas");
     let stream_leader = info.cluster.and_then(|c| c.leader).unwrap_or_default();
 
     let tally = Tally::new(EVENTS);

@@ -43,8 +43,9 @@ pub struct KvIdempotencyStore {
 
 impl KvIdempotencyStore {
     /// Opens the bucket `bucket`, creating it with `ttl` as its entries'
-    /// maximum age if it does not exist. The TTL should be at least the
-    /// producers' dedup window (2 minutes by default).
+    /// maximum age, and the transport's stream's replica count, if it does
+    /// not exist. The TTL should be at least the producers' dedup window
+    /// (2 minutes by default).
     pub async fn open(transport: &JetStreamTransport, bucket: &str, ttl: Duration) -> Result<Self> {
         let context = transport.context();
         if context.get_key_value(bucket).await.is_err() {
@@ -61,7 +62,9 @@ impl KvIdempotencyStore {
                 deny_delete: true,
                 allow_direct: true,
                 discard: async_nats::jetstream::stream::DiscardPolicy::New,
-                num_replicas: 1,
+                // As replicated as the events it deduplicates: a bucket on
+                // one node would lose the handled ids with that node.
+                num_replicas: transport.stream_replicas(),
                 ..Default::default()
             };
             context.create_stream(config).await.map_err(|e| {

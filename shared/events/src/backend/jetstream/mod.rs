@@ -213,6 +213,12 @@ impl JetStreamTransport {
         self.inner.tracker.watch()
     }
 
+    /// How many replicas the transport's stream has (as the server reported
+    /// it at connect).
+    pub(crate) fn stream_replicas(&self) -> usize {
+        self.inner.stream.cached_info().config.num_replicas.max(1)
+    }
+
     /// The server's version as read at connect (major, minor, patch).
     pub fn server_version(&self) -> (u64, u64, u64) {
         self.inner.server_version
