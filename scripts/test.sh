@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The full test suite: unit, integration (in-memory, and against private
-# nats-server processes the tests start themselves), property tests, doctests.
+# nats-server processes the tests start themselves), property tests, doctests,
+# then a bounded fuzzing run of the wire decoders (scripts/fuzz.sh).
 #
 # Installs nats-server from the OS package manager if it is missing. The tests
 # never use a shared server: each starts its own on a free 127.0.0.1 port.
@@ -23,3 +24,11 @@ nats-server --version
 
 # Two cores: one build, then the tests.
 cargo test --workspace --all-features --no-fail-fast "$@"
+
+# Bounded fuzzing of the wire decoders (FUZZ_SECONDS per target, default 20;
+# installs cargo-fuzz if missing). EVENTS_SKIP_FUZZ=1 skips it.
+if [ "${EVENTS_SKIP_FUZZ:-0}" = 1 ]; then
+  echo "fuzzing skipped (EVENTS_SKIP_FUZZ=1)"
+else
+  scripts/fuzz.sh
+fi

@@ -60,11 +60,13 @@ fn headers(m: &EventMetadata) -> Headers {
     }
     // `content-type` is read by clients that know nothing of CloudEvents, so
     // it is sent as is, not percent-encoded; a value that could not travel
-    // raw is left to `ce-datacontenttype`.
-    if let Some(ct) = m
-        .data_content_type()
-        .filter(|ct| ct.bytes().all(|b| (0x20..0x7f).contains(&b)))
-    {
+    // raw is left to `ce-datacontenttype`. So is a CloudEvents media type
+    // (data that is itself an event): as `content-type` it would make every
+    // receiver read the message as structured mode.
+    if let Some(ct) = m.data_content_type().filter(|ct| {
+        ct.bytes().all(|b| (0x20..0x7f).contains(&b))
+            && !super::starts_with_ignore_case(ct, "application/cloudevents")
+    }) {
         h.push_trusted("content-type", ct.to_owned());
     }
     for (name, value) in m.extensions().iter() {

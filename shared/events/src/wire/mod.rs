@@ -401,11 +401,23 @@ pub(crate) fn format_time(time: DateTime<Utc>) -> String {
 
 /// Parses RFC 3339. The common UTC form (`...Z`) takes a hand-written path;
 /// offsets and anything unusual go through chrono.
+///
+/// A time whose UTC form leaves the four-digit years (an offset can move
+/// `9999-12-31T23:59:59-01:00` into year 10000) is a decode error: it could
+/// not be written again as RFC 3339, so re-encoding the event would make it
+/// unreadable.
 pub(crate) fn parse_time(value: &str) -> Result<DateTime<Utc>> {
+    use chrono::Datelike;
     parse_utc_fast(value).map(Ok).unwrap_or_else(|| {
-        DateTime::parse_from_rfc3339(value)
+        let time = DateTime::parse_from_rfc3339(value)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| Error::decode(format!("time {value:?} is not RFC 3339")).with_source(e))
+            .map_err(|e| Error::decode(format!("time {value:?} is not RFC 3339")).with_source(e))?;
+        if !(0..=9999).contains(&time.year()) {
+            return Err(Error::decode(format!(
+                "time {value:?} is outside the years 0000 to 9999 in UTC"
+            )));
+        }
+        Ok(time)
     })
 }
 

@@ -274,6 +274,43 @@ fn raw_events_re_encode_in_both_modes() {
 }
 
 #[test]
+fn binary_mode_never_announces_a_cloudevents_content_type() {
+    // Data that is itself a structured event: as `content-type` its media
+    // type would make the receiver decode the inner event (or a batch
+    // error) instead of the outer one. Found by the `decode_binary` fuzzer.
+    let inner = Codec::default()
+        .encode(&full_event(), ContentMode::Structured)
+        .unwrap();
+    for ct in [
+        STRUCTURED_CONTENT_TYPE,
+        "application/cloudevents-batch+json",
+        "Application/CloudEvents+JSON",
+    ] {
+        let mut headers = Headers::new();
+        for (name, value) in [
+            ("ce-specversion", "1.0"),
+            ("ce-id", "outer-1"),
+            ("ce-source", "relay"),
+            ("ce-type", "relay.wrapped.v1"),
+            ("ce-datacontenttype", ct),
+        ] {
+            headers.append(name, value).unwrap();
+        }
+        let mut received = Message::new(Subject::parse("x").unwrap(), inner.payload.clone());
+        received.headers = headers;
+        let outer = decode(&received).unwrap();
+        assert_eq!(outer.metadata.id(), "outer-1");
+
+        let m = Codec::default()
+            .encode_raw(&outer, ContentMode::Binary)
+            .unwrap();
+        assert_eq!(m.headers.get("content-type"), None, "{ct}");
+        assert_eq!(m.headers.get("ce-datacontenttype"), Some(ct));
+        assert_eq!(decode(&m).unwrap(), outer, "{ct}");
+    }
+}
+
+#[test]
 fn upcasting_and_version_policy_apply_on_decode() {
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct PlacedV1 {
@@ -427,6 +464,10 @@ fn time_formatting_matches_chrono_and_parsing_round_trips() {
         "2024-01-01T00:00:00",
         "+2024-01-01T00:00:00Z",
         "2024-1-01T00:00:00Z",
+        // Valid RFC 3339, but years 10000 and -1 in UTC, which RFC 3339
+        // cannot write back (found by the `decode_binary` fuzzer).
+        "9999-12-31T23:59:59-01:00",
+        "0000-01-01T00:30:00+01:00",
     ] {
         assert_eq!(
             parse_time(bad).unwrap_err().kind(),
