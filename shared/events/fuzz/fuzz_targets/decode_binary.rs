@@ -171,17 +171,7 @@ impl Value<'_> {
                 typical[usize::from(*i) % typical.len()].to_owned()
             }
             Value::Text(s) => (*s).to_owned(),
-            Value::Encoded(s) => {
-                let mut out = String::new();
-                for &b in s.as_bytes() {
-                    if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%' {
-                        out.push(char::from(b));
-                    } else {
-                        let _ = write!(out, "%{b:02X}");
-                    }
-                }
-                out
-            }
+            Value::Encoded(s) => events_fuzz::percent_encode(s),
             Value::Escaped(bytes) => bytes.iter().fold(String::new(), |mut out, b| {
                 let _ = write!(out, "%{b:02X}");
                 out

@@ -60,6 +60,21 @@ pub fn message_from_block(input: &[u8]) -> Message {
     message
 }
 
+/// Percent-encodes a header value as the CloudEvents NATS binding says (and
+/// as the crate does): space, `"`, `%` and every byte outside
+/// U+0021..U+007E as `%XX`.
+pub fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for &b in value.as_bytes() {
+        if (0x21..=0x7e).contains(&b) && b != b'"' && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn split_block(input: &[u8]) -> (&[u8], &[u8]) {
     for (end, sep) in [(b"\r\n\r\n".as_slice(), 4), (b"\n\n".as_slice(), 2)] {
         if let Some(at) = input.windows(sep).position(|w| w == end) {

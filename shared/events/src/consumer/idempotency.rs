@@ -12,13 +12,32 @@ use crate::error::Result;
 /// The answer to a claim on an event id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// First time: handle it, then [`complete`](IdempotencyStore::complete).
-    Acquired,
+    /// First time: handle it, then [`complete`](IdempotencyStore::complete)
+    /// or [`release`](IdempotencyStore::release) with this token.
+    Acquired(ClaimToken),
     /// Already handled within the TTL: acknowledge without handling.
     Done,
     /// Another delivery of the same id is being handled right now: come back
     /// later (the runtime nacks with a short delay).
     InProgress,
+}
+
+/// Which claim a `complete` or `release` is about: a claim that timed out
+/// and was taken over by another instance has a new token, so the first
+/// holder, finishing late, cannot release or complete the new holder's
+/// claim. Stores choose the value (a revision, a generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClaimToken(u64);
+
+impl ClaimToken {
+    /// A token with a store-chosen value.
+    pub const fn new(value: u64) -> Self {
+        ClaimToken(value)
+    }
+    /// The store-chosen value.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
 }
 
 /// Where a consumer remembers which event ids it has handled.
@@ -29,10 +48,12 @@ pub enum Claim {
 pub trait IdempotencyStore: Send + Sync + fmt::Debug + 'static {
     /// Claims `key` for handling.
     fn claim(&self, key: &str) -> BoxFuture<'_, Result<Claim>>;
-    /// Marks `key` handled.
-    fn complete(&self, key: &str) -> BoxFuture<'_, Result<()>>;
-    /// Gives up a claim (handling failed and will be retried).
-    fn release(&self, key: &str) -> BoxFuture<'_, Result<()>>;
+    /// Marks `key` handled, if the claim `token` still holds it (a claim
+    /// taken over meanwhile belongs to its new holder: then nothing changes).
+    fn complete(&self, key: &str, token: ClaimToken) -> BoxFuture<'_, Result<()>>;
+    /// Gives up the claim `token` (handling failed and will be retried);
+    /// nothing changes if it was taken over meanwhile.
+    fn release(&self, key: &str, token: ClaimToken) -> BoxFuture<'_, Result<()>>;
 }
 
 /// An in-process idempotency store with a TTL. Enough for one instance; use
@@ -43,11 +64,13 @@ pub struct MemoryIdempotencyStore {
     /// abandoned (its holder crashed or was cancelled).
     claim_timeout: Duration,
     entries: Mutex<HashMap<String, Entry>>,
+    /// The generation of the next claim (its token).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone, Copy)]
 enum Entry {
-    InProgress(Instant),
+    InProgress(Instant, ClaimToken),
     Done(Instant),
 }
 
@@ -58,7 +81,15 @@ impl MemoryIdempotencyStore {
             ttl,
             claim_timeout: Duration::from_secs(5 * 60),
             entries: Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(1),
         }
+    }
+
+    /// How long a claim may stay in progress before another delivery may
+    /// take it over, its holder presumed crashed (default 5 minutes).
+    pub fn claim_timeout(mut self, timeout: Duration) -> Self {
+        self.claim_timeout = timeout;
+        self
     }
 
     /// How many ids are remembered (expired ones included until the next
@@ -84,17 +115,21 @@ impl MemoryIdempotencyStore {
             let (ttl, timeout) = (self.ttl, self.claim_timeout);
             entries.retain(|_, e| match *e {
                 Entry::Done(at) => now.duration_since(at) < ttl,
-                Entry::InProgress(at) => now.duration_since(at) < timeout,
+                Entry::InProgress(at, _) => now.duration_since(at) < timeout,
             });
         }
         match entries.get(key).copied() {
             Some(Entry::Done(at)) if now.duration_since(at) < self.ttl => Claim::Done,
-            Some(Entry::InProgress(at)) if now.duration_since(at) < self.claim_timeout => {
+            Some(Entry::InProgress(at, _)) if now.duration_since(at) < self.claim_timeout => {
                 Claim::InProgress
             }
             _ => {
-                entries.insert(key.to_owned(), Entry::InProgress(now));
-                Claim::Acquired
+                let token = ClaimToken(
+                    self.generation
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                );
+                entries.insert(key.to_owned(), Entry::InProgress(now, token));
+                Claim::Acquired(token)
             }
         }
     }
@@ -115,14 +150,24 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         Box::pin(async move { Ok(claim) })
     }
 
-    fn complete(&self, key: &str) -> BoxFuture<'_, Result<()>> {
-        self.lock()
-            .insert(key.to_owned(), Entry::Done(Instant::now()));
+    fn complete(&self, key: &str, token: ClaimToken) -> BoxFuture<'_, Result<()>> {
+        let mut entries = self.lock();
+        match entries.get(key) {
+            // Taken over by a later claim, or completed already.
+            Some(Entry::InProgress(_, holder)) if *holder != token => {}
+            Some(Entry::Done(_)) => {}
+            _ => {
+                entries.insert(key.to_owned(), Entry::Done(Instant::now()));
+            }
+        }
         Box::pin(async { Ok(()) })
     }
 
-    fn release(&self, key: &str) -> BoxFuture<'_, Result<()>> {
-        self.lock().remove(key);
+    fn release(&self, key: &str, token: ClaimToken) -> BoxFuture<'_, Result<()>> {
+        let mut entries = self.lock();
+        if matches!(entries.get(key), Some(Entry::InProgress(_, holder)) if *holder == token) {
+            entries.remove(key);
+        }
         Box::pin(async { Ok(()) })
     }
 }
@@ -131,31 +176,50 @@ impl IdempotencyStore for MemoryIdempotencyStore {
 mod tests {
     use super::*;
 
+    async fn acquire(store: &MemoryIdempotencyStore, key: &str) -> ClaimToken {
+        match store.claim(key).await.unwrap() {
+            Claim::Acquired(token) => token,
+            other => panic!("{key}: expected to acquire, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn an_id_is_acquired_once_then_done_until_the_ttl_expires() {
         let store = MemoryIdempotencyStore::new(Duration::from_millis(50));
-        assert_eq!(store.claim("c/1").await.unwrap(), Claim::Acquired);
+        let token = acquire(&store, "c/1").await;
         assert_eq!(store.claim("c/1").await.unwrap(), Claim::InProgress);
-        store.complete("c/1").await.unwrap();
+        store.complete("c/1", token).await.unwrap();
         assert_eq!(store.claim("c/1").await.unwrap(), Claim::Done);
-        assert_eq!(
-            store.claim("other/1").await.unwrap(),
-            Claim::Acquired,
-            "keys are per consumer"
-        );
+        acquire(&store, "other/1").await; // keys are per consumer
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(
-            store.claim("c/1").await.unwrap(),
-            Claim::Acquired,
-            "expired"
-        );
+        acquire(&store, "c/1").await; // expired
     }
 
     #[tokio::test]
     async fn a_released_claim_can_be_acquired_again() {
         let store = MemoryIdempotencyStore::new(Duration::from_secs(60));
-        assert_eq!(store.claim("c/1").await.unwrap(), Claim::Acquired);
-        store.release("c/1").await.unwrap();
-        assert_eq!(store.claim("c/1").await.unwrap(), Claim::Acquired);
+        let token = acquire(&store, "c/1").await;
+        store.release("c/1", token).await.unwrap();
+        acquire(&store, "c/1").await;
+    }
+
+    #[tokio::test]
+    async fn a_late_holder_cannot_release_or_complete_a_claim_taken_over() {
+        let store = MemoryIdempotencyStore::new(Duration::from_secs(60))
+            .claim_timeout(Duration::from_millis(20));
+        let late = acquire(&store, "c/1").await;
+        std::thread::sleep(Duration::from_millis(30));
+        let current = acquire(&store, "c/1").await; // the first holder presumed dead
+        assert_ne!(late, current);
+        store.release("c/1", late).await.unwrap();
+        assert_eq!(
+            store.claim("c/1").await.unwrap(),
+            Claim::InProgress,
+            "still the new holder's"
+        );
+        store.complete("c/1", late).await.unwrap();
+        assert_eq!(store.claim("c/1").await.unwrap(), Claim::InProgress);
+        store.complete("c/1", current).await.unwrap();
+        assert_eq!(store.claim("c/1").await.unwrap(), Claim::Done);
     }
 }

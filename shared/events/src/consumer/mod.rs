@@ -32,7 +32,7 @@ mod runtime;
 
 pub use dead_letter::{headers as dead_letter_headers, replay, DeadLetter, Reason, ReplayReport};
 pub use handler::{Context, Handler, HandlerError};
-pub use idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
+pub use idempotency::{Claim, ClaimToken, IdempotencyStore, MemoryIdempotencyStore};
 pub use retry::RetryPolicy;
 pub use runtime::{shutdown_signal, Consumer, NewerVersion, Summary};
 

@@ -18,7 +18,7 @@ use tracing::Instrument as _;
 
 use super::dead_letter::{DeadLetter, Reason};
 use super::handler::{Context, Disposition, Handler, HandlerError};
-use super::idempotency::{Claim, IdempotencyStore};
+use super::idempotency::{Claim, ClaimToken, IdempotencyStore};
 use super::retry::RetryPolicy;
 use crate::bus::{Bus, RawDelivery};
 use crate::envelope::{validate_subject_token, EventPayload};
@@ -633,11 +633,15 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             Some(_) => format!("{}/{}", self.name, raw.metadata.id()),
             None => String::new(),
         };
+        let mut claim = None;
         if let Some(store) = &self.idempotency {
             let mut pause = CLAIM_POLL_START;
             loop {
                 match store.claim(&claim_key).await {
-                    Ok(Claim::Acquired) => break,
+                    Ok(Claim::Acquired(token)) => {
+                        claim = Some((store, token));
+                        break;
+                    }
                     Ok(Claim::Done) => {
                         self.count(Counter::Duplicates, event_type);
                         tracing::debug!("duplicate event acknowledged without handling");
@@ -664,9 +668,11 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 }
             }
         }
+        // Given up when the delivery is (nack, dead letter), not between
+        // in-process attempts: a copy arriving meanwhile keeps waiting.
         let release = || async {
-            if let Some(store) = &self.idempotency {
-                if let Err(e) = store.release(&claim_key).await {
+            if let Some((store, token)) = claim {
+                if let Err(e) = store.release(&claim_key, token).await {
                     tracing::warn!(error = %e, "could not release an idempotency claim");
                 }
             }
@@ -717,17 +723,17 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             };
             let error = match result {
                 Ok(()) => {
-                    if let Some(store) = &self.idempotency {
-                        Box::pin(self.complete(store.as_ref(), &claim_key)).await;
+                    if let Some((store, token)) = claim {
+                        Box::pin(self.complete(store.as_ref(), &claim_key, token)).await;
                     }
                     self.count(Counter::Handled, event_type);
                     return settle(delivery.ack().await);
                 }
                 Err(error) => error,
             };
-            release().await;
             let delay = match error.disposition() {
                 Disposition::Reject => {
+                    release().await;
                     return self
                         .dead_letter(
                             delivery,
@@ -740,6 +746,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 }
                 Disposition::Retry(_) if !self.retry.allows_another(attempt) => {
                     tracing::warn!(error = %error, "attempts exhausted");
+                    release().await;
                     return self
                         .dead_letter(
                             delivery,
@@ -757,9 +764,11 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             if !in_process {
                 // The broker counts the attempt and redelivers: no second,
                 // in-process retry loop stacked on top.
+                release().await;
                 return settle(delivery.nack(Some(delay)).await);
             }
             if !self.pause(&delivery, delay).await {
+                release().await;
                 self.count(Counter::NackedOnShutdown, event_type);
                 return settle(delivery.nack(None).await);
             }
@@ -785,10 +794,10 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// attempts, before the event is acked: if the ack were lost as well,
     /// the redelivery would find the claim still pending and, once it timed
     /// out, handle the event a second time.
-    async fn complete(&self, store: &dyn IdempotencyStore, key: &str) {
+    async fn complete(&self, store: &dyn IdempotencyStore, key: &str, token: ClaimToken) {
         let mut attempt = 1;
         loop {
-            let error = match store.complete(key).await {
+            let error = match store.complete(key, token).await {
                 Ok(()) => return,
                 Err(e) => e,
             };

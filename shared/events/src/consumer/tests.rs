@@ -304,7 +304,11 @@ impl IdempotencyStore for FlakyStore {
     fn claim(&self, key: &str) -> futures_util::future::BoxFuture<'_, crate::Result<Claim>> {
         self.inner.claim(key)
     }
-    fn complete(&self, key: &str) -> futures_util::future::BoxFuture<'_, crate::Result<()>> {
+    fn complete(
+        &self,
+        key: &str,
+        token: ClaimToken,
+    ) -> futures_util::future::BoxFuture<'_, crate::Result<()>> {
         let mut failures = self.failures.lock().unwrap();
         if *failures > 0 {
             *failures -= 1;
@@ -315,10 +319,14 @@ impl IdempotencyStore for FlakyStore {
                 ))
             });
         }
-        self.inner.complete(key)
+        self.inner.complete(key, token)
     }
-    fn release(&self, key: &str) -> futures_util::future::BoxFuture<'_, crate::Result<()>> {
-        self.inner.release(key)
+    fn release(
+        &self,
+        key: &str,
+        token: ClaimToken,
+    ) -> futures_util::future::BoxFuture<'_, crate::Result<()>> {
+        self.inner.release(key, token)
     }
 }
 

@@ -13,7 +13,9 @@ use events::backend::jetstream::{
     ConsumerDefaults, JetStreamConfig, JetStreamTransport, KvIdempotencyStore, StreamConfig,
 };
 use events::backend::nats::NatsConfig;
-use events::consumer::{Claim, Consumer, Context, HandlerError, IdempotencyStore, Summary};
+use events::consumer::{
+    Claim, ClaimToken, Consumer, Context, HandlerError, IdempotencyStore, Summary,
+};
 use events::testing::NatsServer;
 use events::{Bus, Event};
 use futures_util::future::BoxFuture;
@@ -237,25 +239,42 @@ impl IdempotencyStore for Ledger {
             Some(Entry::Done) => Claim::Done,
             Some(Entry::Pending(at)) if at.elapsed() < CLAIM_TIMEOUT => Claim::InProgress,
             _ => {
-                entries.insert(key.to_owned(), Entry::Pending(Instant::now()));
-                Claim::Acquired
+                let at = Instant::now();
+                entries.insert(key.to_owned(), Entry::Pending(at));
+                // The claim's start names it: a later takeover has another.
+                Claim::Acquired(ClaimToken::new(nanos_since_start(at)))
             }
         };
         Box::pin(async move { Ok(claim) })
     }
 
-    fn complete(&self, key: &str) -> BoxFuture<'_, events::Result<()>> {
-        self.0.lock().unwrap().insert(key.to_owned(), Entry::Done);
-        Box::pin(async { Ok(()) })
-    }
-
-    fn release(&self, key: &str) -> BoxFuture<'_, events::Result<()>> {
+    fn complete(&self, key: &str, token: ClaimToken) -> BoxFuture<'_, events::Result<()>> {
         let mut entries = self.0.lock().unwrap();
-        if let Some(Entry::Pending(_)) = entries.get(key) {
-            entries.remove(key);
+        match entries.get(key) {
+            Some(Entry::Pending(at)) if nanos_since_start(*at) != token.get() => {}
+            _ => {
+                entries.insert(key.to_owned(), Entry::Done);
+            }
         }
         Box::pin(async { Ok(()) })
     }
+
+    fn release(&self, key: &str, token: ClaimToken) -> BoxFuture<'_, events::Result<()>> {
+        let mut entries = self.0.lock().unwrap();
+        if let Some(Entry::Pending(at)) = entries.get(key) {
+            if nanos_since_start(*at) == token.get() {
+                entries.remove(key);
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// An instant as nanoseconds since the first call (a claim token).
+fn nanos_since_start(at: Instant) -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(|| at - Duration::from_secs(3600));
+    u64::try_from(at.duration_since(start).as_nanos()).unwrap_or(u64::MAX)
 }
 
 pub async fn store(transport: &JetStreamTransport) -> KvIdempotencyStore {

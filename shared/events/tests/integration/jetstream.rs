@@ -574,28 +574,35 @@ mod kv_idempotency {
         let other = KvIdempotencyStore::open(&t, "dedup", Duration::from_secs(60))
             .await
             .unwrap();
-        assert_eq!(store.claim("c/1").await.unwrap(), Claim::Acquired);
+        let acquired = |claim: Claim| match claim {
+            Claim::Acquired(token) => token,
+            other => panic!("expected to acquire, got {other:?}"),
+        };
+        let token = acquired(store.claim("c/1").await.unwrap());
         assert_eq!(
             other.claim("c/1").await.unwrap(),
             Claim::InProgress,
             "one winner"
         );
-        store.complete("c/1").await.unwrap();
+        store.complete("c/1", token).await.unwrap();
         assert_eq!(other.claim("c/1").await.unwrap(), Claim::Done);
-        assert_eq!(
-            store.claim("c/odd id: ä/#").await.unwrap(),
-            Claim::Acquired,
-            "any id is a valid key"
-        );
-        store.release("c/odd id: ä/#").await.unwrap();
-        assert_eq!(
-            other.claim("c/odd id: ä/#").await.unwrap(),
-            Claim::Acquired,
-            "released"
-        );
+        let odd = "c/odd id: ä/#"; // any id is a valid key
+        let token = acquired(store.claim(odd).await.unwrap());
+        store.release(odd, token).await.unwrap();
+        let abandoned = acquired(other.claim(odd).await.unwrap());
         // `other`'s claim is now abandoned; after the claim timeout `store` takes it over.
         tokio::time::sleep(Duration::from_millis(1200)).await;
-        assert_eq!(store.claim("c/odd id: ä/#").await.unwrap(), Claim::Acquired);
+        let current = acquired(store.claim(odd).await.unwrap());
+        // The late holder can neither release nor complete the new claim.
+        other.release(odd, abandoned).await.unwrap();
+        other.complete(odd, abandoned).await.unwrap();
+        assert_eq!(
+            other.claim(odd).await.unwrap(),
+            Claim::InProgress,
+            "still the new holder's"
+        );
+        store.complete(odd, current).await.unwrap();
+        assert_eq!(other.claim(odd).await.unwrap(), Claim::Done);
         t.close().await.unwrap();
     }
 

@@ -10,21 +10,28 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 use super::JetStreamTransport;
-use crate::consumer::{Claim, IdempotencyStore};
+use crate::consumer::{Claim, ClaimToken, IdempotencyStore};
 use crate::error::{Error, ErrorKind, Result};
 
 const PENDING: &[u8] = b"pending";
 const DONE: &[u8] = b"done";
+/// A claim given up: free for the next delivery. (A value, not a delete,
+/// so that releasing is a compare-and-set on the holder's revision.)
+const RELEASED: &[u8] = b"released";
 
 /// Remembers handled event ids in a JetStream key-value bucket, so that a
 /// redelivered or republished event is handled once per consumer group, not
 /// once per instance.
 ///
 /// - `claim` creates the key (`pending`) only if it does not exist: of two
-///   instances racing for one event, exactly one wins.
-/// - `complete` writes `done`; entries expire after the bucket's TTL.
-/// - A `pending` claim older than the claim timeout (its holder crashed) is
-///   taken over with a compare-and-set on its revision.
+///   instances racing for one event, exactly one wins. The claim's token is
+///   the key's revision.
+/// - `complete` writes `done` and `release` writes `released`, both as a
+///   compare-and-set on the claim's revision: a holder whose claim was taken
+///   over changes nothing. Entries expire after the bucket's TTL.
+/// - A `released` claim, or a `pending` one older than the claim timeout
+///   (its holder crashed), is taken over with a compare-and-set on its
+///   revision.
 ///
 /// ```no_run
 /// # async fn f(transport: &events::backend::jetstream::JetStreamTransport) -> events::Result<()> {
@@ -114,7 +121,7 @@ impl KvIdempotencyStore {
     async fn claim_now(&self, key: &str) -> Result<Claim> {
         let key = Self::key(key);
         match self.store.create(&key, Bytes::from_static(PENDING)).await {
-            Ok(_) => return Ok(Claim::Acquired),
+            Ok(revision) => return Ok(Claim::Acquired(ClaimToken::new(revision))),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(e) => return Err(self.backend("claim", e)),
         }
@@ -126,7 +133,7 @@ impl KvIdempotencyStore {
         else {
             // Expired between the two calls: try once more.
             return match self.store.create(&key, Bytes::from_static(PENDING)).await {
-                Ok(_) => Ok(Claim::Acquired),
+                Ok(revision) => Ok(Claim::Acquired(ClaimToken::new(revision))),
                 Err(_) => Ok(Claim::InProgress),
             };
         };
@@ -134,18 +141,48 @@ impl KvIdempotencyStore {
             return Ok(Claim::Done);
         }
         let age = chrono::Utc::now().signed_duration_since(entry.created);
-        if age.to_std().unwrap_or_default() < self.claim_timeout {
+        if entry.value.as_ref() != RELEASED && age.to_std().unwrap_or_default() < self.claim_timeout
+        {
             return Ok(Claim::InProgress);
         }
-        // An abandoned claim: take it over unless someone else just did.
+        // A released or abandoned claim: take it over unless someone else
+        // just did.
         match self
             .store
             .update(&key, Bytes::from_static(PENDING), entry.revision)
             .await
         {
-            Ok(_) => Ok(Claim::Acquired),
+            Ok(revision) => Ok(Claim::Acquired(ClaimToken::new(revision))),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(Claim::InProgress),
             Err(e) => Err(self.backend("claim takeover", e)),
+        }
+    }
+}
+
+impl KvIdempotencyStore {
+    /// Writes `value` over the claim `token`, only if it still holds the key.
+    async fn settle(
+        &self,
+        key: &str,
+        value: &'static [u8],
+        token: ClaimToken,
+        what: &str,
+    ) -> Result<()> {
+        match self
+            .store
+            .update(key, Bytes::from_static(value), token.get())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                // Taken over (or expired) meanwhile: it is not ours to change.
+                tracing::warn!(
+                    bucket = %self.bucket,
+                    "{what}: the idempotency claim was taken over by another delivery after the claim timeout; left to it"
+                );
+                Ok(())
+            }
+            Err(e) => Err(self.backend(what, e)),
         }
     }
 }
@@ -166,24 +203,13 @@ impl IdempotencyStore for KvIdempotencyStore {
         Box::pin(async move { self.claim_now(&key).await })
     }
 
-    fn complete(&self, key: &str) -> BoxFuture<'_, Result<()>> {
+    fn complete(&self, key: &str, token: ClaimToken) -> BoxFuture<'_, Result<()>> {
         let key = Self::key(key);
-        Box::pin(async move {
-            self.store
-                .put(&key, Bytes::from_static(DONE))
-                .await
-                .map(drop)
-                .map_err(|e| self.backend("complete", e))
-        })
+        Box::pin(async move { self.settle(&key, DONE, token, "complete").await })
     }
 
-    fn release(&self, key: &str) -> BoxFuture<'_, Result<()>> {
+    fn release(&self, key: &str, token: ClaimToken) -> BoxFuture<'_, Result<()>> {
         let key = Self::key(key);
-        Box::pin(async move {
-            self.store
-                .delete(&key)
-                .await
-                .map_err(|e| self.backend("release", e))
-        })
+        Box::pin(async move { self.settle(&key, RELEASED, token, "release").await })
     }
 }

@@ -566,6 +566,14 @@ pub(crate) fn to_nats_headers(headers: &Headers) -> Result<Option<async_nats::He
     Ok(Some(map))
 }
 
+/// Not part of the API: the received-header conversion, exposed for the
+/// `nats_headers` fuzz target in `shared/events/fuzz` only. It may change or
+/// disappear in any release.
+#[doc(hidden)]
+pub fn __fuzz_from_nats_headers(headers: Option<&async_nats::HeaderMap>) -> Result<Headers> {
+    from_nats_headers(headers)
+}
+
 /// Received headers in our form. Every value is checked again: a broker is
 /// not trusted to uphold our invariants.
 pub(crate) fn from_nats_headers(headers: Option<&async_nats::HeaderMap>) -> Result<Headers> {
