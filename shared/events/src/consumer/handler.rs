@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 
 use crate::bus::Bus;
-use crate::envelope::{Event, EventMetadata, EventPayload};
+use crate::envelope::{Cause, Event, EventPayload};
 use crate::error::BoxError;
 
 /// Why a handler did not finish its work, and what should happen next.
@@ -99,23 +99,17 @@ pub struct Context<S> {
     bus: Bus,
     consumer: Arc<str>,
     attempt: u32,
-    metadata: EventMetadata,
+    cause: Cause,
 }
 
 impl<S> Context<S> {
-    pub(crate) fn new(
-        state: S,
-        bus: Bus,
-        consumer: Arc<str>,
-        attempt: u32,
-        metadata: EventMetadata,
-    ) -> Self {
+    pub(crate) fn new(state: S, bus: Bus, consumer: Arc<str>, attempt: u32, cause: Cause) -> Self {
         Context {
             state,
             bus,
             consumer,
             attempt,
-            metadata,
+            cause,
         }
     }
 
@@ -138,7 +132,9 @@ impl<S> Context<S> {
     /// A new event in reaction to the one being handled: it joins its
     /// correlation, names it as cause and continues its trace.
     pub fn reaction<T: EventPayload>(&self, payload: T) -> Event<T> {
-        Event::caused_by(self.bus.source().to_owned(), &self.metadata, payload)
+        let mut event = Event::new(self.bus.source().to_owned(), payload);
+        event.metadata.set_cause(&self.cause);
+        event
     }
 }
 

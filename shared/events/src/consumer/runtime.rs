@@ -21,7 +21,7 @@ use super::handler::{Context, Disposition, Handler, HandlerError};
 use super::idempotency::{Claim, ClaimToken, IdempotencyStore};
 use super::retry::RetryPolicy;
 use crate::bus::{Bus, RawDelivery};
-use crate::envelope::{validate_subject_token, EventPayload};
+use crate::envelope::{validate_subject_token, Cause, EventPayload};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{self, Capability, Subject, SubjectPattern, SubscribeOptions};
 use crate::versioning::VersionPolicy;
@@ -157,7 +157,7 @@ where
             ctx.bus,
             ctx.consumer,
             ctx.attempt,
-            decoded.event.metadata.clone(),
+            Cause::of(&decoded.event.metadata),
         );
         Ok(self.handler.call(decoded.event, context))
     }

@@ -10,6 +10,26 @@ use serde::{Deserialize, Serialize};
 use super::validate::{validate_extension_name, validate_non_empty, validate_type_name};
 use crate::error::{Error, Result};
 
+/// What a reaction needs of its cause: its id, its correlation (its own id
+/// if it starts one) and its trace context. Kept by a handler's context
+/// instead of a clone of the whole metadata.
+#[derive(Debug, Clone)]
+pub(crate) struct Cause {
+    id: String,
+    correlation_id: Option<String>,
+    trace: Option<TraceContext>,
+}
+
+impl Cause {
+    pub(crate) fn of(metadata: &EventMetadata) -> Self {
+        Cause {
+            id: metadata.id.clone(),
+            correlation_id: metadata.correlation_id.clone(),
+            trace: metadata.trace.clone(),
+        }
+    }
+}
+
 /// The metadata of an event, mapped one to one onto CloudEvents attributes
 /// (see `ARCHITECTURE.md` for the table).
 ///
@@ -179,6 +199,11 @@ impl EventMetadata {
     /// correlation (or starts one at the cause's id), records the cause's id
     /// as causation id, and continues the cause's trace if it has none yet.
     pub fn set_caused_by(&mut self, cause: &EventMetadata) {
+        self.set_cause(&Cause::of(cause));
+    }
+
+    /// [`set_caused_by`](Self::set_caused_by) from the parts kept of a cause.
+    pub(crate) fn set_cause(&mut self, cause: &Cause) {
         self.correlation_id = Some(
             cause
                 .correlation_id

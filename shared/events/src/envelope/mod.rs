@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use id::new_event_id;
+pub(crate) use metadata::Cause;
 pub use metadata::{EventMetadata, ExtensionValue, Extensions, TraceContext, JSON_CONTENT_TYPE};
 pub use payload::EventPayload;
 pub(crate) use validate::{is_attribute_name, parse_version_token, validate_non_empty};
