@@ -72,11 +72,14 @@ for target in "${targets[@]}"; do
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     echo "  $target: ${runs:-?} inputs, no crash"
   else
-    tail -n 60 "$log" >&2
+    # The panic or sanitizer report, then libFuzzer's closing lines.
+    grep -a -m 1 -A 8 -E "panicked at|ERROR: (AddressSanitizer|libFuzzer)" "$log" >&2 || true
+    echo "..." >&2
+    tail -n 15 "$log" >&2
     artifact=$(sed -n 's/.*Test unit written to //p' "$log" | tail -n 1)
     echo "fuzz target $target FAILED; input: ${artifact:-none written (see the log above)}" >&2
-    echo "reproduce: (cd shared/events && RUSTC_BOOTSTRAP=1 cargo fuzz run ${features[*]} $target ${artifact:-<artifact>})" >&2
-    echo "show it:   (cd shared/events && RUSTC_BOOTSTRAP=1 cargo fuzz fmt ${features[*]} $target ${artifact:-<artifact>})" >&2
+    echo "reproduce: (cd shared/events && RUSTC_BOOTSTRAP=1 cargo fuzz run ${features[*]:+${features[*]} }$target ${artifact:-<artifact>})" >&2
+    echo "show it:   (cd shared/events && RUSTC_BOOTSTRAP=1 cargo fuzz fmt ${features[*]:+${features[*]} }$target ${artifact:-<artifact>})" >&2
     exit 1
   fi
 done

@@ -3,7 +3,7 @@
 //! sample payload with its upcaster.
 //!
 //! The invariants, checked by every target:
-//! - decoding never panics; a failure is a typed [`ErrorKind::Decode`];
+//! - decoding never panics; a failure is a typed `ErrorKind::Decode`;
 //! - an event that decoded and re-encodes (in either content mode) decodes
 //!   again to the same metadata and the same data. Re-encoding may refuse
 //!   what we would never send (an event type that is not a valid subject
