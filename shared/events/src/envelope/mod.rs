@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use id::new_event_id;
+#[cfg(feature = "runtime")]
 pub(crate) use metadata::Cause;
 pub use metadata::{EventMetadata, ExtensionValue, Extensions, TraceContext, JSON_CONTENT_TYPE};
 pub use payload::EventPayload;

@@ -14,8 +14,6 @@ mod fixtures;
 mod jetstream;
 #[cfg(feature = "nats")]
 mod nats;
-#[cfg(feature = "opentelemetry")]
-mod otel;
 mod props;
 mod runtime;
 mod support;

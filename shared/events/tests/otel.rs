@@ -5,6 +5,12 @@
 //! over an SDK tracer provider with an in-memory exporter) as the
 //! thread-local default, on a current-thread runtime, so the consumer's
 //! handlers run on the same thread and tests do not share a global.
+//!
+//! This is a test binary of its own, and its tests run one at a time
+//! ([`SERIAL`]): `tracing` decides once per process whether a span site is
+//! enabled, from the subscribers alive at that moment, and a site first
+//! reached on one thread while another thread installs its subscriber can
+//! stay cached as disabled (one CI run lost its `events.publish` span so).
 
 use std::time::Duration;
 
@@ -40,6 +46,10 @@ impl EventPayload for Pong {
 }
 
 const ARRIVE: Duration = Duration::from_secs(10);
+
+/// Held for the whole of each test: one subscriber alive at a time, so
+/// installing it recomputes every span site's interest from it alone.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The trace context each handled event arrived with, by payload number.
 type Seen = mpsc::UnboundedSender<(u32, Option<TraceContext>)>;
@@ -229,6 +239,7 @@ async fn ping_pong(otel: Otel) -> PingPong {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_trace_crosses_publish_handling_and_a_reaction() {
+    let _serial = SERIAL.lock().await;
     let PingPong {
         ping_trace,
         pong_trace,
@@ -277,6 +288,7 @@ async fn a_trace_crosses_publish_handling_and_a_reaction() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn without_publish_spans_the_publishing_span_is_the_parent() {
+    let _serial = SERIAL.lock().await;
     for filter in [Filter::Global, Filter::OtelLayer] {
         let PingPong {
             ping_trace,
@@ -311,6 +323,7 @@ async fn without_publish_spans_the_publishing_span_is_the_parent() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_event_without_a_valid_traceparent_starts_a_new_trace() {
+    let _serial = SERIAL.lock().await;
     let otel = Otel::install();
     let bus = Bus::memory("otel");
     let (tx, mut seen) = mpsc::unbounded_channel();
@@ -364,6 +377,7 @@ async fn an_event_without_a_valid_traceparent_starts_a_new_trace() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn an_explicit_trace_context_of_another_trace_is_kept() {
+    let _serial = SERIAL.lock().await;
     let otel = Otel::install();
     let bus = Bus::memory("otel");
     let (tx, mut seen) = mpsc::unbounded_channel();
@@ -400,6 +414,7 @@ async fn an_explicit_trace_context_of_another_trace_is_kept() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn without_an_opentelemetry_layer_the_trace_context_travels_as_data() {
+    let _serial = SERIAL.lock().await;
     // A subscriber, but no OpenTelemetry layer in it.
     let _guard = tracing::subscriber::set_default(Registry::default());
     let bus = Bus::memory("otel");
