@@ -261,9 +261,13 @@ impl fmt::Debug for Headers {
     }
 }
 
+/// Whether `name` is a header name [`Headers`] accepts.
+pub(crate) fn is_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
 fn check_header_name(name: &str) -> Result<()> {
-    let valid = !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-    if valid {
+    if is_header_name(name) {
         Ok(())
     } else {
         Err(Error::invalid(format!(

@@ -18,6 +18,8 @@ use futures_core::Stream;
 use futures_util::future::BoxFuture;
 
 pub use capabilities::{Capabilities, Capability};
+#[cfg(feature = "nats")]
+pub(crate) use message::is_header_name;
 pub use message::{Headers, Message, Subject, SubjectPattern};
 
 use crate::error::{Error, ErrorKind, Result};

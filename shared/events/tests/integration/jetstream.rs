@@ -674,3 +674,58 @@ mod kv_idempotency {
         bus.close().await.unwrap();
     }
 }
+
+/// Publishes `message` over a raw protocol connection (as a client of any
+/// language could), with `extra` header lines before its own headers.
+async fn raw_publish(server: &NatsServer, message: &Message, extra: &str) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    let mut block = format!("NATS/1.0\r\n{extra}");
+    for (name, value) in message.headers.iter() {
+        block.push_str(&format!("{name}: {value}\r\n"));
+    }
+    block.push_str("\r\n");
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
+        .await
+        .unwrap();
+    let mut conn = BufReader::new(stream);
+    let mut info = String::new();
+    conn.read_line(&mut info).await.unwrap();
+    assert!(info.starts_with("INFO "), "{info}");
+    let mut out = format!(
+        "CONNECT {{\"verbose\":false,\"headers\":true,\"protocol\":1}}\r\nHPUB {} {} {}\r\n{block}",
+        message.subject,
+        block.len(),
+        block.len() + message.payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&message.payload);
+    out.extend_from_slice(b"\r\nPING\r\n");
+    conn.get_mut().write_all(&out).await.unwrap();
+    let mut reply = String::new();
+    conn.read_line(&mut reply).await.unwrap();
+    assert_eq!(reply, "PONG\r\n", "the server took the publish");
+}
+
+#[tokio::test]
+async fn a_header_with_an_empty_name_does_not_keep_the_event_from_its_handler() {
+    use events::wire::ContentMode;
+    let server = NatsServer::with_jetstream();
+    let bus = bus(connect(js_config(&server)).await);
+    let mut sub = bus
+        .subscribe::<Ping>()
+        .durable("lenient")
+        .ack_wait(Duration::from_secs(1))
+        .await
+        .unwrap();
+    let event = ping(&bus, 7);
+    let message = bus.codec().encode(&event, ContentMode::Binary).unwrap();
+    // async-nats reads `: x` as a header with an empty name; nats-server
+    // stores it as it came.
+    raw_publish(&server, &message, ": x\r\n").await;
+    let d = next(&mut sub).await;
+    assert_eq!((d.payload().seq, d.attempt()), (7, 1));
+    assert_eq!(d.event().metadata.id(), event.metadata.id());
+    d.ack().await.unwrap();
+    assert!(quiet(&mut sub).await, "handled once, not redelivered");
+    bus.close().await.unwrap();
+}

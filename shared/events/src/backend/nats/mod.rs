@@ -582,6 +582,15 @@ pub(crate) fn from_nats_headers(headers: Option<&async_nats::HeaderMap>) -> Resu
     };
     let mut out = Headers::with_capacity(map.len());
     for (name, values) in map.iter() {
+        // async-nats accepts one name our headers refuse: the empty one (a
+        // `: value` line). Refusing the message for it would leave it
+        // unsettled and redelivered until `max_deliver`; such a header
+        // cannot be a CloudEvents attribute, so it is dropped.
+        let name: &str = name.as_ref();
+        if !crate::transport::is_header_name(name) {
+            tracing::debug!(header = ?name, "received header with an invalid name dropped");
+            continue;
+        }
         for value in values {
             // async-nats accepts values our headers refuse (a NUL byte, say).
             // Refusing the whole message would leave it unsettled and
@@ -626,6 +635,16 @@ mod tests {
         let kept = from_nats_headers(Some(&raw)).unwrap();
         assert_eq!(kept.get("x-nul"), Some("a%00b"));
         assert_eq!(from_nats_headers(None).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_received_header_with_an_empty_name_is_dropped_not_the_message() {
+        // As async-nats parses `NATS/1.0\r\n: empty\r\nce-id: 7\r\n`.
+        let mut raw = async_nats::HeaderMap::new();
+        raw.append("", "empty");
+        raw.append("ce-id", "7");
+        let kept = from_nats_headers(Some(&raw)).unwrap();
+        assert_eq!(kept.iter().collect::<Vec<_>>(), [("ce-id", "7")]);
     }
 
     fn _transport_is_object_safe(t: NatsTransport) -> Arc<dyn Transport> {
