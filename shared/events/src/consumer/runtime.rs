@@ -368,10 +368,20 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
         &self.dead_letter_subject
     }
 
-    /// Subscribes and handles events until `shutdown` resolves (or every
-    /// subscription ends), then shuts down gracefully: stop pulling, let
-    /// in-flight handlers finish within the shutdown timeout, nack (never
-    /// ack) what did not finish, flush the bus. Returns what was done.
+    /// Subscribes and handles events until `shutdown` resolves, then shuts
+    /// down gracefully: stop pulling, let in-flight handlers finish within
+    /// the shutdown timeout, nack (never ack) what did not finish, flush the
+    /// bus. Returns what was done.
+    ///
+    /// # Errors
+    ///
+    /// Besides failing to start (no handlers, an invalid subject, a
+    /// dead-letter subject no stream stores), `run` fails if its
+    /// subscriptions end before `shutdown` resolves: the bus was closed
+    /// ([`ErrorKind::Closed`]), or the connection is gone for good. It still
+    /// drains in-flight handlers first; the error is the last one the
+    /// subscriptions reported. A service should exit (and be restarted)
+    /// rather than idle without a subscription.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<Summary> {
         if self.handlers.is_empty() {
             return Err(Error::invalid(format!(
@@ -443,6 +453,10 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
         let mut in_flight: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
         let mut keys: HashMap<String, watch::Receiver<bool>> = HashMap::new();
         let mut shutdown = std::pin::pin!(shutdown);
+        // Set when the subscription ends by itself (not by shutdown): the
+        // last error it reported, which `run` returns after draining.
+        let mut subscription_error: Option<Error> = None;
+        let mut ended: Option<Error> = None;
 
         loop {
             tokio::select! {
@@ -451,7 +465,12 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 // Backpressure: pull the next event only when a slot is free.
                 item = deliveries.next(), if in_flight.len() < self.concurrency => {
-                    let Some(item) = item else { break };
+                    let Some(item) = item else {
+                        ended = Some(subscription_error.take().unwrap_or_else(|| {
+                            Error::closed("the subscription ended (the transport was closed?)")
+                        }));
+                        break;
+                    };
                     match item {
                         Ok(delivery) => {
                             // Per-key ordering: each event of a key waits for
@@ -479,6 +498,7 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
                             }
                             (error, None) => {
                                 tracing::warn!(consumer = %shared.name, error = %error, "subscription error");
+                                subscription_error = Some(error);
                             }
                         },
                     }
@@ -503,6 +523,10 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
             tracing::warn!(consumer = %shared.name, error = %e, "flush on shutdown failed");
         }
         let summary = shared.stats.summary();
+        if let Some(error) = ended {
+            tracing::error!(consumer = %shared.name, ?summary, %error, "consumer stopped: its subscription ended");
+            return Err(error);
+        }
         tracing::info!(consumer = %shared.name, ?summary, "consumer stopped");
         Ok(summary)
     }

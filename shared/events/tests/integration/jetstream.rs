@@ -13,7 +13,7 @@ use events::testing::NatsServer;
 use events::transport::{Message, Subject, Transport};
 use events::{Bus, ErrorKind};
 
-use crate::nats::{config, WithServer, WAIT};
+use crate::nats::{config, raw_publish, WithServer, WAIT};
 use crate::support::Ping;
 
 /// How long a test watches for something that must not arrive.
@@ -675,37 +675,6 @@ mod kv_idempotency {
     }
 }
 
-/// Publishes `message` over a raw protocol connection (as a client of any
-/// language could), with `extra` header lines before its own headers.
-async fn raw_publish(server: &NatsServer, message: &Message, extra: &str) {
-    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-    let mut block = format!("NATS/1.0\r\n{extra}");
-    for (name, value) in message.headers.iter() {
-        block.push_str(&format!("{name}: {value}\r\n"));
-    }
-    block.push_str("\r\n");
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
-        .await
-        .unwrap();
-    let mut conn = BufReader::new(stream);
-    let mut info = String::new();
-    conn.read_line(&mut info).await.unwrap();
-    assert!(info.starts_with("INFO "), "{info}");
-    let mut out = format!(
-        "CONNECT {{\"verbose\":false,\"headers\":true,\"protocol\":1}}\r\nHPUB {} {} {}\r\n{block}",
-        message.subject,
-        block.len(),
-        block.len() + message.payload.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(&message.payload);
-    out.extend_from_slice(b"\r\nPING\r\n");
-    conn.get_mut().write_all(&out).await.unwrap();
-    let mut reply = String::new();
-    conn.read_line(&mut reply).await.unwrap();
-    assert_eq!(reply, "PONG\r\n", "the server took the publish");
-}
-
 #[tokio::test]
 async fn a_header_with_an_empty_name_does_not_keep_the_event_from_its_handler() {
     use events::wire::ContentMode;
@@ -728,4 +697,18 @@ async fn a_header_with_an_empty_name_does_not_keep_the_event_from_its_handler() 
     d.ack().await.unwrap();
     assert!(quiet(&mut sub).await, "handled once, not redelivered");
     bus.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_killed_by_a_message_it_cannot_parse_ends_the_consumer_with_an_error() {
+    use events::consumer::{Consumer, Context, HandlerError};
+
+    let server = NatsServer::with_jetstream();
+    let transport = connect(js_config(&server)).await;
+    let bus = bus(transport.clone());
+    let consumer = Consumer::new(&bus, "victim")
+        .unwrap()
+        .dead_letter_subject(Subject::parse("js.deadletter.victim").unwrap())
+        .handle(|_e: events::Event<Ping>, _ctx: Context<()>| async { Ok::<_, HandlerError>(()) });
+    crate::nats::kill_the_client_under(consumer, &server, &bus, || transport.status()).await;
 }

@@ -661,3 +661,79 @@ async fn publishers_blocked_on_a_full_queue_fail_within_the_bound_when_the_serve
     );
     drop(server);
 }
+
+/// Publishes `message` over a raw protocol connection (as a client of any
+/// language could), with `extra` header lines before its own headers.
+pub async fn raw_publish(server: &NatsServer, message: &Message, extra: &str) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    let mut block = format!("NATS/1.0\r\n{extra}");
+    for (name, value) in message.headers.iter() {
+        block.push_str(&format!("{name}: {value}\r\n"));
+    }
+    block.push_str("\r\n");
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
+        .await
+        .unwrap();
+    let mut conn = BufReader::new(stream);
+    let mut info = String::new();
+    conn.read_line(&mut info).await.unwrap();
+    assert!(info.starts_with("INFO "), "{info}");
+    let mut out = format!(
+        "CONNECT {{\"verbose\":false,\"headers\":true,\"protocol\":1}}\r\nHPUB {} {} {}\r\n{block}",
+        message.subject,
+        block.len(),
+        block.len() + message.payload.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&message.payload);
+    out.extend_from_slice(b"\r\nPING\r\n");
+    conn.get_mut().write_all(&out).await.unwrap();
+    let mut reply = String::new();
+    conn.read_line(&mut reply).await.unwrap();
+    assert_eq!(reply, "PONG\r\n", "the server took the publish");
+}
+
+/// Runs `consumer`, then kills its client with a message async-nats cannot
+/// parse: a bare CR in a header value panics async-nats 0.51's connection
+/// task (nats.rs PR #1612) while its own state still says connected. The
+/// consumer must end with `Closed`, the status must say why, and a publish
+/// must fail `Closed`.
+pub async fn kill_the_client_under(
+    consumer: events::consumer::Consumer<()>,
+    server: &NatsServer,
+    bus: &Bus,
+    status: impl Fn() -> events::backend::nats::NatsStatus,
+) {
+    let running = tokio::spawn(consumer.run(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ping = bus.event(Ping {
+        seq: 1,
+        note: String::new(),
+    });
+    let message = bus.codec().encode(&ping, ContentMode::Binary).unwrap();
+    raw_publish(server, &message, "x: a\rb\r\n").await;
+    let ended = tokio::time::timeout(WAIT, running)
+        .await
+        .expect("the consumer does not idle on a dead client")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(ended.kind(), ErrorKind::Closed, "{ended}");
+    let status = status();
+    assert_eq!(status.state, ConnectionState::Closed);
+    assert!(status.last_error.unwrap().contains("connection task"));
+    let refused = bus.publish(&ping).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Closed, "{refused}");
+}
+
+#[tokio::test]
+async fn a_client_killed_by_a_message_it_cannot_parse_ends_the_consumer_with_an_error() {
+    use events::consumer::{Consumer, Context, HandlerError};
+
+    let server = NatsServer::core();
+    let transport = transport(&server).await;
+    let bus = bus(transport.clone());
+    let consumer = Consumer::new(&bus, "victim")
+        .unwrap()
+        .handle(|_e: events::Event<Ping>, _ctx: Context<()>| async { Ok::<_, HandlerError>(()) });
+    kill_the_client_under(consumer, &server, &bus, || transport.status()).await;
+}

@@ -305,7 +305,15 @@ impl Inner {
         .await
         {
             Ok(Ok(ack)) => Ok(ack),
-            Ok(Err(e)) => Err(publish_error(&p.subject, e)),
+            Ok(Err(e)) => {
+                if !self.closed.load(Ordering::Acquire)
+                    && core::connection_task_gone(&self.client).await
+                {
+                    self.tracker.set_lost();
+                    return Err(Error::closed(core::LOST).with_source(e));
+                }
+                Err(publish_error(&p.subject, e))
+            }
             Err(_) => Err(core::unavailable(&self.tracker, &p.subject, limit)),
         }
     }
@@ -652,6 +660,9 @@ impl Puller {
                             if self.draining {
                                 return None;
                             }
+                            if let Some(lost) = self.lost().await {
+                                return Some((Err(lost), self));
+                            }
                             self.pause_after_failure(e.to_string()).await;
                             continue;
                         }
@@ -681,6 +692,9 @@ impl Puller {
                     if self.draining {
                         return None;
                     }
+                    if let Some(lost) = self.lost().await {
+                        return Some((Err(lost), self));
+                    }
                     self.pause_after_failure(e.to_string()).await;
                 }
                 None => {
@@ -698,6 +712,20 @@ impl Puller {
                 }
             }
         }
+    }
+
+    /// After a failed pull: the error ending the subscription if the
+    /// client's connection task is gone (waiting cannot heal that).
+    async fn lost(&mut self) -> Option<Error> {
+        if self.inner.closed.load(Ordering::Acquire)
+            || !core::connection_task_gone(&self.inner.client).await
+        {
+            return None;
+        }
+        self.inner.tracker.set_lost();
+        // The next pull fails at once and ends the subscription.
+        self.draining = true;
+        Some(Error::closed(core::LOST))
     }
 
     /// A failed pull (server restarting, consumer leader moving): log it and

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 pub use config::{Auth, NatsConfig, ReconnectPolicy, DEFAULT_URL};
 pub use status::{ConnectionState, NatsStatus};
 
-pub(crate) use status::Tracker;
+pub(crate) use status::{Tracker, LOST};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{
@@ -182,7 +182,14 @@ impl Transport for NatsTransport {
                     inner.config.get_publish_timeout(),
                 ));
             };
-            result.map_err(|e| publish_error(&message.subject, e))
+            result.map_err(|e| {
+                if e.kind() == async_nats::client::PublishErrorKind::Send
+                    && !inner.closed.load(Ordering::Acquire)
+                {
+                    inner.tracker.set_lost();
+                }
+                publish_error(&message.subject, e)
+            })
         })
     }
 
@@ -230,7 +237,18 @@ impl Transport for NatsTransport {
                 };
                 Ok(Delivery::unacknowledged(message, DeliveryInfo::attempt(1)))
             });
-            Ok(Subscription::new(stream))
+            // The client ends a subscription only when it is unsubscribed,
+            // closed, or its connection task is gone: the last says so.
+            let this = self.inner.clone();
+            let end = futures_util::stream::once(async move {
+                if this.closed.load(Ordering::Acquire) {
+                    return None;
+                }
+                this.tracker.set_lost();
+                Some(Err(Error::closed(LOST)))
+            })
+            .filter_map(std::future::ready);
+            Ok(Subscription::new(stream.chain(end)))
         })
     }
 
@@ -501,6 +519,15 @@ pub(crate) fn unavailable(tracker: &Tracker, subject: &Subject, limit: Duration)
     Error::new(
         ErrorKind::Unavailable,
         format!("publish to `{subject}` gave up after {limit:?}: the nats server is unreachable"),
+    )
+}
+
+/// Whether the client's connection task is gone (its command channel is
+/// closed): the transport cannot recover by waiting.
+pub(crate) async fn connection_task_gone(client: &async_nats::Client) -> bool {
+    matches!(
+        client.flush().await,
+        Err(e) if e.kind() == async_nats::client::FlushErrorKind::SendError
     )
 }
 

@@ -43,6 +43,11 @@ pub struct NatsStatus {
     pub last_error: Option<String>,
 }
 
+/// Why a transport the application did not close is `Closed`.
+pub(crate) const LOST: &str = "the nats client's connection task stopped (async-nats panicked on \
+     a message it could not parse?); nothing more is received or sent: \
+     connect a new transport";
+
 /// Shared between the event callback and the transport.
 #[derive(Debug)]
 pub(crate) struct Tracker {
@@ -199,6 +204,22 @@ impl Tracker {
     /// Marks the connection closed by us.
     pub(crate) fn set_closed(&self) {
         self.update(|s| s.state = ConnectionState::Closed);
+    }
+
+    /// The client's connection task is gone while the transport was open:
+    /// async-nats 0.51 panics in it on some input any publisher can send (a
+    /// bare CR in a header value, nats.rs PR #1612), and its own state stays
+    /// `Connected`. Records it once, as `Closed` with the reason.
+    pub(crate) fn set_lost(&self) {
+        let mut first = false;
+        self.update(|s| {
+            first = s.state != ConnectionState::Closed;
+            s.state = ConnectionState::Closed;
+            s.last_error = Some(LOST.to_owned());
+        });
+        if first {
+            tracing::error!(transport = self.transport, "{LOST}");
+        }
     }
 
     /// Whether the server refused the credentials since the last
