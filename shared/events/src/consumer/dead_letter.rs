@@ -24,8 +24,24 @@ pub mod headers {
     pub const SUBJECT: &str = "dead-letter-subject";
     /// When it was dead-lettered (RFC 3339).
     pub const TIME: &str = "dead-letter-time";
+    /// Present when the copy carries no body because the original body with
+    /// the dead-letter headers exceeded the transport's message size: the
+    /// original body's length in bytes.
+    pub const BODY_OMITTED: &str = "dead-letter-body-omitted";
+    /// The original's stream sequence, where the transport has one (where
+    /// to find an omitted body while the stream keeps it).
+    pub const STREAM_SEQUENCE: &str = "dead-letter-stream-sequence";
 
-    pub(crate) const ALL: [&str; 6] = [REASON, ERROR, ATTEMPTS, CONSUMER, SUBJECT, TIME];
+    pub(crate) const ALL: [&str; 8] = [
+        REASON,
+        ERROR,
+        ATTEMPTS,
+        CONSUMER,
+        SUBJECT,
+        TIME,
+        BODY_OMITTED,
+        STREAM_SEQUENCE,
+    ];
 }
 
 /// Why an event was dead-lettered.
@@ -88,6 +104,30 @@ pub struct DeadLetter {
     pub consumer: String,
     /// When.
     pub time: DateTime<Utc>,
+    /// The original's stream sequence, where the transport has one.
+    pub stream_sequence: Option<u64>,
+    /// `Some(length)` when the copy carries no body (the original body did
+    /// not fit in one message with the dead-letter headers); `original.payload`
+    /// is then empty. Such a letter cannot be replayed.
+    pub body_omitted: Option<usize>,
+}
+
+/// The longest error text a copy carries, in bytes: a handler's error can be
+/// arbitrarily long, and the copy must fit in one message.
+pub(crate) const MAX_ERROR_LEN: usize = 1024;
+
+/// `error`, cut at a character boundary to at most [`MAX_ERROR_LEN`] bytes
+/// (with a marker when cut).
+pub(crate) fn bounded_error(error: &str) -> String {
+    if error.len() <= MAX_ERROR_LEN {
+        return error.to_owned();
+    }
+    const MARK: &str = "... (cut)";
+    let mut end = MAX_ERROR_LEN - MARK.len();
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &error[..end])
 }
 
 impl DeadLetter {
@@ -125,12 +165,30 @@ impl DeadLetter {
             percent::encode(self.original.subject.as_str()),
         );
         headers.push_trusted(headers::TIME, format_time(self.time));
+        if let Some(sequence) = self.stream_sequence {
+            headers.push_trusted(headers::STREAM_SEQUENCE, sequence.to_string());
+        }
+        let payload = match self.body_omitted {
+            Some(length) => {
+                headers.push_trusted(headers::BODY_OMITTED, length.to_string());
+                bytes::Bytes::new()
+            }
+            None => self.original.payload.clone(),
+        };
         Message {
             subject,
             headers,
-            payload: self.original.payload.clone(),
+            payload,
             dedup_id: None,
         }
+    }
+
+    /// This letter without the original body (for a copy that would not fit
+    /// in one message otherwise).
+    pub fn without_body(mut self) -> Self {
+        self.body_omitted = Some(self.original.payload.len());
+        self.original.payload = bytes::Bytes::new();
+        self
     }
 
     /// Reads a dead-letter copy back.
@@ -149,6 +207,18 @@ impl DeadLetter {
         let consumer = percent::decode(headers::CONSUMER, get(headers::CONSUMER)?)?;
         let subject = percent::decode(headers::SUBJECT, get(headers::SUBJECT)?)?;
         let time = parse_time(get(headers::TIME)?)?;
+        let number = |name: &str| {
+            h.get(name)
+                .map(|v| {
+                    v.parse::<u64>().map_err(|_| {
+                        Error::decode(format!("dead letter with a non-numeric {name}"))
+                    })
+                })
+                .transpose()
+        };
+        let stream_sequence = number(headers::STREAM_SEQUENCE)?;
+        let body_omitted =
+            number(headers::BODY_OMITTED)?.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         let mut original_headers = h.clone();
         for name in headers::ALL {
             original_headers.remove(name);
@@ -165,6 +235,8 @@ impl DeadLetter {
             attempts,
             consumer,
             time,
+            stream_sequence,
+            body_omitted,
         })
     }
 }
@@ -180,6 +252,9 @@ pub struct ReplayReport {
     /// Messages on the dead-letter subject that are not dead letters
     /// (terminated).
     pub invalid: usize,
+    /// Dead letters whose copy carries no body ([`DeadLetter::body_omitted`]):
+    /// they cannot be replayed, and are left unsettled, like skipped ones.
+    pub without_body: usize,
 }
 
 /// Republishes dead letters read from `dead_letters` to their original
@@ -212,6 +287,12 @@ pub async fn replay(
         };
         if !filter(&letter) {
             report.skipped += 1;
+            drop(delivery);
+            continue;
+        }
+        if letter.body_omitted.is_some() {
+            tracing::warn!(subject = %letter.original.subject, stream_sequence = ?letter.stream_sequence, "dead letter without its body; not replayed");
+            report.without_body += 1;
             drop(delivery);
             continue;
         }
@@ -248,6 +329,8 @@ mod tests {
             attempts: 5,
             consumer: "billing".into(),
             time: parse_time("2024-01-01T00:00:00Z").unwrap(),
+            stream_sequence: Some(42),
+            body_omitted: None,
         };
         let m = letter.to_message(Subject::parse("deadletter.events.billing").unwrap());
         assert_eq!(m.dedup_id, None, "never deduplicated against the original");
@@ -259,6 +342,25 @@ mod tests {
         let mut expected = letter.clone();
         expected.original.dedup_id = None;
         assert_eq!(back, expected);
+
+        let bodiless = letter.without_body();
+        let m = bodiless.to_message(Subject::parse("deadletter.events.billing").unwrap());
+        assert!(m.payload.is_empty());
+        assert_eq!(m.headers.get(headers::BODY_OMITTED), Some("7"));
+        let back = DeadLetter::from_message(&m).unwrap();
+        assert_eq!(
+            (back.body_omitted, back.stream_sequence),
+            (Some(7), Some(42))
+        );
+    }
+
+    #[test]
+    fn a_long_error_is_cut_at_a_character_boundary() {
+        let long = "é".repeat(MAX_ERROR_LEN);
+        let cut = bounded_error(&long);
+        assert!(cut.len() <= MAX_ERROR_LEN, "{}", cut.len());
+        assert!(cut.ends_with("... (cut)"));
+        assert_eq!(bounded_error("short"), "short");
     }
 
     #[test]
@@ -278,6 +380,8 @@ mod tests {
             attempts: 1,
             consumer: "c".into(),
             time: parse_time("2024-01-01T00:00:00Z").unwrap(),
+            stream_sequence: None,
+            body_omitted: None,
         };
         let m = letter.to_message(Subject::parse("deadletter.events.c").unwrap());
         assert_eq!(m.headers.get("Nats-Msg-Id"), None);

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use super::dead_letter::{DeadLetter, Reason};
+use super::dead_letter::{bounded_error, DeadLetter, Reason};
 use super::handler::{Context, Disposition, Handler, HandlerError};
 use super::idempotency::{Claim, ClaimToken, IdempotencyStore};
 use super::retry::RetryPolicy;
@@ -899,13 +899,32 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         let letter = DeadLetter {
             original: delivery.message().clone(),
             reason,
-            error: error.to_owned(),
+            error: bounded_error(error),
             attempts,
             consumer: self.name.to_string(),
             time: chrono::Utc::now(),
+            stream_sequence: delivery.info().stream_sequence,
+            body_omitted: None,
         };
-        let message = letter.to_message(self.dead_letter_subject.clone());
-        match self.bus.transport().publish(message).await {
+        let transport = self.bus.transport();
+        let mut published = transport
+            .publish(letter.to_message(self.dead_letter_subject.clone()))
+            .await;
+        if matches!(&published, Err(e) if e.kind() == ErrorKind::PayloadTooLarge) {
+            // The original fitted; with the dead-letter headers it does not.
+            // Nacking would bring it back until `max_deliver` and then
+            // nowhere: a copy without the body (its length and stream
+            // sequence in headers) keeps the event visible.
+            tracing::warn!(dead_letter_subject = %self.dead_letter_subject, "dead-letter copy too large; sent without the body");
+            published = transport
+                .publish(
+                    letter
+                        .without_body()
+                        .to_message(self.dead_letter_subject.clone()),
+                )
+                .await;
+        }
+        match published {
             Ok(()) => {
                 self.count(Counter::DeadLettered, event_type);
                 tracing::warn!(reason = reason.as_str(), error, dead_letter_subject = %self.dead_letter_subject, "event dead-lettered");

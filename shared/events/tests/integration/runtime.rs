@@ -17,6 +17,7 @@ use events::envelope::TraceContext;
 use events::transport::{
     Capability, Message, SubjectPattern, SubscribeOptions, Subscription, Transport,
 };
+use events::wire::ContentMode;
 use events::{Bus, Event, EventPayload};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -663,6 +664,55 @@ where
     bus.close().await.unwrap();
 }
 
+pub async fn a_dead_letter_too_large_for_one_message_goes_without_its_body<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    /// A `jobs.created` event with padding (a `Job` to the handler).
+    #[derive(Serialize, Deserialize)]
+    struct BigJob {
+        n: u32,
+        pad: String,
+    }
+    impl EventPayload for BigJob {
+        const TYPE: &'static str = "jobs.created";
+    }
+    let bus = bus_on(&make).await;
+    let limit = bus.transport().capabilities().max_message_size;
+    let mut dlq = dead_letters(&bus).await;
+    let consumer =
+        Consumer::new(&bus, "worker")
+            .unwrap()
+            .handle(|_e: Event<Job>, _ctx: Context<()>| async {
+                Err::<(), _>(HandlerError::reject("too big to handle"))
+            });
+    let running = start(consumer).await;
+    // The event fits with 64 bytes to spare; its copy, with the
+    // dead-letter headers, does not.
+    let mut event = bus.event(BigJob {
+        n: 1,
+        pad: String::new(),
+    });
+    let empty = bus.codec().encode(&event, ContentMode::Structured).unwrap();
+    event.payload.pad = "x".repeat(limit - empty.wire_len() - 64);
+    let sent = bus.codec().encode(&event, ContentMode::Structured).unwrap();
+    assert_eq!(sent.wire_len(), limit - 64);
+    bus.publish(&event).await.unwrap();
+    let letter = next_dead_letter(&mut dlq).await;
+    assert_eq!((letter.reason, letter.attempts), (Reason::Rejected, 1));
+    assert_eq!(letter.body_omitted, Some(sent.payload.len()));
+    assert!(letter.original.payload.is_empty());
+    assert_eq!(letter.original.subject, sent.subject);
+    assert!(letter.error.ends_with("too big to handle"), "{}", letter.error);
+    let summary = stop(running).await;
+    assert_eq!(
+        (summary.dead_lettered, summary.dead_letter_failures),
+        (1, 0)
+    );
+    bus.close().await.unwrap();
+}
+
 /// Generates one `#[tokio::test]` per runtime case for a backend.
 #[macro_export]
 macro_rules! runtime_suite {
@@ -683,6 +733,10 @@ macro_rules! runtime_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn undecodable_and_unknown_version_events_are_dead_lettered_at_once() {
                 r::undecodable_and_unknown_version_events_are_dead_lettered_at_once($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_dead_letter_too_large_for_one_message_goes_without_its_body() {
+                r::a_dead_letter_too_large_for_one_message_goes_without_its_body($make).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn shutdown_nacks_unfinished_handlers_and_acks_nothing_unhandled() {
