@@ -354,6 +354,9 @@ async fn ours_js_runtime(server: &NatsServer, p: &Payload, n: usize) -> Duration
     last.unwrap() - first.unwrap()
 }
 
+/// Rounds per row, alternating hand-written and crate; the median counts.
+const ROUNDS: usize = 5;
+
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
     xs[xs.len() / 2]
@@ -366,7 +369,7 @@ macro_rules! compare {
         if $name.contains(only.as_str()) {
             let p = payload($size);
             let (mut b, mut o) = (Vec::new(), Vec::new());
-            for _ in 0..3 {
+            for _ in 0..ROUNDS {
                 b.push($rt.block_on($base($server, &p, $n)));
                 o.push($rt.block_on($ours($server, &p, $n)));
             }
