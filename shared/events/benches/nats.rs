@@ -58,9 +58,13 @@ struct InEnvelope {
 }
 
 fn hand_encode(payload: &Payload) -> Vec<u8> {
+    hand_encode_with_id(payload, uuid::Uuid::now_v7().to_string())
+}
+
+fn hand_encode_with_id(payload: &Payload, id: String) -> Vec<u8> {
     serde_json::to_vec(&OutEnvelope {
         specversion: "1.0",
-        id: uuid::Uuid::now_v7().to_string(),
+        id,
         source: "bench",
         ty: "bench.payload.v1",
         time: Utc::now(),
@@ -116,8 +120,10 @@ async fn base_publish(server: &NatsServer, p: &Payload, n: usize) -> Duration {
     let client = client(server).await;
     let start = Instant::now();
     for _ in 0..n {
+        // Each event's payload is a new value, on both sides.
+        let p = p.clone();
         client
-            .publish_with_headers(SUBJECT, headers(), hand_encode(p).into())
+            .publish_with_headers(SUBJECT, headers(), hand_encode(&p).into())
             .await
             .unwrap();
     }
@@ -148,6 +154,7 @@ async fn base_pubsub(server: &NatsServer, p: &Payload, n: usize) -> Duration {
     let start = Instant::now();
     let producer = tokio::spawn(async move {
         for _ in 0..n {
+            let p = p.clone();
             publisher
                 .publish_with_headers(SUBJECT, headers(), hand_encode(&p).into())
                 .await
@@ -215,10 +222,12 @@ async fn base_js_publish(server: &NatsServer, p: &Payload, n: usize) -> Duration
     while sent < n {
         let mut acks = Vec::with_capacity(WINDOW);
         for _ in 0..WINDOW.min(n - sent) {
+            let id = uuid::Uuid::now_v7().to_string();
             let mut h = headers();
-            h.insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());
+            h.insert("Nats-Msg-Id", id.as_str());
+            let p = p.clone();
             acks.push(
-                js.publish_with_headers(SUBJECT, h, hand_encode(p).into())
+                js.publish_with_headers(SUBJECT, h, hand_encode_with_id(&p, id).into())
                     .await
                     .unwrap(),
             );

@@ -246,7 +246,7 @@ impl Stream for RawSubscriber {
             Poll::Ready(Some(Ok(delivery))) => {
                 Poll::Ready(Some(match wire::decode(delivery.message()) {
                     Ok(event) => Ok(RawDelivery {
-                        event,
+                        event: Box::new(event),
                         inner: delivery,
                     }),
                     Err(error) => Err(DeliveryError {
@@ -268,7 +268,10 @@ impl Stream for RawSubscriber {
 #[derive(Debug)]
 #[must_use = "a delivery should be settled with ack, nack or term"]
 pub struct RawDelivery {
-    event: RawEvent,
+    // Boxed: the metadata is about 300 bytes, and a delivery moves through
+    // streams and (in the consumer runtime) into every state of the handling
+    // future; a pointer keeps those moves small.
+    event: Box<RawEvent>,
     inner: transport::Delivery,
 }
 
@@ -310,6 +313,11 @@ impl RawDelivery {
     }
     /// Splits into the raw event and the delivery that settles it.
     pub fn into_parts(self) -> (RawEvent, transport::Delivery) {
+        (*self.event, self.inner)
+    }
+    /// [`RawDelivery::into_parts`] keeping the event boxed.
+    #[cfg(feature = "runtime")]
+    pub(crate) fn into_boxed_parts(self) -> (Box<RawEvent>, transport::Delivery) {
         (self.event, self.inner)
     }
     /// Marks the event handled.

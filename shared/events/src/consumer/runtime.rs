@@ -611,7 +611,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             Some((previous, done)) => (previous, Some(done)),
             None => (None, None),
         };
-        let (raw, delivery) = delivery.into_parts();
+        let (raw, delivery) = delivery.into_boxed_parts();
         if let Some(mut previous) = previous {
             // Either the predecessor signals, or it is gone. The wait can be
             // long (the predecessor retrying): the delivery is held meanwhile.
@@ -643,7 +643,12 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// `ordered`: the event's key is handled strictly in order, so a failed
     /// attempt is retried here, holding the key, rather than handed back to
     /// the broker (whose redelivery would let the key's next event overtake).
-    async fn process_in_span(&self, raw: RawEvent, delivery: transport::Delivery, ordered: bool) {
+    async fn process_in_span(
+        &self,
+        raw: Box<RawEvent>,
+        delivery: transport::Delivery,
+        ordered: bool,
+    ) {
         let Some((&event_type, handler)) = self.handlers.get_key_value(raw.metadata.event_type())
         else {
             let text = format!("no handler for {}", raw.metadata.event_type());
@@ -721,7 +726,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             // Decoding runs user code too (upcasters, custom `Deserialize`):
             // a panic there dead-letters the event instead of ending `run`.
             let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                handler.prepare(input, self.version_policy, parts)
+                handler.prepare(*input, self.version_policy, parts)
             }))
             .unwrap_or_else(|panic| {
                 let text = panic_text(&*panic);

@@ -136,13 +136,16 @@ async fn a_rejected_event_skips_the_remaining_attempts() {
 
 #[tokio::test]
 async fn if_the_dead_letter_copy_fails_the_original_is_nacked_not_lost() {
-    // The copy carries extra headers: with a tight size limit, the original
-    // fits and the copy does not, so dead-lettering fails.
+    // The copy carries extra headers, the error text among them: with a
+    // tight size limit and a long error, the original fits and the copy
+    // does not, even without the body, so dead-lettering fails.
     let transport = MemoryTransport::with_config(MemoryConfig::new().max_message_size(420));
     let bus = Bus::builder(transport).source("t").build().unwrap();
     let consumer = Consumer::new(&bus, "worker")
         .unwrap()
-        .handle(|_e: Event<Job>, _ctx: Context<()>| async move { Err(HandlerError::reject("no")) })
+        .handle(|_e: Event<Job>, _ctx: Context<()>| async move {
+            Err(HandlerError::reject("no".repeat(200)))
+        })
         .retry(
             RetryPolicy::exponential()
                 .initial_delay(Duration::from_millis(10))

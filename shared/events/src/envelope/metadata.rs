@@ -220,6 +220,12 @@ impl EventMetadata {
     /// before every publish; exposed for tools that build metadata by hand.
     pub fn validate(&self) -> Result<()> {
         validate_type_name(&self.event_type)?;
+        self.validate_except_type()
+    }
+
+    /// [`EventMetadata::validate`] without the type name, for a caller that
+    /// has checked it already (the codec, once per payload type).
+    pub(crate) fn validate_except_type(&self) -> Result<()> {
         if self.version == 0 {
             return Err(Error::invalid("event version must be at least 1"));
         }

@@ -155,15 +155,18 @@ impl Codec {
         payload: &T,
         mode: ContentMode,
     ) -> Result<Message> {
-        metadata.validate()?;
         if metadata.event_type() != T::TYPE {
+            metadata.validate()?;
             return Err(Error::invalid(format!(
                 "metadata type {:?} does not match the payload type {:?}",
                 metadata.event_type(),
                 T::TYPE
             )));
         }
+        // The type name is `T::TYPE`, validated (once per type) by the
+        // subject lookup.
         let subject = self.subject_of::<T>()?;
+        metadata.validate_except_type()?;
         let (headers, payload) = match mode {
             ContentMode::Structured => {
                 let hint = self.size_hint.load(Ordering::Relaxed);

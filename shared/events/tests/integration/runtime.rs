@@ -704,7 +704,11 @@ where
     assert_eq!(letter.body_omitted, Some(sent.payload.len()));
     assert!(letter.original.payload.is_empty());
     assert_eq!(letter.original.subject, sent.subject);
-    assert!(letter.error.ends_with("too big to handle"), "{}", letter.error);
+    assert!(
+        letter.error.ends_with("too big to handle"),
+        "{}",
+        letter.error
+    );
     let summary = stop(running).await;
     assert_eq!(
         (summary.dead_lettered, summary.dead_letter_failures),
