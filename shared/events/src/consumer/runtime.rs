@@ -419,7 +419,7 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
             // Instances of one consumer compete for its events: a shared
             // durable consumer where the backend has one, else a queue group.
             options = if caps.supports(Capability::Durable) {
-                options.durable_name(format!("{}_{}", self.name, event_type.replace('.', "_")))?
+                options.durable_name(durable_name(&self.name, event_type))?
             } else if caps.supports(Capability::QueueGroups) {
                 options.queue_group(self.name.to_string())?
             } else {
@@ -546,6 +546,30 @@ impl<S> fmt::Debug for Consumer<S> {
             .field("idempotency", &self.idempotency)
             .finish_non_exhaustive()
     }
+}
+
+/// The durable consumer of consumer `consumer` for `event_type`:
+/// `<consumer>_<type with '.' as '_'>_<8 hex digits>`, the digits a hash of
+/// the exact pair. The readable part alone is ambiguous (`a` + `b.c` and
+/// `a_b` + `c`, or the types `a.b` and `a_b`, would share a durable
+/// consumer and steal each other's events); the hash keeps names apart and
+/// stable across releases (FNV-1a, not std's unspecified hasher). A
+/// readable part too long for a subject token is cut; the hash stays.
+pub(crate) fn durable_name(consumer: &str, event_type: &str) -> String {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = consumer
+        .bytes()
+        .chain([0])
+        .chain(event_type.bytes())
+        .fold(FNV_OFFSET, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+        });
+    let suffix = format!("_{:08x}", hash as u32);
+    let mut readable = format!("{consumer}_{}", event_type.replace('.', "_"));
+    // ASCII only (validated names), so any byte index is a boundary.
+    readable.truncate(crate::envelope::MAX_TOKEN_LEN - suffix.len());
+    readable + &suffix
 }
 
 fn reason_for(error: &Error) -> Reason {

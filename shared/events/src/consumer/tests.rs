@@ -373,3 +373,29 @@ async fn a_failed_completion_is_retried_so_a_redelivery_is_not_handled_again() {
     assert_eq!(*handled.lock().unwrap(), 1);
     assert_eq!((summary.handled, summary.duplicates), (1, 1));
 }
+
+#[test]
+fn durable_names_keep_ambiguous_pairs_apart_and_stay_valid() {
+    use super::runtime::durable_name;
+    let a = durable_name("a", "b.c");
+    let b = durable_name("a_b", "c");
+    assert!(
+        a.starts_with("a_b_c_") && b.starts_with("a_b_c_"),
+        "{a} {b}"
+    );
+    assert_ne!(a, b);
+    assert_ne!(durable_name("c", "a.b"), durable_name("c", "a_b"));
+    // Pinned (FNV-1a of "inventory\0orders.placed", computed apart): a
+    // changed name would orphan every deployed durable consumer.
+    assert_eq!(
+        durable_name("inventory", "orders.placed"),
+        "inventory_orders_placed_3b6efa3f"
+    );
+    let long = durable_name(
+        &"c".repeat(crate::envelope::MAX_TOKEN_LEN),
+        &"t".repeat(200),
+    );
+    assert_eq!(long.len(), crate::envelope::MAX_TOKEN_LEN);
+    crate::envelope::validate_subject_token(&long).unwrap();
+    crate::envelope::validate_subject_token(&a).unwrap();
+}
