@@ -202,7 +202,7 @@ impl Codec {
             subject,
             headers,
             payload,
-            dedup_id: Some(metadata.id().to_owned()),
+            dedup_id: self.dedup_ids.then(|| metadata.id().to_owned()),
         })
     }
 

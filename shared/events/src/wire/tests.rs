@@ -255,6 +255,11 @@ fn raw_events_re_encode_in_both_modes() {
             raw.data_json().unwrap()
         );
         assert_eq!(decode(&again).unwrap().metadata.id(), raw.metadata.id());
+        assert_eq!(again.dedup_id.as_deref(), Some(raw.metadata.id()));
+        // Like `encode`, `encode_raw` honours the codec's dedup-id setting.
+        let plain = Codec::default().with_dedup_ids(false);
+        assert_eq!(plain.encode_raw(&raw, mode).unwrap().dedup_id, None);
+        assert_eq!(plain.encode(&e, mode).unwrap().dedup_id, None);
     }
     let body = json!({"specversion": "1.0", "id": "b-1", "source": "s", "type": "blobs.stored.v1",
         "datacontenttype": "application/octet-stream", "data_base64": "AJ+Slg=="});

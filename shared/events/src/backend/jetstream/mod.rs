@@ -247,12 +247,17 @@ impl fmt::Debug for JetStreamTransport {
     }
 }
 
-/// A message ready to send: headers with the dedup id, size checked.
+/// A message's headers as sent: with its dedup id, size checked.
 struct Prepared {
-    subject: Subject,
     headers: Option<async_nats::HeaderMap>,
-    payload: bytes::Bytes,
     dedup: bool,
+}
+
+/// The first send of a publish: done already (the ack in flight), or still
+/// to do with these headers.
+enum FirstSend {
+    Sent(Result<jetstream::context::PublishAckFuture>),
+    Ready(Option<async_nats::HeaderMap>),
 }
 
 impl Inner {
@@ -280,59 +285,77 @@ impl Inner {
             ));
         }
         Ok(Prepared {
-            subject: message.subject.clone(),
             headers: core::to_nats_headers(&headers)?,
-            payload: message.payload.clone(),
             dedup: message.dedup_id.is_some(),
         })
     }
 
     /// Sends once: waits (bounded) for the connection, hands the message to
-    /// the client and returns the future of its ack.
-    async fn send(&self, p: &Prepared) -> Result<jetstream::context::PublishAckFuture> {
+    /// the client and returns the future of its ack. A send blocked on a
+    /// full client queue gives up when the connection watchdog declares the
+    /// server unreachable (as a core publish does; no timer per send).
+    async fn send(
+        &self,
+        message: &Message,
+        headers: Option<async_nats::HeaderMap>,
+    ) -> Result<jetstream::context::PublishAckFuture> {
         let limit = self.config.connection.get_publish_timeout();
-        let deadline = Instant::now() + limit;
-        core::wait_connected(&self.tracker, &p.subject, deadline, limit).await?;
-        let mut publish = jetstream::message::PublishMessage::build().payload(p.payload.clone());
-        if let Some(headers) = &p.headers {
-            publish = publish.headers(headers.clone());
+        if self.tracker.state() != ConnectionState::Connected {
+            core::wait_connected(
+                &self.tracker,
+                &message.subject,
+                Instant::now() + limit,
+                limit,
+            )
+            .await?;
         }
-        match tokio::time::timeout_at(
-            deadline.into(),
-            self.context
-                .send_publish(core::nats_subject(&p.subject), publish),
-        )
-        .await
-        {
-            Ok(Ok(ack)) => Ok(ack),
-            Ok(Err(e)) => {
+        let mut publish =
+            jetstream::message::PublishMessage::build().payload(message.payload.clone());
+        if let Some(headers) = headers {
+            publish = publish.headers(headers);
+        }
+        let send = self
+            .context
+            .send_publish(core::nats_subject(&message.subject), publish);
+        let mut send = std::pin::pin!(send);
+        let sent = std::future::poll_fn(|cx| self.tracker.poll_send(send.as_mut(), cx)).await;
+        match sent {
+            Some(Ok(ack)) => Ok(ack),
+            Some(Err(e)) => {
                 if !self.closed.load(Ordering::Acquire)
                     && core::connection_task_gone(&self.client).await
                 {
                     self.tracker.set_lost();
                     return Err(Error::closed(core::LOST).with_source(e));
                 }
-                Err(publish_error(&p.subject, e))
+                Err(publish_error(&message.subject, e))
             }
-            Err(_) => Err(core::unavailable(&self.tracker, &p.subject, limit)),
+            None => Err(core::unavailable(&self.tracker, &message.subject, limit)),
         }
     }
 
-    /// Publishes with retries; `first` is an ack already in flight.
+    /// Publishes `message` (prepared as `dedup` says) with retries.
     async fn publish_prepared(
         &self,
-        p: &Prepared,
-        mut first: Option<Result<jetstream::context::PublishAckFuture>>,
+        message: &Message,
+        dedup: bool,
+        first: FirstSend,
     ) -> Result<()> {
         let attempts = self.config.publish_attempts;
         let mut attempt = 1;
+        let mut first = Some(first);
         loop {
             let sent = match first.take() {
-                Some(sent) => sent,
-                None => self.send(p).await,
+                Some(FirstSend::Sent(sent)) => sent,
+                Some(FirstSend::Ready(headers)) => self.send(message, headers).await,
+                // A retry: the headers went with the first send.
+                None => match self.prepare(message) {
+                    Ok(p) => self.send(message, p.headers).await,
+                    Err(e) => Err(e),
+                },
             };
             let outcome = match sent {
-                Ok(ack) => ack.await.map_err(|e| publish_error(&p.subject, e)),
+                Ok(ack) => ack.await.map_err(|e| publish_error(&message.subject, e)),
                 Err(e) => Err(e),
             };
             match outcome {
@@ -340,8 +363,8 @@ impl Inner {
                 // Not stored for sure (no responder, full buffer) or maybe
                 // stored (ack lost): a retry with the same id is safe either
                 // way. Without an id a retry could store the message twice.
-                Err(e) if e.kind() == ErrorKind::Unavailable && attempt < attempts && p.dedup => {
-                    tracing::warn!(subject = %p.subject, attempt, error = %e, "jetstream publish not acknowledged; sending again with the same Nats-Msg-Id");
+                Err(e) if e.kind() == ErrorKind::Unavailable && attempt < attempts && dedup => {
+                    tracing::warn!(subject = %message.subject, attempt, error = %e, "jetstream publish not acknowledged; sending again with the same Nats-Msg-Id");
                     tokio::time::sleep(Duration::from_millis(50) * attempt).await;
                     attempt += 1;
                 }
@@ -390,8 +413,10 @@ impl Transport for JetStreamTransport {
     fn publish(&self, message: Message) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             self.inner.check_open()?;
-            let prepared = self.inner.prepare(&message)?;
-            self.inner.publish_prepared(&prepared, None).await
+            let p = self.inner.prepare(&message)?;
+            self.inner
+                .publish_prepared(&message, p.dedup, FirstSend::Ready(p.headers))
+                .await
         })
     }
 
@@ -405,17 +430,18 @@ impl Transport for JetStreamTransport {
                 let mut in_flight = Vec::with_capacity(window.len());
                 for message in window {
                     let sent = match inner.check_open().and_then(|()| inner.prepare(message)) {
-                        Ok(p) => {
-                            let ack = inner.send(&p).await;
-                            Ok((p, ack))
-                        }
+                        Ok(p) => Ok((p.dedup, inner.send(message, p.headers).await)),
                         Err(e) => Err(e),
                     };
                     in_flight.push(sent);
                 }
-                for sent in in_flight {
+                for (message, sent) in window.iter().zip(in_flight) {
                     results.push(match sent {
-                        Ok((p, ack)) => inner.publish_prepared(&p, Some(ack)).await,
+                        Ok((dedup, ack)) => {
+                            inner
+                                .publish_prepared(message, dedup, FirstSend::Sent(ack))
+                                .await
+                        }
                         Err(e) => Err(e),
                     });
                 }
