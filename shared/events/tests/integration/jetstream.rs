@@ -712,3 +712,56 @@ async fn a_client_killed_by_a_message_it_cannot_parse_ends_the_consumer_with_an_
         .handle(|_e: events::Event<Ping>, _ctx: Context<()>| async { Ok::<_, HandlerError>(()) });
     crate::nats::kill_the_client_under(consumer, &server, &bus, || transport.status()).await;
 }
+
+#[tokio::test]
+async fn events_waiting_behind_a_slow_handler_are_not_redelivered() {
+    use std::sync::Mutex;
+
+    use events::consumer::{Consumer, Context, HandlerError};
+
+    type Seen = Arc<Mutex<Vec<(u64, u32)>>>;
+    let server = NatsServer::with_jetstream();
+    let bus = bus(connect(js_config(&server)).await);
+    let seen: Seen = Arc::default();
+    // One at a time, 150 ms each, with the default prefetch: the last of 20
+    // events waits about 3 s in the buffer, three times the ack wait.
+    let consumer = Consumer::new(&bus, "slow")
+        .unwrap()
+        .dead_letter_subject(Subject::parse("js.deadletter.slow").unwrap())
+        .ack_wait(Duration::from_secs(1))
+        .concurrency(1)
+        .state(seen.clone())
+        .handle(|e: events::Event<Ping>, ctx: Context<Seen>| async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            ctx.state()
+                .lock()
+                .unwrap()
+                .push((e.payload.seq, ctx.attempt()));
+            Ok::<_, HandlerError>(())
+        });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(consumer.run(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for seq in 0..20 {
+        bus.publish(&ping(&bus, seq)).await.unwrap();
+    }
+    let start = Instant::now();
+    while seen.lock().unwrap().len() < 20 {
+        assert!(
+            start.elapsed() < WAIT,
+            "handled in time: {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Anything redelivered would come back within another ack wait.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = stop.send(());
+    let summary = running.await.unwrap().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, (0..20).map(|seq| (seq, 1)).collect::<Vec<_>>());
+    assert_eq!(summary.handled, 20);
+    bus.close().await.unwrap();
+}
