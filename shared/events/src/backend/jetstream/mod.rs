@@ -910,21 +910,30 @@ impl fmt::Debug for JetStreamAcker {
 
 impl JetStreamAcker {
     async fn send(&self, kind: jetstream::AckKind) -> Result<()> {
-        let limit = self.inner.config.connection.get_publish_timeout();
         // An ack is a publish: while disconnected it would wait for room in
-        // the client's buffer without bound.
-        match tokio::time::timeout(limit, self.acker.ack_with(kind)).await {
-            Ok(Ok(())) => {
+        // the client's buffer without bound. Like a publish, it gives up
+        // when the connection watchdog declares the server unreachable (no
+        // timer per ack).
+        let send = self.acker.ack_with(kind);
+        let mut send = std::pin::pin!(send);
+        let sent = std::future::poll_fn(|cx| self.inner.tracker.poll_send(send.as_mut(), cx)).await;
+        match sent {
+            Some(Ok(())) => {
                 self.inner.acks_sent.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Ok(Err(e)) => Err(
+            Some(Err(e)) => Err(
                 Error::new(ErrorKind::Backend, format!("sending {kind:?} failed")).with_source(e),
             ),
-            Err(_) => Err(Error::new(
-                ErrorKind::Unavailable,
-                format!("sending {kind:?} gave up after {limit:?}: the nats server is unreachable"),
-            )),
+            None => {
+                let limit = self.inner.config.connection.get_publish_timeout();
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "sending {kind:?} gave up after {limit:?}: the nats server is unreachable"
+                    ),
+                ))
+            }
         }
     }
 }
