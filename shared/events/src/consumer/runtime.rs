@@ -1013,6 +1013,12 @@ async fn holding<F: Future>(delivery: &transport::Delivery, work: F) -> F::Outpu
     };
     let period = (ack_wait / 2).max(Duration::from_millis(10));
     let mut work = std::pin::pin!(work);
+    // Work that finishes at once (most handlers of most events) needs no
+    // timer.
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(output) = first {
+        return output;
+    }
     loop {
         tokio::select! {
             biased;
