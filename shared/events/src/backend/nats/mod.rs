@@ -525,9 +525,11 @@ pub(crate) fn unavailable(tracker: &Tracker, subject: &Subject, limit: Duration)
 /// Whether the client's connection task is gone (its command channel is
 /// closed): the transport cannot recover by waiting.
 pub(crate) async fn connection_task_gone(client: &async_nats::Client) -> bool {
+    // A closed channel fails the send at once; a live but disconnected
+    // client would hold the flush until it reconnects, which is no answer.
     matches!(
-        client.flush().await,
-        Err(e) if e.kind() == async_nats::client::FlushErrorKind::SendError
+        tokio::time::timeout(Duration::from_millis(100), client.flush()).await,
+        Ok(Err(e)) if e.kind() == async_nats::client::FlushErrorKind::SendError
     )
 }
 
