@@ -554,8 +554,10 @@ impl<S> fmt::Debug for Consumer<S> {
 /// `a_b` + `c`, or the types `a.b` and `a_b`, would share a durable
 /// consumer and steal each other's events); the hash keeps names apart and
 /// stable across releases (FNV-1a, not std's unspecified hasher). A
-/// readable part too long for a subject token is cut; the hash stays.
+/// readable part too long for a server name (255 bytes) is cut; the hash
+/// stays.
 pub(crate) fn durable_name(consumer: &str, event_type: &str) -> String {
+    const MAX_DURABLE_LEN: usize = 255;
     const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
     let hash = consumer
@@ -568,7 +570,8 @@ pub(crate) fn durable_name(consumer: &str, event_type: &str) -> String {
     let suffix = format!("_{:08x}", hash as u32);
     let mut readable = format!("{consumer}_{}", event_type.replace('.', "_"));
     // ASCII only (validated names), so any byte index is a boundary.
-    readable.truncate(crate::envelope::MAX_TOKEN_LEN - suffix.len());
+    // nats-server allows names of at most 255 bytes.
+    readable.truncate(MAX_DURABLE_LEN - suffix.len());
     readable + &suffix
 }
 
@@ -1019,16 +1022,24 @@ async fn holding<F: Future>(delivery: &transport::Delivery, work: F) -> F::Outpu
     if let std::task::Poll::Ready(output) = first {
         return output;
     }
+    // The first report is due half an ack wait after the wait last
+    // restarted, which may be before the hand-over (an event kept alive
+    // while it waited in a buffer).
+    let mut due = delivery
+        .ack_wait_since()
+        .unwrap_or_else(std::time::Instant::now)
+        + period;
     loop {
         tokio::select! {
             biased;
             output = &mut work => return output,
             // Boxed: a timer is large, and only backends with an ack wait
             // need one.
-            _ = Box::pin(tokio::time::sleep(period)) => {
+            _ = Box::pin(tokio::time::sleep_until(due.into())) => {
                 if let Err(e) = delivery.in_progress().await {
                     tracing::debug!(error = %e, "could not extend the ack wait");
                 }
+                due = std::time::Instant::now() + period;
             }
         }
     }

@@ -231,6 +231,9 @@ pub struct Delivery {
     message: Option<Message>,
     info: DeliveryInfo,
     acker: Option<Box<dyn Acker>>,
+    /// When the backend's ack wait last (re)started for it, where that was
+    /// before it was handed over (a delivery kept alive in a buffer).
+    ack_wait_since: Option<std::time::Instant>,
 }
 
 impl Delivery {
@@ -240,6 +243,7 @@ impl Delivery {
             message: Some(message),
             info,
             acker: Some(acker),
+            ack_wait_since: None,
         }
     }
 
@@ -249,7 +253,19 @@ impl Delivery {
             message: Some(message),
             info,
             acker: None,
+            ack_wait_since: None,
         }
+    }
+
+    /// When the ack wait last (re)started, if the backend knows it to be
+    /// earlier than the hand-over.
+    pub(crate) fn ack_wait_since(&self) -> Option<std::time::Instant> {
+        self.ack_wait_since
+    }
+
+    #[cfg(feature = "jetstream")]
+    pub(crate) fn set_ack_wait_since(&mut self, since: std::time::Instant) {
+        self.ack_wait_since = Some(since);
     }
 
     /// The message.

@@ -765,3 +765,18 @@ async fn events_waiting_behind_a_slow_handler_are_not_redelivered() {
     assert_eq!(summary.handled, 20);
     bus.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_batch_larger_than_the_ack_inflight_limit_is_published() {
+    let server = NatsServer::with_jetstream();
+    let t = connect(js_config(&server).max_ack_inflight(4)).await;
+    let bus = bus(t.clone());
+    let batch: Vec<_> = (0..50).map(|seq| ping(&bus, seq)).collect();
+    // A window wider than the permits would wait on acks it holds itself.
+    let results = tokio::time::timeout(WAIT, bus.publish_all(&batch))
+        .await
+        .expect("no deadlock on ack permits");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(stored(&t).await, 50);
+    bus.close().await.unwrap();
+}

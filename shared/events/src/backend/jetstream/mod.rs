@@ -291,9 +291,11 @@ impl Inner {
     }
 
     /// Sends once: waits (bounded) for the connection, hands the message to
-    /// the client and returns the future of its ack. A send blocked on a
-    /// full client queue gives up when the connection watchdog declares the
-    /// server unreachable (as a core publish does; no timer per send).
+    /// the client and returns the future of its ack. A send that cannot
+    /// complete at once (a full client queue, no free ack permit) gives up
+    /// after the publish timeout, or sooner when the connection watchdog
+    /// declares the server unreachable; one that completes at once arms no
+    /// timer.
     async fn send(
         &self,
         message: &Message,
@@ -317,9 +319,7 @@ impl Inner {
         let send = self
             .context
             .send_publish(core::nats_subject(&message.subject), publish);
-        let mut send = std::pin::pin!(send);
-        let sent = std::future::poll_fn(|cx| self.tracker.poll_send(send.as_mut(), cx)).await;
-        match sent {
+        match self.tracker.bounded_send(send, limit).await {
             Some(Ok(ack)) => Ok(ack),
             Some(Err(e)) => {
                 if !self.closed.load(Ordering::Acquire)
@@ -424,7 +424,11 @@ impl Transport for JetStreamTransport {
         Box::pin(async move {
             let inner = &*self.inner;
             let mut results = Vec::with_capacity(messages.len());
-            for window in messages.chunks(PIPELINE_WINDOW) {
+            // A window never needs more ack permits than the context has:
+            // its sends would wait for permits only its own unawaited acks
+            // hold.
+            let window = PIPELINE_WINDOW.min(inner.config.max_ack_inflight).max(1);
+            for window in messages.chunks(window) {
                 // Send the whole window, then await the acks: one round trip
                 // per window instead of one per message.
                 let mut in_flight = Vec::with_capacity(window.len());
@@ -544,9 +548,13 @@ impl Transport for JetStreamTransport {
             puller.tx = Some(tx);
             tokio::spawn(puller.run());
             let stream = futures_util::stream::poll_fn(move |cx| {
-                let item = std::task::ready!(rx.poll_recv(cx));
+                let mut item = std::task::ready!(rx.poll_recv(cx));
                 if item.is_some() {
-                    buffer.taken();
+                    let since = buffer.taken();
+                    if let (Some(Ok(delivery)), Some(since)) = (&mut item, since) {
+                        // The reader's keep-alive counts from here.
+                        delivery.set_ack_wait_since(since);
+                    }
                 }
                 std::task::Poll::Ready(item)
             });
@@ -643,7 +651,12 @@ struct Buffer {
     held: std::sync::Mutex<Held>,
 }
 
-type Held = std::collections::VecDeque<(Option<async_nats::Subject>, Instant)>;
+#[derive(Default)]
+struct Held {
+    items: std::collections::VecDeque<(Option<async_nats::Subject>, Instant)>,
+    /// When the reader last took an item (or was first given one).
+    last_taken: Option<Instant>,
+}
 
 impl Buffer {
     fn held(&self) -> std::sync::MutexGuard<'_, Held> {
@@ -652,12 +665,19 @@ impl Buffer {
 
     /// The puller forwards an item (the channel keeps the order).
     fn put(&self, reply: Option<async_nats::Subject>) {
-        self.held().push_back((reply, Instant::now()));
+        let now = Instant::now();
+        let mut held = self.held();
+        held.items.push_back((reply, now));
+        // Until the reader takes something, its progress counts from the
+        // first item it was given.
+        held.last_taken.get_or_insert(now);
     }
 
-    /// The reader takes the oldest item.
-    fn taken(&self) {
-        self.held().pop_front();
+    /// The reader takes the oldest item; when its ack wait last restarted.
+    fn taken(&self) -> Option<Instant> {
+        let mut held = self.held();
+        held.last_taken = Some(Instant::now());
+        held.items.pop_front().map(|(_, since)| since)
     }
 }
 
@@ -675,15 +695,27 @@ async fn keep_alive(
             return;
         };
         let now = Instant::now();
-        let due: Vec<async_nats::Subject> = buffer
-            .held()
-            .iter_mut()
-            .filter(|(_, since)| now.duration_since(*since) >= ack_wait / 2)
-            .filter_map(|(reply, since)| {
-                *since = now;
-                reply.clone()
-            })
-            .collect();
+        let due: Vec<async_nats::Subject> = {
+            let mut held = buffer.held();
+            // A reader that has taken nothing for this long is stuck, not
+            // slow: let the server give its buffered events to other
+            // instances.
+            let stuck = held
+                .last_taken
+                .is_some_and(|taken| now.duration_since(taken) > ack_wait * 10);
+            if stuck {
+                Vec::new()
+            } else {
+                held.items
+                    .iter_mut()
+                    .filter(|(_, since)| now.duration_since(*since) >= ack_wait / 2)
+                    .filter_map(|(reply, since)| {
+                        *since = now;
+                        reply.clone()
+                    })
+                    .collect()
+            }
+        };
         drop(buffer);
         for reply in due {
             if let Err(e) = client
@@ -911,13 +943,15 @@ impl fmt::Debug for JetStreamAcker {
 impl JetStreamAcker {
     async fn send(&self, kind: jetstream::AckKind) -> Result<()> {
         // An ack is a publish: while disconnected it would wait for room in
-        // the client's buffer without bound. Like a publish, it gives up
-        // when the connection watchdog declares the server unreachable (no
-        // timer per ack).
-        let send = self.acker.ack_with(kind);
-        let mut send = std::pin::pin!(send);
-        let sent = std::future::poll_fn(|cx| self.inner.tracker.poll_send(send.as_mut(), cx)).await;
-        match sent {
+        // the client's buffer without bound. Bounded like a publish (no
+        // timer for one that completes at once).
+        let limit = self.inner.config.connection.get_publish_timeout();
+        match self
+            .inner
+            .tracker
+            .bounded_send(self.acker.ack_with(kind), limit)
+            .await
+        {
             Some(Ok(())) => {
                 self.inner.acks_sent.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -925,15 +959,10 @@ impl JetStreamAcker {
             Some(Err(e)) => Err(
                 Error::new(ErrorKind::Backend, format!("sending {kind:?} failed")).with_source(e),
             ),
-            None => {
-                let limit = self.inner.config.connection.get_publish_timeout();
-                Err(Error::new(
-                    ErrorKind::Unavailable,
-                    format!(
-                        "sending {kind:?} gave up after {limit:?}: the nats server is unreachable"
-                    ),
-                ))
-            }
+            None => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("sending {kind:?} gave up after {limit:?}: the nats server is unreachable"),
+            )),
         }
     }
 }

@@ -213,9 +213,13 @@ impl Tracker {
     pub(crate) fn set_lost(&self) {
         let mut first = false;
         self.update(|s| {
+            // Closed already (by `close`, or after the last reconnect
+            // attempt, whose error stays): nothing new to record.
             first = s.state != ConnectionState::Closed;
-            s.state = ConnectionState::Closed;
-            s.last_error = Some(LOST.to_owned());
+            if first {
+                s.state = ConnectionState::Closed;
+                s.last_error = Some(LOST.to_owned());
+            }
         });
         if first {
             tracing::error!(transport = self.transport, "{LOST}");
@@ -232,6 +236,29 @@ impl Tracker {
     /// publish timeout.
     pub(crate) fn is_unavailable(&self) -> bool {
         self.unavailable.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Awaits `send` (a JetStream publish or an ack): `None` if it is still
+    /// blocked after `limit` (a full queue, or no ack permit) or when the
+    /// watchdog declares the connection unavailable. Only a send that does
+    /// not complete at once arms a timer.
+    pub(crate) async fn bounded_send<T>(
+        &self,
+        send: impl Future<Output = T>,
+        limit: Duration,
+    ) -> Option<T> {
+        let mut send = std::pin::pin!(send);
+        let first = std::future::poll_fn(|cx| Poll::Ready(self.poll_send(send.as_mut(), cx))).await;
+        match first {
+            Poll::Ready(done) => done,
+            Poll::Pending => tokio::time::timeout(
+                limit,
+                std::future::poll_fn(|cx| self.poll_send(send.as_mut(), cx)),
+            )
+            .await
+            .ok()
+            .flatten(),
+        }
     }
 
     /// Polls `send` (a publish into the client's queue); while it is blocked
