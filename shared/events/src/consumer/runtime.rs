@@ -1010,7 +1010,7 @@ async fn with_timeout(
 /// `delivery` is still being handled: a handler (or a wait) longer than the
 /// ack wait is not handed to another instance meanwhile. Free on backends
 /// that never redeliver a held delivery.
-async fn holding<F: Future>(delivery: &transport::Delivery, work: F) -> F::Output {
+pub(super) async fn holding<F: Future>(delivery: &transport::Delivery, work: F) -> F::Output {
     let Some(ack_wait) = delivery.info().ack_wait else {
         return work.await;
     };

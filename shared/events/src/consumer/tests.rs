@@ -399,3 +399,49 @@ fn durable_names_keep_ambiguous_pairs_apart_and_stay_valid() {
     crate::envelope::validate_subject_token(&long).unwrap();
     crate::envelope::validate_subject_token(&a).unwrap();
 }
+
+/// Counts progress reports.
+#[cfg(feature = "jetstream")]
+#[derive(Debug)]
+struct CountingAcker(Arc<std::sync::atomic::AtomicU32>);
+
+#[cfg(feature = "jetstream")]
+impl crate::transport::Acker for CountingAcker {
+    fn ack(self: Box<Self>) -> futures_util::future::BoxFuture<'static, crate::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn nack(
+        self: Box<Self>,
+        _message: crate::transport::Message,
+        _delay: Option<Duration>,
+    ) -> futures_util::future::BoxFuture<'static, crate::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn term(self: Box<Self>) -> futures_util::future::BoxFuture<'static, crate::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn in_progress(&self) -> futures_util::future::BoxFuture<'_, crate::Result<()>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(feature = "jetstream")]
+#[tokio::test]
+async fn the_handlers_keep_alive_counts_from_the_buffers_last_report() {
+    use crate::transport::{Delivery as RawTransportDelivery, DeliveryInfo, Message, Subject};
+    let reports = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut info = DeliveryInfo::attempt(1);
+    info.ack_wait = Some(Duration::from_millis(400));
+    let mut delivery = RawTransportDelivery::new(
+        Message::new(Subject::parse("a").unwrap(), &b"{}"[..]),
+        info,
+        Box::new(CountingAcker(reports.clone())),
+    );
+    // The buffer last reported 150 ms ago: the next report is due 50 ms
+    // into handling, not half an ack wait (200 ms) after the hand-over.
+    delivery.set_ack_wait_since(std::time::Instant::now() - Duration::from_millis(150));
+    super::runtime::holding(&delivery, tokio::time::sleep(Duration::from_millis(120))).await;
+    assert_eq!(reports.load(std::sync::atomic::Ordering::SeqCst), 1);
+    delivery.ack().await.unwrap();
+}
