@@ -1,6 +1,7 @@
 //! Typed and raw subscriptions and their deliveries.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -148,16 +149,19 @@ impl<T> Delivery<T> {
         (self.event, self.inner)
     }
     /// Marks the event handled.
-    pub async fn ack(self) -> Result<()> {
-        self.inner.ack().await
+    pub fn ack(self) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.inner.ack()
     }
     /// Asks for the event again, after `delay` if given.
-    pub async fn nack(self, delay: Option<Duration>) -> Result<()> {
-        self.inner.nack(delay).await
+    pub fn nack(
+        self,
+        delay: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.inner.nack(delay)
     }
     /// Marks the event as never deliverable again.
-    pub async fn term(self) -> Result<()> {
-        self.inner.term().await
+    pub fn term(self) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.inner.term()
     }
     /// Tells the broker that handling goes on.
     pub async fn in_progress(&self) -> Result<()> {
@@ -315,21 +319,25 @@ impl RawDelivery {
     pub fn into_parts(self) -> (RawEvent, transport::Delivery) {
         (*self.event, self.inner)
     }
-    /// [`RawDelivery::into_parts`] keeping the event boxed.
+    /// [`RawDelivery::into_parts`] with both parts boxed (the consumer
+    /// runtime moves them through its handling states).
     #[cfg(feature = "runtime")]
-    pub(crate) fn into_boxed_parts(self) -> (Box<RawEvent>, transport::Delivery) {
-        (self.event, self.inner)
+    pub(crate) fn into_boxed_parts(self) -> (Box<RawEvent>, Box<transport::Delivery>) {
+        (self.event, Box::new(self.inner))
     }
     /// Marks the event handled.
-    pub async fn ack(self) -> Result<()> {
-        self.inner.ack().await
+    pub fn ack(self) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.inner.ack()
     }
     /// Asks for the event again, after `delay` if given.
-    pub async fn nack(self, delay: Option<Duration>) -> Result<()> {
-        self.inner.nack(delay).await
+    pub fn nack(
+        self,
+        delay: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.inner.nack(delay)
     }
     /// Marks the event as never deliverable again.
-    pub async fn term(self) -> Result<()> {
-        self.inner.term().await
+    pub fn term(self) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.inner.term()
     }
 }

@@ -95,19 +95,23 @@ impl fmt::Display for HandlerError {
 /// What a handler gets besides the event: the shared state, the attempt
 /// number and a bus to publish reactions on.
 pub struct Context<S> {
-    state: S,
-    bus: Bus,
-    consumer: Arc<str>,
+    env: Arc<Env<S>>,
     attempt: u32,
     cause: Cause,
 }
 
+/// What every handling of one consumer run shares, behind one `Arc`: a
+/// context costs one reference count per event, not one per field.
+pub(crate) struct Env<S> {
+    pub(crate) state: S,
+    pub(crate) bus: Bus,
+    pub(crate) consumer: Arc<str>,
+}
+
 impl<S> Context<S> {
-    pub(crate) fn new(state: S, bus: Bus, consumer: Arc<str>, attempt: u32, cause: Cause) -> Self {
+    pub(crate) fn new(env: Arc<Env<S>>, attempt: u32, cause: Cause) -> Self {
         Context {
-            state,
-            bus,
-            consumer,
+            env,
             attempt,
             cause,
         }
@@ -115,7 +119,7 @@ impl<S> Context<S> {
 
     /// The application state given to [`Consumer::state`](super::Consumer::state).
     pub fn state(&self) -> &S {
-        &self.state
+        &self.env.state
     }
     /// Which attempt this is, starting at 1.
     pub fn attempt(&self) -> u32 {
@@ -123,16 +127,16 @@ impl<S> Context<S> {
     }
     /// The consumer's name.
     pub fn consumer(&self) -> &str {
-        &self.consumer
+        &self.env.consumer
     }
     /// The bus the consumer runs on.
     pub fn bus(&self) -> &Bus {
-        &self.bus
+        &self.env.bus
     }
     /// A new event in reaction to the one being handled: it joins its
     /// correlation, names it as cause and continues its trace.
     pub fn reaction<T: EventPayload>(&self, payload: T) -> Event<T> {
-        let mut event = Event::new(self.bus.source().to_owned(), payload);
+        let mut event = Event::new(self.env.bus.source().to_owned(), payload);
         event.metadata.set_cause(&self.cause);
         event
     }
@@ -141,8 +145,8 @@ impl<S> Context<S> {
 impl<S: fmt::Debug> fmt::Debug for Context<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")
-            .field("state", &self.state)
-            .field("consumer", &self.consumer)
+            .field("state", &self.env.state)
+            .field("consumer", &self.env.consumer)
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
     }

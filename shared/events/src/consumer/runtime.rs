@@ -4,23 +4,22 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt as _, StreamExt};
+use futures_util::{FutureExt as _, Stream, StreamExt};
 use std::panic::AssertUnwindSafe;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::dead_letter::{bounded_error, DeadLetter, Reason};
-use super::handler::{Context, Disposition, Handler, HandlerError};
+use super::handler::{Context, Disposition, Env, Handler, HandlerError};
 use super::idempotency::{Claim, ClaimToken, IdempotencyStore};
 use super::retry::RetryPolicy;
-use crate::bus::{Bus, RawDelivery};
+use crate::bus::{Bus, RawSubscriber};
 use crate::envelope::{validate_subject_token, Cause, EventPayload};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{self, Capability, Subject, SubjectPattern, SubscribeOptions};
@@ -128,9 +127,7 @@ trait ErasedHandler<S>: Send + Sync {
 }
 
 struct ContextParts<S> {
-    state: S,
-    bus: Bus,
-    consumer: Arc<str>,
+    env: Arc<Env<S>>,
     attempt: u32,
 }
 
@@ -151,14 +148,8 @@ where
         policy: VersionPolicy,
         ctx: ContextParts<S>,
     ) -> Result<BoxFuture<'static, Result<(), HandlerError>>> {
-        let decoded = raw.into_event::<T>(&ctx.bus.inner().upcasters, policy)?;
-        let context = Context::new(
-            ctx.state,
-            ctx.bus,
-            ctx.consumer,
-            ctx.attempt,
-            Cause::of(&decoded.event.metadata),
-        );
+        let decoded = raw.into_event::<T>(&ctx.env.bus.inner().upcasters, policy)?;
+        let context = Context::new(ctx.env, ctx.attempt, Cause::of(&decoded.event.metadata));
         Ok(self.handler.call(decoded.event, context))
     }
 }
@@ -242,8 +233,8 @@ impl Consumer<()> {
 }
 
 impl<S: Clone + Send + Sync + 'static> Consumer<S> {
-    /// Shared application state, cloned into every handler's [`Context`]
-    /// (wrap it in an `Arc` if cloning is costly). Call before `handle`.
+    /// Shared application state, which every handler's [`Context`] sees
+    /// (one copy per [`run`](Self::run), shared). Call before `handle`.
     pub fn state<S2: Clone + Send + Sync + 'static>(self, state: S2) -> Consumer<S2> {
         assert!(
             self.handlers.is_empty(),
@@ -427,13 +418,17 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
             };
             subscriptions.push(self.bus.subscribe_raw_with(options).await?);
         }
-        let mut deliveries = futures_util::stream::select_all(subscriptions);
+        let mut deliveries = Merged::new(subscriptions);
         tracing::info!(consumer = %self.name, types = self.handlers.len(), transport = transport.name(), "consumer started");
 
         let shared = Arc::new(Shared {
             bus: self.bus.clone(),
             name: self.name.clone(),
-            state: self.state,
+            env: Arc::new(Env {
+                state: self.state,
+                bus: self.bus.clone(),
+                consumer: self.name.clone(),
+            }),
             handlers: self.handlers,
             retry: self.retry,
             native_redelivery: caps.supports(Capability::Redelivery),
@@ -443,7 +438,7 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
             newer_version: self.newer_version,
             handler_timeout: self.handler_timeout,
             stats: Stats::default(),
-            cancel: CancellationToken::new(),
+            cancelled: AtomicBool::new(false),
         });
         // In-flight handlers run as futures polled by this task, not as
         // spawned tasks: no task spawn and no cross-thread wake-up per event
@@ -486,15 +481,17 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
                                 }
                                 None => None,
                             };
-                            in_flight.push(Box::pin(shared.clone().process(delivery, order)));
+                            let (raw, delivery) = delivery.into_boxed_parts();
+                            let handling: BoxFuture<'static, ()> = Box::pin(shared.clone().process(raw, delivery, order));
+                            start(&mut in_flight, handling).await;
                         }
                         Err(failure) => match failure.into_parts() {
                             (error, Some(raw)) => {
                                 let shared = shared.clone();
-                                in_flight.push(Box::pin(async move {
+                                start(&mut in_flight, Box::pin(async move {
                                     let attempt = raw.attempt();
-                                    shared.dead_letter(raw, reason_for(&error), &error.to_string(), attempt, UNKNOWN_TYPE).await;
-                                }));
+                                    shared.dead_letter(Box::new(raw), reason_for(&error), &error.to_string(), attempt, UNKNOWN_TYPE).await;
+                                })).await;
                             }
                             (error, None) => {
                                 tracing::warn!(consumer = %shared.name, error = %error, "subscription error");
@@ -516,7 +513,11 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
         if drained.is_err() {
             // Past the deadline: every handler still running is cancelled
             // and its delivery nacked, never acked.
-            shared.cancel.cancel();
+            shared.cancelled.store(true, Ordering::Release);
+            let running: Vec<_> = std::mem::take(&mut in_flight).into_iter().collect();
+            // A handling sees the flag when it is next polled: push each
+            // one again, which polls it.
+            in_flight.extend(running);
             while in_flight.next().await.is_some() {}
         }
         if let Err(e) = shared.bus.flush().await {
@@ -590,7 +591,7 @@ type KeyOrder = (Option<watch::Receiver<bool>>, watch::Sender<bool>);
 struct Shared<S> {
     bus: Bus,
     name: Arc<str>,
-    state: S,
+    env: Arc<Env<S>>,
     handlers: HashMap<&'static str, Arc<dyn ErasedHandler<S>>>,
     retry: RetryPolicy,
     native_redelivery: bool,
@@ -600,8 +601,14 @@ struct Shared<S> {
     newer_version: NewerVersion,
     handler_timeout: Option<Duration>,
     stats: Stats,
-    cancel: CancellationToken,
+    /// Set when shutdown's deadline passes. Handlings check it each time
+    /// they are polled (no waker registered per event): `run` polls every
+    /// one of them again once it is set.
+    cancelled: AtomicBool,
 }
+
+/// A delivery being handled, boxed: see [`Shared::process`].
+type Held = Box<transport::Delivery>;
 
 /// The least a consumer fetches ahead of its handlers by default: enough
 /// to keep a broker round trip off the delivery path.
@@ -616,6 +623,22 @@ const CLAIM_POLL_MAX: Duration = Duration::from_secs(1);
 const UNKNOWN_TYPE: &str = "unknown";
 
 impl<S> Shared<S> {
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Resolves once shutdown's deadline has passed, as seen at a poll:
+    /// `run` polls every handling again when it sets the flag.
+    fn cancellation(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(|_| {
+            if self.is_cancelled() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+
     fn count(&self, counter: Counter, event_type: &str) {
         self.stats.bump(counter);
         #[cfg(feature = "metrics")]
@@ -633,18 +656,22 @@ impl<S> Shared<S> {
 impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// Handles one delivery, after the previous event of its key (if
     /// ordered), then signals the next one.
-    async fn process(self: Arc<Self>, delivery: RawDelivery, order: Option<KeyOrder>) {
+    ///
+    /// The event and the delivery come boxed: this future is itself boxed
+    /// and moved once per event, and every state it can be in is as large
+    /// as its largest; the paths off the success path are boxed for the
+    /// same reason.
+    async fn process(self: Arc<Self>, raw: Box<RawEvent>, delivery: Held, order: Option<KeyOrder>) {
         let (previous, done) = match order {
             Some((previous, done)) => (previous, Some(done)),
             None => (None, None),
         };
-        let (raw, delivery) = delivery.into_boxed_parts();
         if let Some(mut previous) = previous {
             // Either the predecessor signals, or it is gone. The wait can be
             // long (the predecessor retrying): the delivery is held meanwhile.
-            holding(&delivery, async move {
+            Box::pin(holding(&delivery, async move {
                 let _ = previous.wait_for(|done| *done).await;
-            })
+            }))
             .await;
         }
         let span = tracing::info_span!(
@@ -670,12 +697,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// `ordered`: the event's key is handled strictly in order, so a failed
     /// attempt is retried here, holding the key, rather than handed back to
     /// the broker (whose redelivery would let the key's next event overtake).
-    async fn process_in_span(
-        &self,
-        raw: Box<RawEvent>,
-        delivery: transport::Delivery,
-        ordered: bool,
-    ) {
+    async fn process_in_span(&self, raw: Box<RawEvent>, delivery: Held, ordered: bool) {
         let Some((&event_type, handler)) = self.handlers.get_key_value(raw.metadata.event_type())
         else {
             let text = format!("no handler for {}", raw.metadata.event_type());
@@ -684,7 +706,6 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 .dead_letter(delivery, Reason::NoHandler, &text, attempt, UNKNOWN_TYPE)
                 .await;
         };
-        let handler = handler.clone();
         let claim_key = match &self.idempotency {
             Some(_) => format!("{}/{}", self.name, raw.metadata.id()),
             None => String::new(),
@@ -701,7 +722,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                     Ok(Claim::Done) => {
                         self.count(Counter::Duplicates, event_type);
                         tracing::debug!("duplicate event acknowledged without handling");
-                        return settle(delivery.ack().await);
+                        return settle(Box::pin(delivery.ack()).await);
                     }
                     Ok(Claim::InProgress) => {
                         // Another delivery of this id is being handled (a
@@ -712,14 +733,14 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                         tracing::debug!(?pause, "event id is being handled elsewhere; waiting");
                         if !self.pause(&delivery, pause).await {
                             self.count(Counter::NackedOnShutdown, event_type);
-                            return settle(delivery.nack(None).await);
+                            return settle(Box::pin(delivery.nack(None)).await);
                         }
                         pause = (pause * 2).min(CLAIM_POLL_MAX);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "idempotency store unavailable; event nacked");
                         let delay = self.retry.delay(delivery.attempt());
-                        return settle(delivery.nack(Some(delay)).await);
+                        return settle(Box::pin(delivery.nack(Some(delay))).await);
                     }
                 }
             }
@@ -741,9 +762,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         let mut raw = Some(raw);
         loop {
             let parts = ContextParts {
-                state: self.state.clone(),
-                bus: self.bus.clone(),
-                consumer: self.name.clone(),
+                env: self.env.clone(),
                 attempt,
             };
             // With native redelivery there is one attempt per delivery, so the
@@ -769,13 +788,13 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             };
             let result = tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => {
+                () = self.cancellation() => {
                     release().await;
                     self.count(Counter::NackedOnShutdown, event_type);
                     tracing::info!("shutdown deadline passed; event nacked");
-                    return settle(delivery.nack(None).await);
+                    return settle(Box::pin(delivery.nack(None)).await);
                 }
-                result = holding(&delivery, with_timeout(self.handler_timeout, AssertUnwindSafe(future).catch_unwind())) => result,
+                result = holding(&delivery, guarded(self.handler_timeout, future)) => result,
             };
             let error = match result {
                 Ok(()) => {
@@ -821,12 +840,12 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 // The broker counts the attempt and redelivers: no second,
                 // in-process retry loop stacked on top.
                 release().await;
-                return settle(delivery.nack(Some(delay)).await);
+                return settle(Box::pin(delivery.nack(Some(delay))).await);
             }
             if !self.pause(&delivery, delay).await {
                 release().await;
                 self.count(Counter::NackedOnShutdown, event_type);
-                return settle(delivery.nack(None).await);
+                return settle(Box::pin(delivery.nack(None)).await);
             }
             attempt += 1;
         }
@@ -838,7 +857,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         Box::pin(holding(delivery, async {
             tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => false,
+                () = self.cancellation() => false,
                 _ = tokio::time::sleep(delay) => true,
             }
         }))
@@ -857,14 +876,14 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 Ok(()) => return,
                 Err(e) => e,
             };
-            if !self.retry.allows_another(attempt) || self.cancel.is_cancelled() {
+            if !self.retry.allows_another(attempt) || self.is_cancelled() {
                 tracing::warn!(error = %error, attempt, "could not record the event as handled");
                 return;
             }
             tracing::debug!(error = %error, attempt, "recording the event as handled failed; retrying");
             tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => {}
+                () = self.cancellation() => {}
                 _ = tokio::time::sleep(self.retry.delay(attempt)) => {}
             }
             attempt += 1;
@@ -872,13 +891,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     }
 
     /// An event that could not be decoded into its handler's type.
-    async fn undecodable(
-        &self,
-        delivery: transport::Delivery,
-        error: Error,
-        attempt: u32,
-        event_type: &str,
-    ) {
+    async fn undecodable(&self, delivery: Held, error: Error, attempt: u32, event_type: &str) {
         let reason = reason_for(&error);
         if reason == Reason::UnsupportedVersion {
             match self.newer_version {
@@ -908,7 +921,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// redeliver.
     async fn dead_letter(
         &self,
-        delivery: transport::Delivery,
+        delivery: Held,
         reason: Reason,
         error: &str,
         attempts: u32,
@@ -922,7 +935,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
 
     async fn dead_letter_now(
         &self,
-        delivery: transport::Delivery,
+        delivery: Held,
         reason: Reason,
         error: &str,
         attempts: u32,
@@ -982,30 +995,93 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Runs a handler with an optional deadline; a panic becomes a retryable
 /// error, so one bad handler call cannot take the consumer down.
-async fn with_timeout(
+fn guarded(
     timeout: Option<Duration>,
-    future: impl Future<Output = std::thread::Result<Result<(), HandlerError>>>,
-) -> Result<(), HandlerError> {
-    let outcome = match timeout {
-        None => future.await,
-        Some(limit) => match tokio::time::timeout(limit, future).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                return Err(HandlerError::retry(format!(
-                    "handler did not finish within {limit:?}"
-                )))
-            }
-        },
+    handler: BoxFuture<'static, Result<(), HandlerError>>,
+) -> impl Future<Output = Result<(), HandlerError>> + Send {
+    let caught = AssertUnwindSafe(handler).catch_unwind();
+    let limited = match timeout {
+        None => Either::Left(caught.map(Ok)),
+        // Boxed: a timer is large, and most consumers set no handler timeout.
+        Some(limit) => Either::Right(Box::pin(tokio::time::timeout(limit, caught))),
     };
-    outcome.unwrap_or_else(|panic| {
-        let text = panic_text(&*panic);
-        tracing::error!(panic = %text, "handler panicked");
-        Err(HandlerError::retry(format!("handler panicked: {text}")))
+    limited.map(move |outcome| match outcome {
+        Ok(Ok(result)) => result,
+        Ok(Err(panic)) => {
+            let text = panic_text(&*panic);
+            tracing::error!(panic = %text, "handler panicked");
+            Err(HandlerError::retry(format!("handler panicked: {text}")))
+        }
+        Err(_) => Err(HandlerError::retry(format!(
+            "handler did not finish within {:?}",
+            timeout.unwrap_or_default()
+        ))),
     })
 }
 
-/// Logs a failed settle: the broker will redeliver after its ack wait, which
-/// is the safe direction.
+/// Polls a new handling once, and adds it to `in_flight` only if it is
+/// still running: most finish in that first poll (a quick handler, an ack
+/// without a round trip) and so skip the in-flight set's bookkeeping.
+async fn start(
+    in_flight: &mut FuturesUnordered<BoxFuture<'static, ()>>,
+    mut handling: BoxFuture<'static, ()>,
+) {
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(handling.as_mut().poll(cx))).await;
+    if first.is_pending() {
+        in_flight.push(handling);
+    }
+}
+
+/// The deliveries of a consumer's subscriptions (one per event type), taken
+/// in turn so that no type starves the others. Unlike
+/// `futures_util::stream::select_all`, it allocates nothing per item.
+struct Merged {
+    streams: Vec<RawSubscriber>,
+    /// Where the next poll starts: after the stream that yielded last.
+    next: usize,
+}
+
+impl Merged {
+    fn new(streams: Vec<RawSubscriber>) -> Self {
+        Merged { streams, next: 0 }
+    }
+}
+
+impl Stream for Merged {
+    type Item = <RawSubscriber as Stream>::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let mut polled = 0;
+        while polled < self.streams.len() {
+            let index = (self.next + polled) % self.streams.len();
+            match self.streams[index].poll_next_unpin(cx) {
+                Poll::Ready(Some(item)) => {
+                    self.next = index + 1;
+                    return Poll::Ready(Some(item));
+                }
+                // An ended stream leaves the rotation, and the scan starts
+                // again from the one moved into its place: every stream is
+                // polled before this returns `Pending`.
+                Poll::Ready(None) => {
+                    self.streams.swap_remove(index);
+                    self.next = index;
+                    polled = 0;
+                }
+                Poll::Pending => polled += 1,
+            }
+        }
+        if self.streams.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
 /// Runs `work` while telling the backend, every half of its ack wait, that
 /// `delivery` is still being handled: a handler (or a wait) longer than the
 /// ack wait is not handed to another instance meanwhile. Free on backends
@@ -1045,6 +1121,8 @@ pub(super) async fn holding<F: Future>(delivery: &transport::Delivery, work: F) 
     }
 }
 
+/// Logs a failed settle: the broker will redeliver after its ack wait, which
+/// is the safe direction.
 fn settle(result: Result<()>) {
     match result {
         Ok(()) => {}

@@ -10,6 +10,7 @@ mod capabilities;
 mod message;
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -291,35 +292,50 @@ impl Delivery {
     }
 
     /// Marks the message handled.
-    pub async fn ack(mut self) -> Result<()> {
-        match self.acker.take() {
-            Some(acker) => acker.ack().await,
-            None => Ok(()),
+    pub fn ack(self) -> impl Future<Output = Result<()>> + Send + 'static {
+        // Not an `async fn`: that would keep the delivery twice in its
+        // future (argument and local), and the consumer runtime holds this
+        // future in every handling.
+        let mut delivery = self;
+        async move {
+            match delivery.acker.take() {
+                Some(acker) => acker.ack().await,
+                None => Ok(()),
+            }
         }
     }
 
     /// Asks for the message again, after `delay` if given.
-    pub async fn nack(mut self, delay: Option<Duration>) -> Result<()> {
-        match self.acker.take() {
-            Some(acker) => {
-                let message = self
-                    .message
-                    .take()
-                    .expect("message is present until settled");
-                acker.nack(message, delay).await
+    pub fn nack(
+        self,
+        delay: Option<Duration>,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
+        let mut delivery = self;
+        async move {
+            match delivery.acker.take() {
+                Some(acker) => {
+                    let message = delivery
+                        .message
+                        .take()
+                        .expect("message is present until settled");
+                    acker.nack(message, delay).await
+                }
+                None => Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "this transport has no acknowledgements, so it cannot redeliver",
+                )),
             }
-            None => Err(Error::new(
-                ErrorKind::Unsupported,
-                "this transport has no acknowledgements, so it cannot redeliver",
-            )),
         }
     }
 
     /// Marks the message as never deliverable again.
-    pub async fn term(mut self) -> Result<()> {
-        match self.acker.take() {
-            Some(acker) => acker.term().await,
-            None => Ok(()),
+    pub fn term(self) -> impl Future<Output = Result<()>> + Send + 'static {
+        let mut delivery = self;
+        async move {
+            match delivery.acker.take() {
+                Some(acker) => acker.term().await,
+                None => Ok(()),
+            }
         }
     }
 
