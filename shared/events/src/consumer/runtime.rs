@@ -24,7 +24,7 @@ use crate::envelope::{validate_subject_token, Cause, EventPayload};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{self, Capability, Subject, SubjectPattern, SubscribeOptions};
 use crate::versioning::VersionPolicy;
-use crate::wire::RawEvent;
+use crate::wire::{self, RawEvent};
 
 /// What to do with an event whose version is newer than the handler's type
 /// (under [`VersionPolicy::Reject`]).
@@ -123,7 +123,7 @@ trait ErasedHandler<S>: Send + Sync {
         raw: RawEvent,
         policy: VersionPolicy,
         ctx: ContextParts<S>,
-    ) -> Result<BoxFuture<'static, Result<(), HandlerError>>>;
+    ) -> Result<HandlerFuture>;
 }
 
 struct ContextParts<S> {
@@ -147,7 +147,7 @@ where
         raw: RawEvent,
         policy: VersionPolicy,
         ctx: ContextParts<S>,
-    ) -> Result<BoxFuture<'static, Result<(), HandlerError>>> {
+    ) -> Result<HandlerFuture> {
         let decoded = raw.into_event::<T>(&ctx.env.bus.inner().upcasters, policy)?;
         let context = Context::new(ctx.env, ctx.attempt, Cause::of(&decoded.event.metadata));
         Ok(self.handler.call(decoded.event, context))
@@ -482,8 +482,17 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
                                 None => None,
                             };
                             let (raw, delivery) = delivery.into_boxed_parts();
-                            let handling: BoxFuture<'static, ()> = Box::pin(shared.clone().process(raw, delivery, order));
-                            start(&mut in_flight, handling).await;
+                            if order.is_none() && shared.idempotency.is_none() {
+                                let mut input = Some((raw, delivery));
+                                let rest = std::future::poll_fn(|cx| {
+                                    let (raw, delivery) = input.take().expect("polled once");
+                                    std::task::Poll::Ready(shared.begin(raw, delivery, cx))
+                                })
+                                .await;
+                                in_flight.extend(rest);
+                            } else {
+                                start(&mut in_flight, Box::pin(shared.clone().process(raw, delivery, order))).await;
+                            }
                         }
                         Err(failure) => match failure.into_parts() {
                             (error, Some(raw)) => {
@@ -610,6 +619,27 @@ struct Shared<S> {
 /// A delivery being handled, boxed: see [`Shared::process`].
 type Held = Box<transport::Delivery>;
 
+/// What a handler returns, once called.
+type HandlerFuture = BoxFuture<'static, Result<(), HandlerError>>;
+
+/// Where the first attempt at an event stands when [`Shared::attempts`]
+/// takes it over.
+enum Begun {
+    /// Not started: decode the event and call the handler.
+    Fresh(Box<RawEvent>),
+    /// Called (by `run`'s fast path) and polled once, not finished.
+    Running(HandlerFuture),
+    /// Called (by `run`'s fast path) and failed.
+    Failed(HandlerError),
+}
+
+/// An idempotency claim on the id of the event being handled.
+struct Claimed<'a> {
+    store: &'a dyn IdempotencyStore,
+    key: String,
+    token: ClaimToken,
+}
+
 /// The least a consumer fetches ahead of its handlers by default: enough
 /// to keep a broker round trip off the delivery path.
 const DEFAULT_PREFETCH: usize = 128;
@@ -654,8 +684,74 @@ impl<S> Shared<S> {
 }
 
 impl<S: Clone + Send + Sync + 'static> Shared<S> {
-    /// Handles one delivery, after the previous event of its key (if
-    /// ordered), then signals the next one.
+    /// The fast path of `run`, for events without per-key ordering or
+    /// idempotency: calls the handler and polls it once, in the event's
+    /// span, and settles the event if that finished it. Most handlers of
+    /// most events finish in one poll, and then no handling future is
+    /// built, boxed or scheduled. What has to wait (a handler still
+    /// running, a failure to retry or dead-letter, an ack not yet sent)
+    /// continues in the returned future.
+    fn begin(
+        self: &Arc<Self>,
+        raw: Box<RawEvent>,
+        delivery: Held,
+        cx: &mut std::task::Context<'_>,
+    ) -> Option<BoxFuture<'static, ()>> {
+        use std::task::Poll;
+        let span = self.span(&raw, &delivery);
+        let Some((event_type, handler)) = self.route(raw.metadata.event_type()) else {
+            return Some(Box::pin(
+                self.clone().handle(raw, delivery, false).instrument(span),
+            ));
+        };
+        let entered = span.enter();
+        let attempt = delivery.attempt();
+        let begun = match self.call(&**handler, *raw, attempt) {
+            Err(error) => {
+                drop(entered);
+                let shared = self.clone();
+                return Some(Box::pin(
+                    async move {
+                        shared
+                            .undecodable(delivery, error, attempt, event_type)
+                            .await
+                    }
+                    .instrument(span),
+                ));
+            }
+            Ok(mut future) => {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+                    Ok(Poll::Ready(Ok(()))) => {
+                        self.count(Counter::Handled, event_type);
+                        let mut ack = delivery.into_ack()?;
+                        if let Poll::Ready(result) = ack.as_mut().poll(cx) {
+                            settle(result);
+                            return None;
+                        }
+                        drop(entered);
+                        return Some(Box::pin(async move { settle(ack.await) }.instrument(span)));
+                    }
+                    Ok(Poll::Ready(Err(error))) => Begun::Failed(error),
+                    Ok(Poll::Pending) => Begun::Running(future),
+                    Err(panic) => Begun::Failed(panicked(&*panic)),
+                }
+            }
+        };
+        drop(entered);
+        let shared = self.clone();
+        let handler = handler.clone();
+        Some(Box::pin(
+            async move {
+                shared
+                    .attempts(event_type, handler, delivery, begun, None, false)
+                    .await
+            }
+            .instrument(span),
+        ))
+    }
+
+    /// The full path: handles one delivery, after the previous event of its
+    /// key (if ordered), then signals the next one.
     ///
     /// The event and the delivery come boxed: this future is itself boxed
     /// and moved once per event, and every state it can be in is as large
@@ -674,6 +770,16 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             }))
             .await;
         }
+        let span = self.span(&raw, &delivery);
+        let ordered = done.is_some();
+        self.handle(raw, delivery, ordered).instrument(span).await;
+        if let Some(done) = done {
+            let _ = done.send(true);
+        }
+    }
+
+    /// The span of one handling.
+    fn span(&self, raw: &RawEvent, delivery: &transport::Delivery) -> tracing::Span {
         let span = tracing::info_span!(
             "events.handle",
             consumer = %self.name,
@@ -685,38 +791,67 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         );
         #[cfg(feature = "opentelemetry")]
         crate::otel::continue_trace(&span, &raw.metadata);
-        let ordered = done.is_some();
-        self.process_in_span(raw, delivery, ordered)
-            .instrument(span)
-            .await;
-        if let Some(done) = done {
-            let _ = done.send(true);
-        }
+        span
     }
 
+    /// The handler of `event_type`, with the type's static name.
+    fn route(&self, event_type: &str) -> Option<(&'static str, &Arc<dyn ErasedHandler<S>>)> {
+        self.handlers
+            .get_key_value(event_type)
+            .map(|(&event_type, handler)| (event_type, handler))
+    }
+
+    /// Decodes `raw` for `handler` and calls it: the handler's future, not
+    /// yet polled.
+    fn call(
+        &self,
+        handler: &dyn ErasedHandler<S>,
+        raw: RawEvent,
+        attempt: u32,
+    ) -> Result<HandlerFuture> {
+        let parts = ContextParts {
+            env: self.env.clone(),
+            attempt,
+        };
+        // Decoding runs user code too (upcasters, custom `Deserialize`):
+        // a panic there dead-letters the event instead of ending `run`.
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            handler.prepare(raw, self.version_policy, parts)
+        }))
+        .unwrap_or_else(|panic| {
+            let text = panic_text(&*panic);
+            tracing::error!(panic = %text, "decoding an event panicked");
+            Err(Error::decode(format!("decoding panicked: {text}")))
+        })
+    }
+
+    /// Finds the event's handler and claims its id (with idempotency),
+    /// then runs the attempts.
+    ///
     /// `ordered`: the event's key is handled strictly in order, so a failed
     /// attempt is retried here, holding the key, rather than handed back to
     /// the broker (whose redelivery would let the key's next event overtake).
-    async fn process_in_span(&self, raw: Box<RawEvent>, delivery: Held, ordered: bool) {
-        let Some((&event_type, handler)) = self.handlers.get_key_value(raw.metadata.event_type())
-        else {
+    async fn handle(self: Arc<Self>, raw: Box<RawEvent>, delivery: Held, ordered: bool) {
+        let Some((event_type, handler)) = self.route(raw.metadata.event_type()) else {
             let text = format!("no handler for {}", raw.metadata.event_type());
             let attempt = delivery.attempt();
             return self
                 .dead_letter(delivery, Reason::NoHandler, &text, attempt, UNKNOWN_TYPE)
                 .await;
         };
-        let claim_key = match &self.idempotency {
-            Some(_) => format!("{}/{}", self.name, raw.metadata.id()),
-            None => String::new(),
-        };
+        let handler = handler.clone();
         let mut claim = None;
         if let Some(store) = &self.idempotency {
+            let key = format!("{}/{}", self.name, raw.metadata.id());
             let mut pause = CLAIM_POLL_START;
             loop {
-                match store.claim(&claim_key).await {
+                match store.claim(&key).await {
                     Ok(Claim::Acquired(token)) => {
-                        claim = Some((store, token));
+                        claim = Some(Claimed {
+                            store: store.as_ref(),
+                            key,
+                            token,
+                        });
                         break;
                     }
                     Ok(Claim::Done) => {
@@ -745,61 +880,64 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 }
             }
         }
+        self.attempts(
+            event_type,
+            handler,
+            delivery,
+            Begun::Fresh(raw),
+            claim,
+            ordered,
+        )
+        .await
+    }
+
+    /// Runs the handler until the event is handled, dead-lettered or handed
+    /// back to the broker, from where `begun` stands.
+    async fn attempts(
+        &self,
+        event_type: &'static str,
+        handler: Arc<dyn ErasedHandler<S>>,
+        delivery: Held,
+        mut begun: Begun,
+        claim: Option<Claimed<'_>>,
+        ordered: bool,
+    ) {
         // Given up when the delivery is (nack, dead letter), not between
         // in-process attempts: a copy arriving meanwhile keeps waiting.
         let release = || async {
-            if let Some((store, token)) = claim {
-                if let Err(e) = store.release(&claim_key, token).await {
+            if let Some(claim) = &claim {
+                if let Err(e) = claim.store.release(&claim.key, claim.token).await {
                     tracing::warn!(error = %e, "could not release an idempotency claim");
                 }
             }
         };
-
         let mut attempt = delivery.attempt();
         // Retries run in process where the backend cannot redeliver, and for
         // ordered keys; otherwise the broker redelivers and counts.
         let in_process = !self.native_redelivery || ordered;
-        let mut raw = Some(raw);
         loop {
-            let parts = ContextParts {
-                env: self.env.clone(),
-                attempt,
+            let outcome = match begun {
+                Begun::Fresh(raw) => match self.call(&*handler, *raw, attempt) {
+                    Ok(future) => self.wait_for(&delivery, future).await,
+                    Err(error) => {
+                        release().await;
+                        return Box::pin(self.undecodable(delivery, error, attempt, event_type))
+                            .await;
+                    }
+                },
+                Begun::Running(future) => self.wait_for(&delivery, future).await,
+                Begun::Failed(error) => Some(Err(error)),
             };
-            // With native redelivery there is one attempt per delivery, so the
-            // event moves into the handler; in-process retries keep a copy.
-            let input = if in_process { raw.clone() } else { raw.take() };
-            let input = input.expect("one attempt per delivery with native redelivery");
-            // Decoding runs user code too (upcasters, custom `Deserialize`):
-            // a panic there dead-letters the event instead of ending `run`.
-            let prepared = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                handler.prepare(*input, self.version_policy, parts)
-            }))
-            .unwrap_or_else(|panic| {
-                let text = panic_text(&*panic);
-                tracing::error!(panic = %text, "decoding an event panicked");
-                Err(Error::decode(format!("decoding panicked: {text}")))
-            });
-            let future = match prepared {
-                Ok(future) => future,
-                Err(error) => {
-                    release().await;
-                    return Box::pin(self.undecodable(delivery, error, attempt, event_type)).await;
-                }
-            };
-            let result = tokio::select! {
-                biased;
-                () = self.cancellation() => {
-                    release().await;
-                    self.count(Counter::NackedOnShutdown, event_type);
-                    tracing::info!("shutdown deadline passed; event nacked");
-                    return settle(Box::pin(delivery.nack(None)).await);
-                }
-                result = holding(&delivery, guarded(self.handler_timeout, future)) => result,
+            let Some(result) = outcome else {
+                release().await;
+                self.count(Counter::NackedOnShutdown, event_type);
+                tracing::info!("shutdown deadline passed; event nacked");
+                return settle(Box::pin(delivery.nack(None)).await);
             };
             let error = match result {
                 Ok(()) => {
-                    if let Some((store, token)) = claim {
-                        Box::pin(self.complete(store.as_ref(), &claim_key, token)).await;
+                    if let Some(claim) = &claim {
+                        Box::pin(self.complete(claim.store, &claim.key, claim.token)).await;
                     }
                     self.count(Counter::Handled, event_type);
                     return settle(delivery.ack().await);
@@ -848,6 +986,30 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 return settle(Box::pin(delivery.nack(None)).await);
             }
             attempt += 1;
+            // The handler took the event: the next attempt decodes it again
+            // from the message, which the delivery keeps (cheaper than a
+            // copy of every event for the few that are retried).
+            begun = match wire::decode(delivery.message()) {
+                Ok(raw) => Begun::Fresh(Box::new(raw)),
+                Err(error) => {
+                    release().await;
+                    return Box::pin(self.undecodable(delivery, error, attempt, event_type)).await;
+                }
+            };
+        }
+    }
+
+    /// Polls a handler's future to its end, holding the delivery, within
+    /// the handler timeout; `None` if shutdown's deadline passed first.
+    async fn wait_for(
+        &self,
+        delivery: &transport::Delivery,
+        future: HandlerFuture,
+    ) -> Option<Result<(), HandlerError>> {
+        tokio::select! {
+            biased;
+            () = self.cancellation() => None,
+            result = holding(delivery, guarded(self.handler_timeout, future)) => Some(result),
         }
     }
 
@@ -993,11 +1155,18 @@ fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
+/// The retryable error a panicking handler becomes.
+fn panicked(panic: &(dyn std::any::Any + Send)) -> HandlerError {
+    let text = panic_text(panic);
+    tracing::error!(panic = %text, "handler panicked");
+    HandlerError::retry(format!("handler panicked: {text}"))
+}
+
 /// Runs a handler with an optional deadline; a panic becomes a retryable
 /// error, so one bad handler call cannot take the consumer down.
 fn guarded(
     timeout: Option<Duration>,
-    handler: BoxFuture<'static, Result<(), HandlerError>>,
+    handler: HandlerFuture,
 ) -> impl Future<Output = Result<(), HandlerError>> + Send {
     let caught = AssertUnwindSafe(handler).catch_unwind();
     let limited = match timeout {
@@ -1007,11 +1176,7 @@ fn guarded(
     };
     limited.map(move |outcome| match outcome {
         Ok(Ok(result)) => result,
-        Ok(Err(panic)) => {
-            let text = panic_text(&*panic);
-            tracing::error!(panic = %text, "handler panicked");
-            Err(HandlerError::retry(format!("handler panicked: {text}")))
-        }
+        Ok(Err(panic)) => Err(panicked(&*panic)),
         Err(_) => Err(HandlerError::retry(format!(
             "handler did not finish within {:?}",
             timeout.unwrap_or_default()

@@ -305,6 +305,14 @@ impl Delivery {
         }
     }
 
+    /// [`ack`](Self::ack) as the backend's own future, for a caller that
+    /// polls it in place (the consumer runtime's fast path); `None` where
+    /// there is nothing to wait for.
+    #[cfg(feature = "runtime")]
+    pub(crate) fn into_ack(mut self) -> Option<BoxFuture<'static, Result<()>>> {
+        self.acker.take().map(|acker| acker.ack())
+    }
+
     /// Asks for the message again, after `delay` if given.
     pub fn nack(
         self,

@@ -111,16 +111,20 @@ where
     Fut: Future<Output = Arc<dyn Transport>>,
 {
     let bus = bus_on(&make).await;
-    type Calls = Arc<Mutex<Vec<(u32, Instant)>>>;
+    // Attempt, when, and what the handler got: every attempt gets the same
+    // event (in-process retries decode it again from the message).
+    type Calls = Arc<Mutex<Vec<(u32, Instant, String, u32)>>>;
     let calls: Calls = Arc::default();
     let consumer = Consumer::new(&bus, "worker")
         .unwrap()
         .state(calls.clone())
-        .handle(|_e: Event<Job>, ctx: Context<Calls>| async move {
-            ctx.state()
-                .lock()
-                .unwrap()
-                .push((ctx.attempt(), Instant::now()));
+        .handle(|e: Event<Job>, ctx: Context<Calls>| async move {
+            ctx.state().lock().unwrap().push((
+                ctx.attempt(),
+                Instant::now(),
+                e.metadata.id().to_owned(),
+                e.payload.n,
+            ));
             if ctx.attempt() < 3 {
                 Err(HandlerError::retry("not yet"))
             } else {
@@ -129,7 +133,8 @@ where
         })
         .retry(fast_retry(5));
     let running = start(consumer).await;
-    bus.publish(&bus.event(Job { n: 1 })).await.unwrap();
+    let event = bus.event(Job { n: 7 });
+    bus.publish(&event).await.unwrap();
     wait_until("three attempts", || calls.lock().unwrap().len() == 3).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let summary = stop(running).await;
@@ -139,6 +144,9 @@ where
         [1, 2, 3],
         "no fourth call"
     );
+    for call in &calls {
+        assert_eq!((call.2.as_str(), call.3), (event.metadata.id(), 7));
+    }
     assert!(calls[1].1 - calls[0].1 >= Duration::from_millis(200));
     assert!(calls[2].1 - calls[1].1 >= Duration::from_millis(400));
     assert_eq!(
