@@ -234,6 +234,8 @@ pub struct Delivery {
     acker: Option<Box<dyn Acker>>,
     /// When the backend's ack wait last (re)started for it, where that was
     /// before it was handed over (a delivery kept alive in a buffer).
+    /// Read by the consumer runtime's keep-alive.
+    #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
     ack_wait_since: Option<std::time::Instant>,
 }
 
@@ -260,6 +262,7 @@ impl Delivery {
 
     /// When the ack wait last (re)started, if the backend knows it to be
     /// earlier than the hand-over.
+    #[cfg(feature = "runtime")]
     pub(crate) fn ack_wait_since(&self) -> Option<std::time::Instant> {
         self.ack_wait_since
     }

@@ -215,6 +215,7 @@ impl JetStreamTransport {
 
     /// How many replicas the transport's stream has (as the server reported
     /// it at connect).
+    #[cfg(feature = "runtime")]
     pub(crate) fn stream_replicas(&self) -> usize {
         self.inner.stream.cached_info().config.num_replicas.max(1)
     }

@@ -524,6 +524,7 @@ pub(crate) fn unavailable(tracker: &Tracker, subject: &Subject, limit: Duration)
 
 /// Whether the client's connection task is gone (its command channel is
 /// closed): the transport cannot recover by waiting.
+#[cfg(feature = "jetstream")]
 pub(crate) async fn connection_task_gone(client: &async_nats::Client) -> bool {
     // A closed channel fails the send at once; a live but disconnected
     // client would hold the flush until it reconnects, which is no answer.

@@ -242,6 +242,7 @@ impl Tracker {
     /// blocked after `limit` (a full queue, or no ack permit) or when the
     /// watchdog declares the connection unavailable. Only a send that does
     /// not complete at once arms a timer.
+    #[cfg(feature = "jetstream")]
     pub(crate) async fn bounded_send<T>(
         &self,
         send: impl Future<Output = T>,
