@@ -319,12 +319,6 @@ impl RawDelivery {
     pub fn into_parts(self) -> (RawEvent, transport::Delivery) {
         (*self.event, self.inner)
     }
-    /// [`RawDelivery::into_parts`] with both parts boxed (the consumer
-    /// runtime moves them through its handling states).
-    #[cfg(feature = "runtime")]
-    pub(crate) fn into_boxed_parts(self) -> (Box<RawEvent>, Box<transport::Delivery>) {
-        (self.event, Box::new(self.inner))
-    }
     /// Marks the event handled.
     pub fn ack(self) -> impl Future<Output = Result<()>> + Send + 'static {
         self.inner.ack()

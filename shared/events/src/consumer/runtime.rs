@@ -19,10 +19,10 @@ use super::dead_letter::{bounded_error, DeadLetter, Reason};
 use super::handler::{Context, Disposition, Env, Handler, HandlerError};
 use super::idempotency::{Claim, ClaimToken, IdempotencyStore};
 use super::retry::RetryPolicy;
-use crate::bus::{Bus, RawSubscriber};
+use crate::bus::Bus;
 use crate::envelope::{validate_subject_token, Cause, EventPayload};
 use crate::error::{Error, ErrorKind, Result};
-use crate::transport::{self, Capability, Subject, SubjectPattern, SubscribeOptions};
+use crate::transport::{self, Capability, Subject, SubjectPattern, SubscribeOptions, Subscription};
 use crate::versioning::VersionPolicy;
 use crate::wire::{self, RawEvent};
 
@@ -396,8 +396,9 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
                     ),
                 )
             })?;
-        let mut subscriptions = Vec::with_capacity(self.handlers.len());
-        for event_type in self.handlers.keys() {
+        let routes: Vec<_> = self.handlers.into_iter().collect();
+        let mut subscriptions = Vec::with_capacity(routes.len());
+        for (event_type, _) in &routes {
             let subject = self.bus.codec().subject_for(event_type)?;
             let prefetch = self
                 .prefetch
@@ -416,10 +417,12 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
             } else {
                 options
             };
-            subscriptions.push(self.bus.subscribe_raw_with(options).await?);
+            // The transport's own stream: the runtime decodes each message
+            // itself, into a value it boxes only if the handling must wait.
+            subscriptions.push(transport.subscribe(options).await?);
         }
         let mut deliveries = Merged::new(subscriptions);
-        tracing::info!(consumer = %self.name, types = self.handlers.len(), transport = transport.name(), "consumer started");
+        tracing::info!(consumer = %self.name, types = routes.len(), transport = transport.name(), "consumer started");
 
         let shared = Arc::new(Shared {
             bus: self.bus.clone(),
@@ -429,7 +432,7 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
                 bus: self.bus.clone(),
                 consumer: self.name.clone(),
             }),
-            handlers: self.handlers,
+            routes,
             retry: self.retry,
             native_redelivery: caps.supports(Capability::Redelivery),
             dead_letter_subject: self.dead_letter_subject,
@@ -460,7 +463,7 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
                 Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                 // Backpressure: pull the next event only when a slot is free.
                 item = deliveries.next(), if in_flight.len() < self.concurrency => {
-                    let Some(item) = item else {
+                    let Some((from, item)) = item else {
                         ended = Some(subscription_error.take().unwrap_or_else(|| {
                             Error::closed("the subscription ended (the transport was closed?)")
                         }));
@@ -468,9 +471,21 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
                     };
                     match item {
                         Ok(delivery) => {
+                            let raw = match wire::decode(delivery.message()) {
+                                Ok(raw) => raw,
+                                Err(error) => {
+                                    // Not an event at all: dead-lettered at once.
+                                    let shared = shared.clone();
+                                    start(&mut in_flight, Box::pin(async move {
+                                        let attempt = delivery.attempt();
+                                        shared.dead_letter(Box::new(delivery), reason_for(&error), &error.to_string(), attempt, UNKNOWN_TYPE).await;
+                                    })).await;
+                                    continue;
+                                }
+                            };
                             // Per-key ordering: each event of a key waits for
                             // the previous one of the same key, in delivery order.
-                            let order = match delivery.metadata().subject().filter(|_| self.ordered_by_key) {
+                            let order = match raw.metadata.subject().filter(|_| self.ordered_by_key) {
                                 Some(key) => {
                                     if keys.len() > 4 * self.concurrency {
                                         // Forget keys whose last event is done (or gone).
@@ -481,32 +496,23 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
                                 }
                                 None => None,
                             };
-                            let (raw, delivery) = delivery.into_boxed_parts();
                             if order.is_none() && shared.idempotency.is_none() {
                                 let mut input = Some((raw, delivery));
                                 let rest = std::future::poll_fn(|cx| {
                                     let (raw, delivery) = input.take().expect("polled once");
-                                    std::task::Poll::Ready(shared.begin(raw, delivery, cx))
+                                    std::task::Poll::Ready(shared.begin(from, raw, delivery, cx))
                                 })
                                 .await;
                                 in_flight.extend(rest);
                             } else {
-                                start(&mut in_flight, Box::pin(shared.clone().process(raw, delivery, order))).await;
+                                let handling = shared.clone().process(from, Box::new(raw), Box::new(delivery), order);
+                                start(&mut in_flight, Box::pin(handling)).await;
                             }
                         }
-                        Err(failure) => match failure.into_parts() {
-                            (error, Some(raw)) => {
-                                let shared = shared.clone();
-                                start(&mut in_flight, Box::pin(async move {
-                                    let attempt = raw.attempt();
-                                    shared.dead_letter(Box::new(raw), reason_for(&error), &error.to_string(), attempt, UNKNOWN_TYPE).await;
-                                })).await;
-                            }
-                            (error, None) => {
-                                tracing::warn!(consumer = %shared.name, error = %error, "subscription error");
-                                subscription_error = Some(error);
-                            }
-                        },
+                        Err(error) => {
+                            tracing::warn!(consumer = %shared.name, error = %error, "subscription error");
+                            subscription_error = Some(error);
+                        }
                     }
                 }
             }
@@ -601,7 +607,8 @@ struct Shared<S> {
     bus: Bus,
     name: Arc<str>,
     env: Arc<Env<S>>,
-    handlers: HashMap<&'static str, Arc<dyn ErasedHandler<S>>>,
+    /// The handlers, in the order of the subscriptions (one per type).
+    routes: Vec<(&'static str, Arc<dyn ErasedHandler<S>>)>,
     retry: RetryPolicy,
     native_redelivery: bool,
     dead_letter_subject: Subject,
@@ -693,23 +700,26 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// continues in the returned future.
     fn begin(
         self: &Arc<Self>,
-        raw: Box<RawEvent>,
-        delivery: Held,
+        from: usize,
+        raw: RawEvent,
+        delivery: transport::Delivery,
         cx: &mut std::task::Context<'_>,
     ) -> Option<BoxFuture<'static, ()>> {
         use std::task::Poll;
         let span = self.span(&raw, &delivery);
-        let Some((event_type, handler)) = self.route(raw.metadata.event_type()) else {
-            return Some(Box::pin(
-                self.clone().handle(raw, delivery, false).instrument(span),
-            ));
+        let Some((event_type, handler)) = self.route(from, raw.metadata.event_type()) else {
+            let handling = self
+                .clone()
+                .handle(from, Box::new(raw), Box::new(delivery), false);
+            return Some(Box::pin(handling.instrument(span)));
         };
         let entered = span.enter();
         let attempt = delivery.attempt();
-        let begun = match self.call(&**handler, *raw, attempt) {
+        let begun = match self.call(&**handler, raw, attempt) {
             Err(error) => {
                 drop(entered);
                 let shared = self.clone();
+                let delivery = Box::new(delivery);
                 return Some(Box::pin(
                     async move {
                         shared
@@ -740,6 +750,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         drop(entered);
         let shared = self.clone();
         let handler = handler.clone();
+        let delivery = Box::new(delivery);
         Some(Box::pin(
             async move {
                 shared
@@ -757,7 +768,13 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// and moved once per event, and every state it can be in is as large
     /// as its largest; the paths off the success path are boxed for the
     /// same reason.
-    async fn process(self: Arc<Self>, raw: Box<RawEvent>, delivery: Held, order: Option<KeyOrder>) {
+    async fn process(
+        self: Arc<Self>,
+        from: usize,
+        raw: Box<RawEvent>,
+        delivery: Held,
+        order: Option<KeyOrder>,
+    ) {
         let (previous, done) = match order {
             Some((previous, done)) => (previous, Some(done)),
             None => (None, None),
@@ -772,7 +789,9 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         }
         let span = self.span(&raw, &delivery);
         let ordered = done.is_some();
-        self.handle(raw, delivery, ordered).instrument(span).await;
+        self.handle(from, raw, delivery, ordered)
+            .instrument(span)
+            .await;
         if let Some(done) = done {
             let _ = done.send(true);
         }
@@ -794,11 +813,21 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         span
     }
 
-    /// The handler of `event_type`, with the type's static name.
-    fn route(&self, event_type: &str) -> Option<(&'static str, &Arc<dyn ErasedHandler<S>>)> {
-        self.handlers
-            .get_key_value(event_type)
-            .map(|(&event_type, handler)| (event_type, handler))
+    /// The handler of `event_type`, with the type's static name, for an
+    /// event from subscription `from`. Each subscription is for one type, so
+    /// that is the handler, unless the event says otherwise (a message
+    /// published on another type's subject).
+    fn route(
+        &self,
+        from: usize,
+        event_type: &str,
+    ) -> Option<(&'static str, &Arc<dyn ErasedHandler<S>>)> {
+        let matches = |route: &&(&'static str, Arc<dyn ErasedHandler<S>>)| route.0 == event_type;
+        self.routes
+            .get(from)
+            .filter(matches)
+            .or_else(|| self.routes.iter().find(matches))
+            .map(|(event_type, handler)| (*event_type, handler))
     }
 
     /// Decodes `raw` for `handler` and calls it: the handler's future, not
@@ -831,8 +860,14 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// `ordered`: the event's key is handled strictly in order, so a failed
     /// attempt is retried here, holding the key, rather than handed back to
     /// the broker (whose redelivery would let the key's next event overtake).
-    async fn handle(self: Arc<Self>, raw: Box<RawEvent>, delivery: Held, ordered: bool) {
-        let Some((event_type, handler)) = self.route(raw.metadata.event_type()) else {
+    async fn handle(
+        self: Arc<Self>,
+        from: usize,
+        raw: Box<RawEvent>,
+        delivery: Held,
+        ordered: bool,
+    ) {
+        let Some((event_type, handler)) = self.route(from, raw.metadata.event_type()) else {
             let text = format!("no handler for {}", raw.metadata.event_type());
             let attempt = delivery.attempt();
             return self
@@ -1201,19 +1236,24 @@ async fn start(
 /// in turn so that no type starves the others. Unlike
 /// `futures_util::stream::select_all`, it allocates nothing per item.
 struct Merged {
-    streams: Vec<RawSubscriber>,
+    /// Each subscription with its index in the consumer's routes.
+    streams: Vec<(usize, Subscription)>,
     /// Where the next poll starts: after the stream that yielded last.
     next: usize,
 }
 
 impl Merged {
-    fn new(streams: Vec<RawSubscriber>) -> Self {
-        Merged { streams, next: 0 }
+    fn new(streams: Vec<Subscription>) -> Self {
+        Merged {
+            streams: streams.into_iter().enumerate().collect(),
+            next: 0,
+        }
     }
 }
 
 impl Stream for Merged {
-    type Item = <RawSubscriber as Stream>::Item;
+    /// The index of the subscription, and what it yielded.
+    type Item = (usize, <Subscription as Stream>::Item);
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
@@ -1223,10 +1263,12 @@ impl Stream for Merged {
         let mut polled = 0;
         while polled < self.streams.len() {
             let index = (self.next + polled) % self.streams.len();
-            match self.streams[index].poll_next_unpin(cx) {
+            let (from, stream) = &mut self.streams[index];
+            match stream.poll_next_unpin(cx) {
                 Poll::Ready(Some(item)) => {
+                    let from = *from;
                     self.next = index + 1;
-                    return Poll::Ready(Some(item));
+                    return Poll::Ready(Some((from, item)));
                 }
                 // An ended stream leaves the rotation, and the scan starts
                 // again from the one moved into its place: every stream is

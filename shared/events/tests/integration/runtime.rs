@@ -549,10 +549,13 @@ where
     let survivor = start(survivor).await;
     wait_until("the redelivery", || !seen.lock().unwrap().is_empty()).await;
     let summary = stop(survivor).await;
-    assert_eq!(
-        *seen.lock().unwrap(),
-        [(7, 2)],
-        "handled once more, as attempt 2"
+    // Once more, as a redelivery: attempt 2, or later if the server first
+    // handed it to the dead instance's pull request, still open on the
+    // shared connection (and so waited one more ack wait).
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        matches!(seen[..], [(7, attempt)] if attempt >= 2),
+        "handled once more, as a redelivery: {seen:?}"
     );
     assert_eq!(summary.handled, 1);
     bus.close().await.unwrap();
