@@ -340,7 +340,8 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
     }
 
     /// How many events each subscription of this instance fetches ahead of
-    /// its handlers (default: twice the concurrency, at least 128). More hides the broker's round trips; but on
+    /// its handlers (default: twice the concurrency, at least 256, the
+    /// JetStream pull size). More hides the broker's round trips; but on
     /// JetStream an event's ack wait runs from the moment it is fetched, so
     /// keep `prefetch / (events handled per second)` well under the ack
     /// wait, or lower this for slow handlers.
@@ -649,7 +650,7 @@ struct Claimed<'a> {
 
 /// The least a consumer fetches ahead of its handlers by default: enough
 /// to keep a broker round trip off the delivery path.
-const DEFAULT_PREFETCH: usize = 128;
+const DEFAULT_PREFETCH: usize = 256;
 
 /// How often a consumer first looks again at an event id claimed elsewhere;
 /// the pause doubles up to [`CLAIM_POLL_MAX`].
