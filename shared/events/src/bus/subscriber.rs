@@ -49,8 +49,8 @@ impl<T: EventPayload> Subscriber<T> {
     }
 
     fn decode(&self, delivery: transport::Delivery) -> Result<Delivery<T>, DeliveryError> {
-        let decoded = wire::decode(delivery.message())
-            .and_then(|raw| raw.into_event::<T>(&self.bus.upcasters, self.version_policy));
+        let decoded =
+            wire::decode_event::<T>(delivery.message(), &self.bus.upcasters, self.version_policy);
         match decoded {
             Ok(decoded) => {
                 tracing::debug!(

@@ -20,9 +20,11 @@ use super::handler::{Context, Disposition, Env, Handler, HandlerError};
 use super::idempotency::{Claim, ClaimToken, IdempotencyStore};
 use super::retry::RetryPolicy;
 use crate::bus::Bus;
-use crate::envelope::{validate_subject_token, Cause, EventPayload};
+use crate::envelope::{validate_subject_token, Cause, EventMetadata, EventPayload};
 use crate::error::{Error, ErrorKind, Result};
-use crate::transport::{self, Capability, Subject, SubjectPattern, SubscribeOptions, Subscription};
+use crate::transport::{
+    self, Capability, Message, Subject, SubjectPattern, SubscribeOptions, Subscription,
+};
 use crate::versioning::VersionPolicy;
 use crate::wire::{self, RawEvent};
 
@@ -124,6 +126,17 @@ trait ErasedHandler<S>: Send + Sync {
         policy: VersionPolicy,
         ctx: ContextParts<S>,
     ) -> Result<HandlerFuture>;
+
+    /// The fast path: `message` decoded in one pass straight into the
+    /// handler's type (see `wire::decode_fast`) and the handler called, in
+    /// the span `span` makes; `None` where that does not apply.
+    fn try_call(
+        &self,
+        message: &Message,
+        env: &Arc<Env<S>>,
+        attempt: u32,
+        span: &dyn Fn(&EventMetadata) -> tracing::Span,
+    ) -> Option<(tracing::Span, HandlerFuture)>;
 }
 
 struct ContextParts<S> {
@@ -151,6 +164,23 @@ where
         let decoded = raw.into_event::<T>(&ctx.env.bus.inner().upcasters, policy)?;
         let context = Context::new(ctx.env, ctx.attempt, Cause::of(&decoded.event.metadata));
         Ok(self.handler.call(decoded.event, context))
+    }
+
+    fn try_call(
+        &self,
+        message: &Message,
+        env: &Arc<Env<S>>,
+        attempt: u32,
+        span: &dyn Fn(&EventMetadata) -> tracing::Span,
+    ) -> Option<(tracing::Span, HandlerFuture)> {
+        let event = wire::decode_fast::<T>(message)?;
+        let span = span(&event.metadata);
+        let context = Context::new(env.clone(), attempt, Cause::of(&event.metadata));
+        let future = {
+            let _entered = span.enter();
+            self.handler.call(event, context)
+        };
+        Some((span, future))
     }
 }
 
@@ -472,15 +502,15 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
                     };
                     match item {
                         Ok(delivery) => {
+                            if !self.ordered_by_key && shared.idempotency.is_none() {
+                                let rest = poll_once(|cx| shared.begin(from, delivery, cx)).await;
+                                in_flight.extend(rest);
+                                continue;
+                            }
                             let raw = match wire::decode(delivery.message()) {
                                 Ok(raw) => raw,
                                 Err(error) => {
-                                    // Not an event at all: dead-lettered at once.
-                                    let shared = shared.clone();
-                                    start(&mut in_flight, Box::pin(async move {
-                                        let attempt = delivery.attempt();
-                                        shared.dead_letter(Box::new(delivery), reason_for(&error), &error.to_string(), attempt, UNKNOWN_TYPE).await;
-                                    })).await;
+                                    start(&mut in_flight, shared.clone().unreadable(delivery, error)).await;
                                     continue;
                                 }
                             };
@@ -498,12 +528,7 @@ impl<S: Clone + Send + Sync + 'static> Consumer<S> {
                                 None => None,
                             };
                             if order.is_none() && shared.idempotency.is_none() {
-                                let mut input = Some((raw, delivery));
-                                let rest = std::future::poll_fn(|cx| {
-                                    let (raw, delivery) = input.take().expect("polled once");
-                                    std::task::Poll::Ready(shared.begin(from, raw, delivery, cx))
-                                })
-                                .await;
+                                let rest = poll_once(|cx| shared.begin_raw(from, raw, delivery, cx)).await;
                                 in_flight.extend(rest);
                             } else {
                                 let handling = shared.clone().process(from, Box::new(raw), Box::new(delivery), order);
@@ -693,60 +718,100 @@ impl<S> Shared<S> {
 
 impl<S: Clone + Send + Sync + 'static> Shared<S> {
     /// The fast path of `run`, for events without per-key ordering or
-    /// idempotency: calls the handler and polls it once, in the event's
-    /// span, and settles the event if that finished it. Most handlers of
-    /// most events finish in one poll, and then no handling future is
-    /// built, boxed or scheduled. What has to wait (a handler still
-    /// running, a failure to retry or dead-letter, an ack not yet sent)
-    /// continues in the returned future.
+    /// idempotency: decodes the event (in one pass, straight into the
+    /// handler's type, where it can), calls the handler and polls it once,
+    /// in the event's span, and settles the event if that finished it.
+    /// Most handlers of most events finish in one poll, and then no
+    /// handling future is built, boxed or scheduled. What has to wait (a
+    /// handler still running, a failure to retry or dead-letter, an ack not
+    /// yet sent) continues in the returned future.
     fn begin(
+        self: &Arc<Self>,
+        from: usize,
+        delivery: transport::Delivery,
+        cx: &mut std::task::Context<'_>,
+    ) -> Option<BoxFuture<'static, ()>> {
+        if let Some((event_type, handler)) = self.routes.get(from) {
+            let span = |metadata: &EventMetadata| self.span(metadata, &delivery);
+            // A panic in a payload's `Deserialize` falls through to the
+            // general path, which dead-letters the event.
+            let fast = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                handler.try_call(delivery.message(), &self.env, delivery.attempt(), &span)
+            }));
+            if let Ok(Some((span, future))) = fast {
+                return self.drive(event_type, handler, span, future, delivery, cx);
+            }
+        }
+        match wire::decode(delivery.message()) {
+            Ok(raw) => self.begin_raw(from, raw, delivery, cx),
+            Err(error) => Some(self.clone().unreadable(delivery, error)),
+        }
+    }
+
+    /// [`begin`](Self::begin) for an event already decoded as raw.
+    fn begin_raw(
         self: &Arc<Self>,
         from: usize,
         raw: RawEvent,
         delivery: transport::Delivery,
         cx: &mut std::task::Context<'_>,
     ) -> Option<BoxFuture<'static, ()>> {
-        use std::task::Poll;
-        let span = self.span(&raw, &delivery);
+        let span = self.span(&raw.metadata, &delivery);
         let Some((event_type, handler)) = self.route(from, raw.metadata.event_type()) else {
             let handling = self
                 .clone()
                 .handle(from, Box::new(raw), Box::new(delivery), false);
             return Some(Box::pin(handling.instrument(span)));
         };
-        let entered = span.enter();
         let attempt = delivery.attempt();
-        let begun = match self.call(&**handler, raw, attempt) {
+        let called = {
+            let _entered = span.enter();
+            self.call(&**handler, raw, attempt)
+        };
+        match called {
+            Ok(future) => self.drive(event_type, handler, span, future, delivery, cx),
             Err(error) => {
-                drop(entered);
                 let shared = self.clone();
                 let delivery = Box::new(delivery);
-                return Some(Box::pin(
+                Some(Box::pin(
                     async move {
                         shared
                             .undecodable(delivery, error, attempt, event_type)
                             .await
                     }
                     .instrument(span),
-                ));
+                ))
             }
-            Ok(mut future) => {
-                match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
-                    Ok(Poll::Ready(Ok(()))) => {
-                        self.count(Counter::Handled, event_type);
-                        let mut ack = delivery.into_ack()?;
-                        if let Poll::Ready(result) = ack.as_mut().poll(cx) {
-                            settle(result);
-                            return None;
-                        }
-                        drop(entered);
-                        return Some(Box::pin(async move { settle(ack.await) }.instrument(span)));
-                    }
-                    Ok(Poll::Ready(Err(error))) => Begun::Failed(error),
-                    Ok(Poll::Pending) => Begun::Running(future),
-                    Err(panic) => Begun::Failed(panicked(&*panic)),
+        }
+    }
+
+    /// Polls a handler's first attempt once and settles the event if that
+    /// finished it; else the rest of the handling, as a future.
+    fn drive(
+        self: &Arc<Self>,
+        event_type: &'static str,
+        handler: &Arc<dyn ErasedHandler<S>>,
+        span: tracing::Span,
+        mut future: HandlerFuture,
+        delivery: transport::Delivery,
+        cx: &mut std::task::Context<'_>,
+    ) -> Option<BoxFuture<'static, ()>> {
+        use std::task::Poll;
+        let entered = span.enter();
+        let begun = match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Ready(Ok(()))) => {
+                self.count(Counter::Handled, event_type);
+                let mut ack = delivery.into_ack()?;
+                if let Poll::Ready(result) = ack.as_mut().poll(cx) {
+                    settle(result);
+                    return None;
                 }
+                drop(entered);
+                return Some(Box::pin(async move { settle(ack.await) }.instrument(span)));
             }
+            Ok(Poll::Ready(Err(error))) => Begun::Failed(error),
+            Ok(Poll::Pending) => Begun::Running(future),
+            Err(panic) => Begun::Failed(panicked(&*panic)),
         };
         drop(entered);
         let shared = self.clone();
@@ -760,6 +825,25 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             }
             .instrument(span),
         ))
+    }
+
+    /// A message that is not an event at all: dead-lettered at once.
+    fn unreadable(
+        self: Arc<Self>,
+        delivery: transport::Delivery,
+        error: Error,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let attempt = delivery.attempt();
+            self.dead_letter(
+                Box::new(delivery),
+                reason_for(&error),
+                &error.to_string(),
+                attempt,
+                UNKNOWN_TYPE,
+            )
+            .await;
+        })
     }
 
     /// The full path: handles one delivery, after the previous event of its
@@ -788,7 +872,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
             }))
             .await;
         }
-        let span = self.span(&raw, &delivery);
+        let span = self.span(&raw.metadata, &delivery);
         let ordered = done.is_some();
         self.handle(from, raw, delivery, ordered)
             .instrument(span)
@@ -799,18 +883,18 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     }
 
     /// The span of one handling.
-    fn span(&self, raw: &RawEvent, delivery: &transport::Delivery) -> tracing::Span {
+    fn span(&self, metadata: &EventMetadata, delivery: &transport::Delivery) -> tracing::Span {
         let span = tracing::info_span!(
             "events.handle",
             consumer = %self.name,
-            event.r#type = raw.metadata.event_type(),
-            event.id = raw.metadata.id(),
+            event.r#type = metadata.event_type(),
+            event.id = metadata.id(),
             subject = delivery.message().subject.as_str(),
             attempt = delivery.attempt(),
             otel.kind = tracing::field::Empty,
         );
         #[cfg(feature = "opentelemetry")]
-        crate::otel::continue_trace(&span, &raw.metadata);
+        crate::otel::continue_trace(&span, metadata);
         span
     }
 
@@ -1218,6 +1302,13 @@ fn guarded(
             timeout.unwrap_or_default()
         ))),
     })
+}
+
+/// Runs `f` once with the task's context: for the dispatch loop's fast
+/// path, which polls a handler in place.
+async fn poll_once<T>(f: impl FnOnce(&mut std::task::Context<'_>) -> T) -> T {
+    let mut f = Some(f);
+    std::future::poll_fn(|cx| std::task::Poll::Ready(f.take().expect("polled once")(cx))).await
 }
 
 /// Polls a new handling once, and adds it to `in_flight` only if it is

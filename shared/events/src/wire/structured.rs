@@ -14,7 +14,7 @@ use super::{
     apply_extension, format_time, metadata_from_attributes, settle_tracestate, RawEvent,
     SPEC_VERSION, STRUCTURED_CONTENT_TYPE,
 };
-use crate::envelope::{EventMetadata, ExtensionValue};
+use crate::envelope::{Event, EventMetadata, EventPayload, ExtensionValue};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::Headers;
 
@@ -130,7 +130,7 @@ fn write_attributes(out: &mut Vec<u8>, m: &EventMetadata) -> Result<()> {
 
 /// Decodes a structured-mode body.
 pub(super) fn decode(body: &Bytes) -> Result<RawEvent> {
-    let parsed: Parsed<'_> = serde_json::from_slice(body).map_err(|e| {
+    let parsed: Parsed<'_, NoPayload> = serde_json::from_slice(body).map_err(|e| {
         let detail = if e.is_eof() {
             "body is truncated JSON"
         } else if e.is_syntax() {
@@ -140,6 +140,36 @@ pub(super) fn decode(body: &Bytes) -> Result<RawEvent> {
         };
         Error::decode(detail).with_source(e)
     })?;
+    let (metadata, data) = finish(parsed)?;
+    let data = match data {
+        Data::Typed(never) => match never {},
+        Data::Raw(raw) => raw_data(body, &metadata, raw)?,
+        Data::Null | Data::Absent => None,
+        Data::Base64(b64) => Some(from_base64(&b64)?),
+    };
+    Ok(RawEvent { metadata, data })
+}
+
+/// Decodes a structured-mode body straight into `T`, in one pass over the
+/// body: `data` is deserialized as `T` where it is read, rather than kept
+/// as raw JSON and parsed a second time. Applies only to the common case,
+/// an event of exactly `T`'s type and version whose attributes before
+/// `data` say it is JSON; `None` for everything else (another type or
+/// version, base64 data, a content type after `data`, any error), which
+/// the caller decodes the general way, with its upcasting and its errors.
+pub(super) fn decode_typed<T: EventPayload>(body: &Bytes) -> Option<Event<T>> {
+    let parsed: Parsed<'_, T> = serde_json::from_slice(body).ok()?;
+    if parsed.after_typed_data {
+        return None;
+    }
+    match finish(parsed).ok()? {
+        (metadata, Data::Typed(payload)) => Some(Event::from_parts(metadata, payload)),
+        _ => None,
+    }
+}
+
+/// Checks the attributes and builds the metadata; the data as read.
+fn finish<T>(parsed: Parsed<'_, T>) -> Result<(EventMetadata, Data<'_, T>)> {
     let Parsed {
         specversion,
         id,
@@ -152,6 +182,7 @@ pub(super) fn decode(body: &Bytes) -> Result<RawEvent> {
         data,
         data_base64,
         extensions,
+        after_typed_data: _,
     } = parsed;
     let mut metadata = metadata_from_attributes(
         specversion,
@@ -171,32 +202,36 @@ pub(super) fn decode(body: &Bytes) -> Result<RawEvent> {
         apply_extension(&mut metadata, name, value)?;
     }
     settle_tracestate(&mut metadata);
-
     let data = match (data, data_base64) {
         (Some(_), Some(_)) => return Err(Error::decode("both data and data_base64 are present")),
-        (None, Some(b64)) => Some(Bytes::from(
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.as_bytes())
-                .map_err(|e| Error::decode("data_base64 is not valid base64").with_source(e))?,
-        )),
-        (Some(raw), None) if raw.get() == "null" => None,
-        (Some(raw), None) => {
-            let json_type = metadata
-                .data_content_type()
-                .is_none_or(super::is_json_content_type);
-            if !json_type && raw.get().starts_with('"') {
-                // JSON format 3.1: a non-JSON data content type carried as a
-                // JSON string is that string's text.
-                let text: String = serde_json::from_str(raw.get())
-                    .map_err(|e| Error::decode("data string is not valid JSON").with_source(e))?;
-                Some(Bytes::from(text))
-            } else {
-                Some(body.slice_ref(raw.get().as_bytes()))
-            }
-        }
-        (None, None) => None,
+        (None, Some(b64)) => Data::Base64(b64),
+        (Some(data), None) => data,
+        (None, None) => Data::Absent,
     };
-    Ok(RawEvent { metadata, data })
+    Ok((metadata, data))
+}
+
+fn from_base64(b64: &str) -> Result<Bytes> {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.as_bytes())
+        .map(Bytes::from)
+        .map_err(|e| Error::decode("data_base64 is not valid base64").with_source(e))
+}
+
+/// The bytes of a `data` member kept raw.
+fn raw_data(body: &Bytes, metadata: &EventMetadata, raw: &RawValue) -> Result<Option<Bytes>> {
+    let json_type = metadata
+        .data_content_type()
+        .is_none_or(super::is_json_content_type);
+    if !json_type && raw.get().starts_with('"') {
+        // JSON format 3.1: a non-JSON data content type carried as a
+        // JSON string is that string's text.
+        let text: String = serde_json::from_str(raw.get())
+            .map_err(|e| Error::decode("data string is not valid JSON").with_source(e))?;
+        Ok(Some(Bytes::from(text)))
+    } else {
+        Ok(Some(body.slice_ref(raw.get().as_bytes())))
+    }
 }
 
 fn extension_value(name: &str, value: serde_json::Value) -> Result<ExtensionValue> {
@@ -227,8 +262,9 @@ fn json_kind(v: &serde_json::Value) -> &'static str {
 }
 
 /// The attributes of a structured event, borrowed from the body where the
-/// JSON has no escapes, and `data` left unparsed.
-struct Parsed<'a> {
+/// JSON has no escapes, and `data` as read: raw, or as `T` (see
+/// [`decode_typed`]).
+struct Parsed<'a, T> {
     specversion: Option<Cow<'a, str>>,
     id: Option<Cow<'a, str>>,
     source: Option<Cow<'a, str>>,
@@ -237,9 +273,84 @@ struct Parsed<'a> {
     subject: Option<Cow<'a, str>>,
     datacontenttype: Option<Cow<'a, str>>,
     dataschema: Option<Cow<'a, str>>,
-    data: Option<&'a RawValue>,
+    data: Option<Data<'a, T>>,
     data_base64: Option<Cow<'a, str>>,
     extensions: Vec<(String, serde_json::Value)>,
+    /// `datacontenttype` or `data_base64` came after a `data` read as `T`:
+    /// the typed reading may not stand.
+    after_typed_data: bool,
+}
+
+/// The `data` member.
+enum Data<'a, T> {
+    /// Kept as raw JSON.
+    Raw(&'a RawValue),
+    /// Decoded as the payload type.
+    Typed(T),
+    /// `null`: no data.
+    Null,
+    /// No `data` member (or `data_base64`, below).
+    Absent,
+    /// `data_base64`.
+    Base64(Cow<'a, str>),
+}
+
+/// The payload type of an untyped decode: `data` is always kept raw.
+enum NoPayload {}
+
+/// What [`Parsed`] may decode `data` into.
+trait Payload: Sized {
+    /// Whether a CloudEvents type (`orders.placed.v2`) is exactly this
+    /// payload's type and version.
+    fn matches(ce_type: &str) -> bool;
+    fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error>;
+}
+
+impl Payload for NoPayload {
+    fn matches(_: &str) -> bool {
+        false
+    }
+    fn deserialize<'de, D: Deserializer<'de>>(_: D) -> std::result::Result<Self, D::Error> {
+        Err(de::Error::custom("untyped decode"))
+    }
+}
+
+impl<T: EventPayload> Payload for T {
+    fn matches(ce_type: &str) -> bool {
+        super::split_versioned_type(ce_type) == (T::TYPE, T::VERSION)
+    }
+    fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        <T as Deserialize>::deserialize(d)
+    }
+}
+
+/// Reads `data` as `T`, or `null` as no data.
+struct TypedData<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Payload> de::DeserializeSeed<'de> for TypedData<T> {
+    type Value = Option<T>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Payload> Visitor<'de> for V<T> {
+            type Value = Option<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("event data")
+            }
+            fn visit_none<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_unit<E: de::Error>(self) -> std::result::Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> std::result::Result<Self::Value, D::Error> {
+                T::deserialize(d).map(Some)
+            }
+        }
+        d.deserialize_option(V(std::marker::PhantomData))
+    }
 }
 
 /// A string borrowed from the input when possible.
@@ -270,11 +381,11 @@ impl<'de> Deserialize<'de> for Text<'de> {
     }
 }
 
-impl<'de> Deserialize<'de> for Parsed<'de> {
+impl<'de, T: Payload> Deserialize<'de> for Parsed<'de, T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Parsed<'de>;
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Payload> Visitor<'de> for V<T> {
+            type Value = Parsed<'de, T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a CloudEvents JSON object")
             }
@@ -294,6 +405,7 @@ impl<'de> Deserialize<'de> for Parsed<'de> {
                     data: None,
                     data_base64: None,
                     extensions: Vec::new(),
+                    after_typed_data: false,
                 };
                 while let Some(Text(key)) = map.next_key::<Text<'de>>()? {
                     let slot = match &*key {
@@ -303,6 +415,16 @@ impl<'de> Deserialize<'de> for Parsed<'de> {
                         "type" => &mut p.ce_type,
                         "time" => &mut p.time,
                         "subject" => &mut p.subject,
+                        "datacontenttype" | "data_base64"
+                            if matches!(p.data, Some(Data::Typed(_))) =>
+                        {
+                            p.after_typed_data = true;
+                            if key == "datacontenttype" {
+                                &mut p.datacontenttype
+                            } else {
+                                &mut p.data_base64
+                            }
+                        }
                         "datacontenttype" => &mut p.datacontenttype,
                         "dataschema" => &mut p.dataschema,
                         "data_base64" => &mut p.data_base64,
@@ -310,7 +432,28 @@ impl<'de> Deserialize<'de> for Parsed<'de> {
                             if p.data.is_some() {
                                 return Err(de::Error::duplicate_field("data"));
                             }
-                            p.data = Some(map.next_value()?);
+                            // Typed where everything read so far says this
+                            // is JSON data of exactly `T`'s type and version.
+                            let typed = p.data_base64.is_none()
+                                && p.ce_type.as_deref().is_some_and(T::matches)
+                                && p.datacontenttype
+                                    .as_deref()
+                                    .is_none_or(super::is_json_content_type);
+                            p.data = Some(if typed {
+                                match map
+                                    .next_value_seed(TypedData::<T>(std::marker::PhantomData))?
+                                {
+                                    Some(payload) => Data::Typed(payload),
+                                    None => Data::Null,
+                                }
+                            } else {
+                                let raw: &RawValue = map.next_value()?;
+                                if raw.get() == "null" {
+                                    Data::Null
+                                } else {
+                                    Data::Raw(raw)
+                                }
+                            });
                             continue;
                         }
                         _ => {
@@ -328,6 +471,6 @@ impl<'de> Deserialize<'de> for Parsed<'de> {
                 Ok(p)
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }

@@ -481,3 +481,110 @@ fn time_formatting_matches_chrono_and_parsing_round_trips() {
         );
     }
 }
+
+/// The one-pass typed decode and the general one (raw, then `into_event`).
+fn both_ways(body: &[u8]) -> (Option<Event<Placed>>, Result<Decoded<Placed>>) {
+    let m = Message::new(
+        Subject::parse("events.orders.placed").unwrap(),
+        body.to_vec(),
+    );
+    (decode_fast::<Placed>(&m), decode_typed(&m))
+}
+
+#[test]
+fn the_one_pass_decode_gives_what_the_general_decode_gives() {
+    for e in [
+        full_event(),
+        Event::new(
+            "s",
+            Placed {
+                order_id: "o\"\\é".into(),
+                total_cents: 0,
+            },
+        ),
+    ] {
+        let m = Codec::default()
+            .encode(&e, ContentMode::Structured)
+            .unwrap();
+        let (fast, general) = both_ways(&m.payload);
+        let general = general.unwrap();
+        assert_eq!(general.event, e);
+        assert_eq!(
+            fast,
+            Some(general.event),
+            "the common case takes the fast path"
+        );
+        let decoded = decode_event::<Placed>(&m, &Upcasters::new(), VersionPolicy::Reject).unwrap();
+        assert_eq!((decoded.event, decoded.wire_version), (e, 2));
+    }
+}
+
+#[test]
+fn the_one_pass_decode_leaves_every_unusual_event_to_the_general_decode() {
+    let body =
+        |members: &str| format!(r#"{{"specversion":"1.0","id":"1","source":"s",{members}}}"#);
+    let data = r#""data":{"order_id":"o-1","total_cents":5}"#;
+    let cases = [
+        // Data before the type: the parser cannot know what it reads.
+        format!(r#"{data},"type":"orders.placed.v2""#),
+        // An older version (upcast) or a newer one (version policy).
+        format!(r#""type":"orders.placed.v1",{data}"#),
+        format!(r#""type":"orders.placed.v3",{data}"#),
+        // Another type.
+        format!(r#""type":"orders.shipped.v2",{data}"#),
+        // A content type after the data, or a non-JSON one before it.
+        format!(r#""type":"orders.placed.v2",{data},"datacontenttype":"application/json""#),
+        format!(r#""type":"orders.placed.v2","datacontenttype":"text/plain",{data}"#),
+        // Base64 data, both kinds of data, null data, no data.
+        r#""type":"orders.placed.v2","data_base64":"e30=""#.to_owned(),
+        format!(r#""type":"orders.placed.v2",{data},"data_base64":"e30=""#),
+        r#""type":"orders.placed.v2","data":null"#.to_owned(),
+        r#""type":"orders.placed.v2""#.to_owned(),
+        // Data that is not a `Placed`, and bad attributes around good data.
+        r#""type":"orders.placed.v2","data":{"order_id":5}"#.to_owned(),
+        format!(r#""type":"orders.placed.v2","time":"yesterday",{data}"#),
+        format!(r#""type":"orders.placed.v2",{data},"subject":"""#),
+        format!(r#""type":"orders.placed.v2",{data},{data}"#),
+    ];
+    for members in cases {
+        let (fast, _) = both_ways(body(&members).as_bytes());
+        assert_eq!(fast, None, "{members}");
+    }
+    // Binary mode is one pass already.
+    let m = Codec::default()
+        .encode(&full_event(), ContentMode::Binary)
+        .unwrap();
+    assert_eq!(decode_fast::<Placed>(&m), None);
+    assert_eq!(
+        decode_event::<Placed>(&m, &Upcasters::new(), VersionPolicy::Reject)
+            .unwrap()
+            .event,
+        decode_typed(&m).unwrap().event
+    );
+}
+
+proptest::proptest! {
+    /// Whatever the bytes: where the one-pass decode gives an event, the
+    /// general decode gives the same event.
+    #[test]
+    fn the_one_pass_decode_never_disagrees_with_the_general_one(
+        cut in proptest::prelude::any::<proptest::sample::Index>(),
+        flip in proptest::prelude::any::<u8>(),
+        insert in "[{}\",:a-z0-9\\\\]{0,3}",
+    ) {
+        let m = Codec::default().encode(&full_event(), ContentMode::Structured).unwrap();
+        let mut body = m.payload.to_vec();
+        let i = cut.index(body.len());
+        let mutations = [
+            { let mut b = body.clone(); b[i] ^= flip; b },
+            { let mut b = body.clone(); b.splice(i..i, insert.bytes()); b },
+            { body.truncate(i); body },
+        ];
+        for body in mutations {
+            let (fast, general) = both_ways(&body);
+            if let Some(fast) = fast {
+                proptest::prop_assert_eq!(Some(fast), general.ok().map(|d| d.event));
+            }
+        }
+    }
+}
