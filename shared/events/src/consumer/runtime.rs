@@ -702,13 +702,14 @@ impl<S> Shared<S> {
         })
     }
 
-    fn count(&self, counter: Counter, event_type: &str) {
+    fn count(&self, counter: Counter, event_type: &'static str) {
         self.stats.bump(counter);
         #[cfg(feature = "metrics")]
         metrics::counter!(
             counter.metric_name(),
-            "consumer" => self.name.to_string(),
-            "type" => event_type.to_owned()
+            // No allocation per event: the name is shared, the type static.
+            "consumer" => self.name.clone(),
+            "type" => event_type
         )
         .increment(1);
         #[cfg(not(feature = "metrics"))]
@@ -1173,7 +1174,13 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     }
 
     /// An event that could not be decoded into its handler's type.
-    async fn undecodable(&self, delivery: Held, error: Error, attempt: u32, event_type: &str) {
+    async fn undecodable(
+        &self,
+        delivery: Held,
+        error: Error,
+        attempt: u32,
+        event_type: &'static str,
+    ) {
         let reason = reason_for(&error);
         if reason == Reason::UnsupportedVersion {
             match self.newer_version {
@@ -1207,7 +1214,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         reason: Reason,
         error: &str,
         attempts: u32,
-        event_type: &str,
+        event_type: &'static str,
     ) {
         // Boxed, like the other paths off the success path: the handling
         // future is moved once per event, and its size is the largest
@@ -1221,7 +1228,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         reason: Reason,
         error: &str,
         attempts: u32,
-        event_type: &str,
+        event_type: &'static str,
     ) {
         let letter = DeadLetter {
             original: delivery.message().clone(),
