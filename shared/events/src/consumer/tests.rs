@@ -445,3 +445,161 @@ async fn the_handlers_keep_alive_counts_from_the_buffers_last_report() {
     assert_eq!(reports.load(std::sync::atomic::Ordering::SeqCst), 1);
     delivery.ack().await.unwrap();
 }
+
+type Handled = Arc<Mutex<Vec<u32>>>;
+
+fn two_quick_attempts() -> RetryPolicy {
+    RetryPolicy::exponential()
+        .max_attempts(2)
+        .initial_delay(Duration::from_millis(100))
+        .jitter(false)
+}
+
+/// A panic in a handler, in its first poll (which the dispatch loop makes
+/// in place) or after it waited, fails the attempt: the consumer goes on,
+/// and the event is dead-lettered once its attempts run out.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_handler_fails_its_attempt_and_the_consumer_goes_on() {
+    let bus = Bus::memory("test");
+    let mut dlq = dead_letters(&bus, "worker").await;
+    let handled: Handled = Arc::default();
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(handled.clone())
+        .handle(|e: Event<Job>, ctx: Context<Handled>| async move {
+            match e.payload.n {
+                1 => panic!("at once"),
+                2 => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    panic!("after waiting")
+                }
+                n => {
+                    ctx.state().lock().unwrap().push(n);
+                    Ok::<_, HandlerError>(())
+                }
+            }
+        })
+        .retry(two_quick_attempts());
+    let (tx, handle) = start(consumer);
+    tokio::task::yield_now().await;
+    for n in 1..=3 {
+        bus.publish(&bus.event(Job { n })).await.unwrap();
+    }
+    let mut letters = [
+        next_dead_letter(&mut dlq).await,
+        next_dead_letter(&mut dlq).await,
+    ];
+    letters.sort_by(|a, b| a.error.cmp(&b.error));
+    for (letter, text) in letters.iter().zip(["after waiting", "at once"]) {
+        assert_eq!(
+            (letter.reason, letter.attempts),
+            (Reason::AttemptsExhausted, 2)
+        );
+        assert!(
+            letter.error.contains(&format!("handler panicked: {text}")),
+            "{}",
+            letter.error
+        );
+    }
+    assert_eq!(*handled.lock().unwrap(), [3]);
+    let summary = stop(tx, handle).await;
+    assert_eq!(
+        (summary.handled, summary.retried, summary.dead_lettered),
+        (1, 2, 2)
+    );
+}
+
+/// A handler still running at its timeout fails the attempt (the timeout
+/// counts from its first poll, made in place by the dispatch loop).
+#[tokio::test(start_paused = true)]
+async fn a_handler_past_its_timeout_fails_its_attempt() {
+    let bus = Bus::memory("test");
+    let mut dlq = dead_letters(&bus, "worker").await;
+    let started: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(started.clone())
+        .handle(
+            |_e: Event<Job>, ctx: Context<Arc<Mutex<Vec<Instant>>>>| async move {
+                ctx.state().lock().unwrap().push(Instant::now());
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<_, HandlerError>(())
+            },
+        )
+        .handler_timeout(Duration::from_secs(1))
+        .retry(two_quick_attempts());
+    let (tx, handle) = start(consumer);
+    tokio::task::yield_now().await;
+    bus.publish(&bus.event(Job { n: 1 })).await.unwrap();
+    let letter = next_dead_letter(&mut dlq).await;
+    let failed = Instant::now();
+    assert_eq!(
+        (letter.reason, letter.attempts),
+        (Reason::AttemptsExhausted, 2)
+    );
+    assert!(
+        letter.error.contains("did not finish within 1s"),
+        "{}",
+        letter.error
+    );
+    let started = started.lock().unwrap().clone();
+    assert_eq!(started.len(), 2);
+    // Each attempt ends at its timeout, not at the handler's 10 s.
+    assert!(started[1] - started[0] < Duration::from_secs(2));
+    assert!(failed - started[1] < Duration::from_secs(2));
+    let summary = stop(tx, handle).await;
+    assert_eq!((summary.handled, summary.dead_lettered), (0, 1));
+}
+
+/// A payload whose `Deserialize` panics.
+#[derive(Debug, Serialize)]
+struct Fragile {
+    n: u32,
+}
+impl<'de> Deserialize<'de> for Fragile {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> std::result::Result<Self, D::Error> {
+        panic!("payload code panicked")
+    }
+}
+impl EventPayload for Fragile {
+    const TYPE: &'static str = "jobs.fragile";
+}
+
+/// Decoding runs user code too: a panic there dead-letters the event at
+/// once (it would panic on every attempt), and the consumer goes on.
+#[tokio::test(start_paused = true)]
+async fn a_payload_that_panics_while_decoding_is_dead_lettered_at_once() {
+    let bus = Bus::memory("test");
+    let mut dlq = dead_letters(&bus, "worker").await;
+    let handled: Handled = Arc::default();
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(handled.clone())
+        .handle(
+            |_e: Event<Fragile>, _ctx: Context<Handled>| async move { Ok::<_, HandlerError>(()) },
+        )
+        .handle(|e: Event<Job>, ctx: Context<Handled>| async move {
+            ctx.state().lock().unwrap().push(e.payload.n);
+            Ok::<_, HandlerError>(())
+        })
+        .retry(two_quick_attempts());
+    let (tx, handle) = start(consumer);
+    tokio::task::yield_now().await;
+    bus.publish(&bus.event(Fragile { n: 1 })).await.unwrap();
+    bus.publish(&bus.event(Job { n: 2 })).await.unwrap();
+    let letter = next_dead_letter(&mut dlq).await;
+    assert_eq!((letter.reason, letter.attempts), (Reason::Decode, 1));
+    assert!(
+        letter
+            .error
+            .contains("decoding panicked: payload code panicked"),
+        "{}",
+        letter.error
+    );
+    let summary = stop(tx, handle).await;
+    assert_eq!(*handled.lock().unwrap(), [2]);
+    assert_eq!(
+        (summary.handled, summary.retried, summary.dead_lettered),
+        (1, 0, 1)
+    );
+}
