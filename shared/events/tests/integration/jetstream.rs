@@ -780,3 +780,88 @@ async fn a_batch_larger_than_the_ack_inflight_limit_is_published() {
     assert_eq!(stored(&t).await, 50);
     bus.close().await.unwrap();
 }
+
+/// Pins the nats-server bug the transport warns about at connect (fixed in
+/// 2.10.14, nats-server PR #5305), with async-nats alone: a redelivery that
+/// comes due while the only pull request waiting has lost its subscriber
+/// (an instance that crashed mid-pull) moves the consumer back one message,
+/// and the next pull gets that message again as new, delivery count 1,
+/// even after it was acked. On a fixed server the message comes once.
+#[tokio::test]
+async fn before_2_10_14_a_redelivery_meeting_a_dead_pull_delivers_an_event_twice() {
+    use async_nats::jetstream::{self, consumer::pull, stream};
+    use futures_util::StreamExt;
+
+    let server = NatsServer::with_jetstream();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    let stream = js
+        .create_stream(stream::Config {
+            name: "REWIND".into(),
+            subjects: vec!["rewind.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("d".into()),
+            filter_subject: "rewind.x".into(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    js.publish("rewind.x", "one".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // The first delivery is never acked: its instance crashes, leaving its
+    // next pull request queued on the server with nobody listening.
+    let mut first = consumer.fetch().max_messages(1).messages().await.unwrap();
+    first.next().await.unwrap().unwrap();
+    drop(first);
+    let inbox = client.new_inbox();
+    let mut dead = client.subscribe(inbox.clone()).await.unwrap();
+    client
+        .publish_with_reply(
+            "$JS.API.CONSUMER.MSG.NEXT.REWIND.d",
+            inbox,
+            r#"{"batch":10,"expires":10000000000}"#.into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    dead.unsubscribe().await.unwrap();
+    client.flush().await.unwrap();
+    // The ack wait runs out with only the dead request waiting; then
+    // another instance pulls, and acks what it gets.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut batch = consumer
+        .batch()
+        .max_messages(10)
+        .expires(Duration::from_millis(1500))
+        .messages()
+        .await
+        .unwrap();
+    let mut counts = Vec::new();
+    while let Some(message) = batch.next().await {
+        let message = message.unwrap();
+        let info = message.info().unwrap();
+        assert_eq!(info.stream_sequence, 1);
+        counts.push(info.delivered);
+        message.ack().await.unwrap();
+    }
+    if crate::support::server_rewinds_redeliveries() {
+        assert!(
+            counts.first().is_some_and(|&c| c >= 2) && counts[1..].contains(&1),
+            "the bug is gone from {:?}: {counts:?}",
+            client.server_info().version
+        );
+    } else {
+        assert!(matches!(counts[..], [c] if c >= 2), "{counts:?}");
+    }
+}

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::conformance::bus_on;
+use crate::support;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -530,10 +531,8 @@ where
         .await
         .unwrap()
         .unwrap();
-    // A crash: the run future is dropped mid-handling, nothing is settled.
-    crashing.abort();
-    let _ = crashing.await;
 
+    // The other instance is up (its pull waiting) before the crash.
     let seen: Seen = Arc::default();
     let survivor = Consumer::new(&bus, "worker")
         .unwrap()
@@ -547,17 +546,30 @@ where
         })
         .ack_wait(Duration::from_secs(1));
     let survivor = start(survivor).await;
+    // A crash: the run future is dropped mid-handling, nothing is settled.
+    crashing.abort();
+    let _ = crashing.await;
+
     wait_until("the redelivery", || !seen.lock().unwrap().is_empty()).await;
     let summary = stop(survivor).await;
-    // Once more, as a redelivery: attempt 2, or later if the server first
-    // handed it to the dead instance's pull request, still open on the
-    // shared connection (and so waited one more ack wait).
     let seen = seen.lock().unwrap().clone();
-    assert!(
-        matches!(seen[..], [(7, attempt)] if attempt >= 2),
-        "handled once more, as a redelivery: {seen:?}"
-    );
-    assert_eq!(summary.handled, 1);
+    // Handled once more, as a redelivery: attempt 2, or later if the server
+    // first handed it to the dead instance's pull request, still open on
+    // the shared connection (and so waited one more ack wait). On
+    // nats-server before 2.10.14 (nats-server PR #5305), a redelivery that
+    // comes due while the only pull request waiting is a dead one also
+    // rewinds the consumer, which then delivers the event once more with
+    // its delivery count back at 1, even after the survivor acked it (about
+    // one full-suite run in three on 2.9.10, under load; reproduced with
+    // async-nats alone). The transport warns about such servers at connect.
+    let rewinds = bus.transport().name() == "jetstream" && support::server_rewinds_redeliveries();
+    let once_more = match seen[..] {
+        [(7, attempt)] => attempt >= 2,
+        [(7, attempt), (7, 1)] => attempt >= 2 && rewinds,
+        _ => false,
+    };
+    assert!(once_more, "handled once more, as a redelivery: {seen:?}");
+    assert_eq!(summary.handled, seen.len() as u64);
     bus.close().await.unwrap();
 }
 

@@ -59,3 +59,26 @@ pub struct Ping {
 impl EventPayload for Ping {
     const TYPE: &'static str = "test.ping";
 }
+
+/// Whether the `nats-server` on PATH (the one the tests start) has the
+/// JetStream bug fixed by nats-server PR #5305 in 2.10.14: a redelivery
+/// that finds only an expired or abandoned pull request rewinds the
+/// consumer by one message, which is then delivered again with delivery
+/// count 1 (even if it was acked).
+pub fn server_rewinds_redeliveries() -> bool {
+    let output = std::process::Command::new("nats-server")
+        .arg("--version")
+        .output()
+        .expect("nats-server --version");
+    let text = String::from_utf8_lossy(&output.stdout);
+    // "nats-server: v2.9.10"
+    let version: Vec<u64> = text
+        .trim()
+        .rsplit('v')
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .map(|part| part.parse().unwrap_or(0))
+        .collect();
+    version < vec![2, 10, 14]
+}

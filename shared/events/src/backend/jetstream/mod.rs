@@ -57,6 +57,12 @@ const MSG_ID: &str = "Nats-Msg-Id";
 /// Publishes sent before their acks are awaited, in a batch.
 const PIPELINE_WINDOW: usize = 256;
 
+/// The first nats-server without the redelivery rewind (nats-server PR
+/// #5305): before it, a redelivery that finds only an expired or abandoned
+/// pull request moves the consumer back one message, which is delivered
+/// again as new.
+pub(crate) const REDELIVERY_REWIND_FIXED: (u64, u64, u64) = (2, 10, 14);
+
 /// A transport on NATS JetStream: stored, acknowledged, redelivered.
 ///
 /// ```no_run
@@ -148,6 +154,17 @@ impl JetStreamTransport {
         }
         if config.message_ttl.is_some() {
             refuse("a per-message TTL (Nats-TTL)", (2, 11))?;
+        }
+        if server_version < REDELIVERY_REWIND_FIXED {
+            // Measured on 2.9.10 (tests/integration/jetstream.rs): once per
+            // connection, not per event.
+            tracing::warn!(
+                server = %info.version,
+                "this nats-server may deliver an event once more, with its delivery count back at 1 \
+                 and even after it was acked, when a redelivery comes due while the only pull request \
+                 waiting is expired or abandoned (fixed in 2.10.14, nats-server PR #5305): \
+                 keep handlers idempotent (Consumer::idempotency) or upgrade the server"
+            );
         }
 
         let context = jetstream::ContextBuilder::new()
