@@ -20,7 +20,7 @@ use super::handler::{Context, Disposition, Env, Handler, HandlerError};
 use super::idempotency::{Claim, ClaimToken, IdempotencyStore};
 use super::retry::RetryPolicy;
 use crate::bus::Bus;
-use crate::envelope::{validate_subject_token, Cause, EventMetadata, EventPayload};
+use crate::envelope::{validate_subject_token, Cause, Event, EventMetadata, EventPayload};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{
     self, Capability, Message, Subject, SubjectPattern, SubscribeOptions, Subscription,
@@ -163,7 +163,7 @@ where
     ) -> Result<HandlerFuture> {
         let decoded = raw.into_event::<T>(&ctx.env.bus.inner().upcasters, policy)?;
         let context = Context::new(ctx.env, ctx.attempt, Cause::of(&decoded.event.metadata));
-        Ok(self.handler.call(decoded.event, context))
+        Ok(self.call(decoded.event, context))
     }
 
     fn try_call(
@@ -173,14 +173,34 @@ where
         attempt: u32,
         span: &dyn Fn(&EventMetadata) -> tracing::Span,
     ) -> Option<(tracing::Span, HandlerFuture)> {
-        let event = wire::decode_fast::<T>(message)?;
+        // A panic in the payload's `Deserialize` is left to the general
+        // path, which decodes again, catches it and dead-letters the event.
+        let decoded =
+            std::panic::catch_unwind(AssertUnwindSafe(|| wire::decode_fast::<T>(message)));
+        let event = decoded.ok()??;
         let span = span(&event.metadata);
         let context = Context::new(env.clone(), attempt, Cause::of(&event.metadata));
         let future = {
             let _entered = span.enter();
-            self.handler.call(event, context)
+            self.call(event, context)
         };
         Some((span, future))
+    }
+}
+
+impl<T: EventPayload, H> Typed<T, H> {
+    /// Calls the handler. Its synchronous part (a closure may do work
+    /// before returning its future) runs here: a panic there fails the
+    /// attempt, as a panic in its future does, and the handler is not
+    /// called again for it.
+    fn call<S>(&self, event: Event<T>, context: Context<S>) -> HandlerFuture
+    where
+        H: Handler<T, S>,
+    {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.call(event, context))) {
+            Ok(future) => future,
+            Err(panic) => Box::pin(std::future::ready(Err(panicked(&*panic)))),
+        }
     }
 }
 
@@ -263,8 +283,9 @@ impl Consumer<()> {
 }
 
 impl<S: Clone + Send + Sync + 'static> Consumer<S> {
-    /// Shared application state, which every handler's [`Context`] sees
-    /// (one copy per [`run`](Self::run), shared). Call before `handle`.
+    /// Shared application state, which every handler's [`Context`] sees:
+    /// one value, shared by all handlings (not cloned per event) and
+    /// dropped when [`run`](Self::run) returns. Call before `handle`.
     pub fn state<S2: Clone + Send + Sync + 'static>(self, state: S2) -> Consumer<S2> {
         assert!(
             self.handlers.is_empty(),
@@ -660,8 +681,9 @@ type HandlerFuture = BoxFuture<'static, Result<(), HandlerError>>;
 enum Begun {
     /// Not started: decode the event and call the handler.
     Fresh(Box<RawEvent>),
-    /// Called (by `run`'s fast path) and polled once, not finished.
-    Running(HandlerFuture),
+    /// Called (by `run`'s fast path) and polled once, not finished; when
+    /// that poll began, if a handler timeout counts from it.
+    Running(HandlerFuture, Option<tokio::time::Instant>),
     /// Called (by `run`'s fast path) and failed.
     Failed(HandlerError),
 }
@@ -734,12 +756,8 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     ) -> Option<BoxFuture<'static, ()>> {
         if let Some((event_type, handler)) = self.routes.get(from) {
             let span = |metadata: &EventMetadata| self.span(metadata, &delivery);
-            // A panic in a payload's `Deserialize` falls through to the
-            // general path, which dead-letters the event.
-            let fast = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                handler.try_call(delivery.message(), &self.env, delivery.attempt(), &span)
-            }));
-            if let Ok(Some((span, future))) = fast {
+            let fast = handler.try_call(delivery.message(), &self.env, delivery.attempt(), &span);
+            if let Some((span, future)) = fast {
                 return self.drive(event_type, handler, span, future, delivery, cx);
             }
         }
@@ -799,10 +817,14 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     ) -> Option<BoxFuture<'static, ()>> {
         use std::task::Poll;
         let entered = span.enter();
+        let started = self.handler_timeout.map(|_| tokio::time::Instant::now());
         let begun = match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
             Ok(Poll::Ready(Ok(()))) => {
                 self.count(Counter::Handled, event_type);
-                let mut ack = delivery.into_ack()?;
+                let Some(mut ack) = delivery.into_ack() else {
+                    // A backend without acknowledgements: nothing to send.
+                    return None;
+                };
                 if let Poll::Ready(result) = ack.as_mut().poll(cx) {
                     settle(result);
                     return None;
@@ -811,7 +833,7 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
                 return Some(Box::pin(async move { settle(ack.await) }.instrument(span)));
             }
             Ok(Poll::Ready(Err(error))) => Begun::Failed(error),
-            Ok(Poll::Pending) => Begun::Running(future),
+            Ok(Poll::Pending) => Begun::Running(future, started),
             Err(panic) => Begun::Failed(panicked(&*panic)),
         };
         drop(entered);
@@ -1039,14 +1061,14 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
         loop {
             let outcome = match begun {
                 Begun::Fresh(raw) => match self.call(&*handler, *raw, attempt) {
-                    Ok(future) => self.wait_for(&delivery, future).await,
+                    Ok(future) => self.wait_for(&delivery, future, None).await,
                     Err(error) => {
                         release().await;
                         return Box::pin(self.undecodable(delivery, error, attempt, event_type))
                             .await;
                     }
                 },
-                Begun::Running(future) => self.wait_for(&delivery, future).await,
+                Begun::Running(future, started) => self.wait_for(&delivery, future, started).await,
                 Begun::Failed(error) => Some(Err(error)),
             };
             let Some(result) = outcome else {
@@ -1121,16 +1143,21 @@ impl<S: Clone + Send + Sync + 'static> Shared<S> {
     }
 
     /// Polls a handler's future to its end, holding the delivery, within
-    /// the handler timeout; `None` if shutdown's deadline passed first.
+    /// the handler timeout (counted from `started`, its first poll, if it
+    /// was polled before); `None` if shutdown's deadline passed first.
     async fn wait_for(
         &self,
         delivery: &transport::Delivery,
         future: HandlerFuture,
+        started: Option<tokio::time::Instant>,
     ) -> Option<Result<(), HandlerError>> {
+        let limit = self
+            .handler_timeout
+            .map(|limit| (started.unwrap_or_else(tokio::time::Instant::now), limit));
         tokio::select! {
             biased;
             () = self.cancellation() => None,
-            result = holding(delivery, guarded(self.handler_timeout, future)) => Some(result),
+            result = holding(delivery, guarded(limit, future)) => Some(result),
         }
     }
 
@@ -1292,21 +1319,23 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> HandlerError {
 /// Runs a handler with an optional deadline; a panic becomes a retryable
 /// error, so one bad handler call cannot take the consumer down.
 fn guarded(
-    timeout: Option<Duration>,
+    timeout: Option<(tokio::time::Instant, Duration)>,
     handler: HandlerFuture,
 ) -> impl Future<Output = Result<(), HandlerError>> + Send {
     let caught = AssertUnwindSafe(handler).catch_unwind();
     let limited = match timeout {
         None => Either::Left(caught.map(Ok)),
         // Boxed: a timer is large, and most consumers set no handler timeout.
-        Some(limit) => Either::Right(Box::pin(tokio::time::timeout(limit, caught))),
+        Some((started, limit)) => {
+            Either::Right(Box::pin(tokio::time::timeout_at(started + limit, caught)))
+        }
     };
     limited.map(move |outcome| match outcome {
         Ok(Ok(result)) => result,
         Ok(Err(panic)) => Err(panicked(&*panic)),
         Err(_) => Err(HandlerError::retry(format!(
             "handler did not finish within {:?}",
-            timeout.unwrap_or_default()
+            timeout.map(|(_, limit)| limit).unwrap_or_default()
         ))),
     })
 }

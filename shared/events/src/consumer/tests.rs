@@ -603,3 +603,46 @@ async fn a_payload_that_panics_while_decoding_is_dead_lettered_at_once() {
         (1, 0, 1)
     );
 }
+
+/// A handler's synchronous part (a closure that works before returning
+/// its future) panicking fails the attempt like a panic in its future; the
+/// runtime calls it once per attempt, never again for the same delivery.
+#[tokio::test(start_paused = true)]
+async fn a_handler_panicking_before_its_future_is_called_once_per_attempt() {
+    let bus = Bus::memory("test");
+    let mut dlq = dead_letters(&bus, "worker").await;
+    let calls: Handled = Arc::default();
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(calls.clone())
+        .handle(|e: Event<Job>, ctx: Context<Handled>| {
+            ctx.state().lock().unwrap().push(e.payload.n);
+            if e.payload.n == 1 {
+                panic!("before its future");
+            }
+            async move { Ok::<_, HandlerError>(()) }
+        })
+        .retry(two_quick_attempts());
+    let (tx, handle) = start(consumer);
+    tokio::task::yield_now().await;
+    bus.publish(&bus.event(Job { n: 1 })).await.unwrap();
+    bus.publish(&bus.event(Job { n: 2 })).await.unwrap();
+    let letter = next_dead_letter(&mut dlq).await;
+    assert_eq!(
+        (letter.reason, letter.attempts),
+        (Reason::AttemptsExhausted, 2)
+    );
+    assert!(
+        letter.error.contains("handler panicked: before its future"),
+        "{}",
+        letter.error
+    );
+    let summary = stop(tx, handle).await;
+    let mut calls = calls.lock().unwrap().clone();
+    calls.sort_unstable();
+    assert_eq!(calls, [1, 1, 2], "one call per attempt");
+    assert_eq!(
+        (summary.handled, summary.retried, summary.dead_lettered),
+        (1, 1, 1)
+    );
+}

@@ -310,7 +310,9 @@ impl Delivery {
 
     /// [`ack`](Self::ack) as the backend's own future, for a caller that
     /// polls it in place (the consumer runtime's fast path); `None` where
-    /// there is nothing to wait for.
+    /// there is nothing to wait for. Unlike `ack`, the delivery is gone at
+    /// once: dropping the future unpolled does not abandon it (the backend
+    /// redelivers after its ack wait, or never on memory), so poll it.
     #[cfg(feature = "runtime")]
     pub(crate) fn into_ack(mut self) -> Option<BoxFuture<'static, Result<()>>> {
         self.acker.take().map(|acker| acker.ack())

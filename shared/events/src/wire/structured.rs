@@ -158,7 +158,11 @@ pub(super) fn decode(body: &Bytes) -> Result<RawEvent> {
 /// version, base64 data, a content type after `data`, any error), which
 /// the caller decodes the general way, with its upcasting and its errors.
 pub(super) fn decode_typed<T: EventPayload>(body: &Bytes) -> Option<Event<T>> {
-    let parsed: Parsed<'_, T> = serde_json::from_slice(body).ok()?;
+    // The whole body is checked as UTF-8 first: the general path checks the
+    // raw data it keeps, but a payload type that skips a field (or reads
+    // bytes) would let an invalid string through here.
+    let text = std::str::from_utf8(body).ok()?;
+    let parsed: Parsed<'_, T> = serde_json::from_str(text).ok()?;
     if parsed.after_typed_data {
         return None;
     }

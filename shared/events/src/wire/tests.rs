@@ -550,6 +550,14 @@ fn the_one_pass_decode_leaves_every_unusual_event_to_the_general_decode() {
         let (fast, _) = both_ways(body(&members).as_bytes());
         assert_eq!(fast, None, "{members}");
     }
+    // Invalid UTF-8 in a string the payload type skips: the general path
+    // refuses the raw data, so the one-pass path must not read it.
+    let mut bad = body(&format!(r#""type":"orders.placed.v2",{data}"#)).into_bytes();
+    let at = bad.len() - 2;
+    bad.splice(at..at, *b",\"extra\":\"\xff\"");
+    let (fast, general) = both_ways(&bad);
+    assert!(general.is_err(), "the general path refuses invalid UTF-8");
+    assert_eq!(fast, None);
     // Binary mode is one pass already.
     let m = Codec::default()
         .encode(&full_event(), ContentMode::Binary)
