@@ -38,7 +38,7 @@ criterion_rows() {
   echo
   echo "## NATS and JetStream: the crate vs hand-written async-nats + serde_json"
   echo
-  echo "The baseline builds the same CloudEvents JSON body (a serde struct with a fresh UUIDv7 id and the current time) and the same headers by hand; both sides make a new payload value per event (a clone of one template); the crate builds an \`Event<T>\` with \`bus.event(..)\` and publishes it through the bus. Median of 5 rounds. Command: \`cargo bench -p events --features jetstream,testing --bench nats\`."
+  echo "The baseline builds the same CloudEvents JSON body (a serde struct with a fresh UUIDv7 id and the current time) and the same headers by hand; both sides make a new payload value per event (a clone of one template); the crate builds an \`Event<T>\` with \`bus.event(..)\` and publishes it through the bus. Median of 9 rounds (5 left single rows 5-8% apart between runs). Command: \`cargo bench -p events --features jetstream,testing --bench nats\`."
   echo
   grep '^|' "$tmp/nats.txt"
   echo

@@ -364,7 +364,7 @@ async fn ours_js_runtime(server: &NatsServer, p: &Payload, n: usize) -> Duration
 }
 
 /// Rounds per row, alternating hand-written and crate; the median counts.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 
 fn median(mut xs: Vec<Duration>) -> Duration {
     xs.sort();
