@@ -1354,8 +1354,10 @@ async fn start(
     in_flight: &mut FuturesUnordered<BoxFuture<'static, ()>>,
     mut handling: BoxFuture<'static, ()>,
 ) {
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(handling.as_mut().poll(cx))).await;
-    if first.is_pending() {
+    if poll_once(|cx| handling.as_mut().poll(cx))
+        .await
+        .is_pending()
+    {
         in_flight.push(handling);
     }
 }
