@@ -258,11 +258,15 @@ pub struct ReplayReport {
 }
 
 /// Republishes dead letters read from `dead_letters` to their original
-/// subjects, for those `filter` accepts, until `max` were replayed or none
-/// arrives for `idle`.
+/// subjects, for those `filter` accepts, until `max` were replayed or no
+/// new dead letter arrives for `idle`.
 ///
 /// A dead letter is acked only after its republish succeeded; if the
 /// republish fails, it is nacked and the error returned, so nothing is lost.
+/// Letters left alone (skipped by the filter, or without a body) stay
+/// unsettled and come back after the transport's ack wait: each is counted
+/// once, and their coming back does not count as activity, so a replay
+/// over letters it leaves alone still ends after `idle`.
 pub async fn replay(
     transport: &dyn Transport,
     dead_letters: &mut Subscription,
@@ -271,8 +275,10 @@ pub async fn replay(
     mut filter: impl FnMut(&DeadLetter) -> bool,
 ) -> Result<ReplayReport> {
     let mut report = ReplayReport::default();
+    let mut left_alone = std::collections::HashSet::new();
+    let mut deadline = tokio::time::Instant::now() + idle;
     while report.replayed < max {
-        let delivery = match tokio::time::timeout(idle, dead_letters.next()).await {
+        let delivery = match tokio::time::timeout_at(deadline, dead_letters.next()).await {
             Ok(Some(delivery)) => delivery?,
             Ok(None) | Err(_) => break,
         };
@@ -282,17 +288,26 @@ pub async fn replay(
                 tracing::warn!(error = %e, subject = %delivery.message().subject, "not a dead letter; terminated");
                 delivery.term().await?;
                 report.invalid += 1;
+                deadline = tokio::time::Instant::now() + idle;
                 continue;
             }
         };
+        let key = letter_key(&delivery, &letter);
+        if left_alone.contains(&key) {
+            drop(delivery);
+            continue;
+        }
+        deadline = tokio::time::Instant::now() + idle;
         if !filter(&letter) {
             report.skipped += 1;
+            left_alone.insert(key);
             drop(delivery);
             continue;
         }
         if letter.body_omitted.is_some() {
             tracing::warn!(subject = %letter.original.subject, stream_sequence = ?letter.stream_sequence, "dead letter without its body; not replayed");
             report.without_body += 1;
+            left_alone.insert(key);
             drop(delivery);
             continue;
         }
@@ -308,6 +323,28 @@ pub async fn replay(
         }
     }
     Ok(report)
+}
+
+/// What tells one dead letter from another when it comes back: its position
+/// in the stream where the backend has one, else a hash of what it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum LetterKey {
+    Sequence(u64),
+    Content(u64),
+}
+
+fn letter_key(delivery: &crate::transport::Delivery, letter: &DeadLetter) -> LetterKey {
+    use std::hash::{Hash, Hasher};
+    if let Some(sequence) = delivery.info().stream_sequence {
+        return LetterKey::Sequence(sequence);
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    letter.consumer.hash(&mut hasher);
+    letter.time.hash(&mut hasher);
+    letter.original.subject.as_str().hash(&mut hasher);
+    letter.original.payload.hash(&mut hasher);
+    letter.error.hash(&mut hasher);
+    LetterKey::Content(hasher.finish())
 }
 
 #[cfg(test)]

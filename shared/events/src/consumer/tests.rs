@@ -7,7 +7,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::backend::memory::{MemoryConfig, MemoryTransport};
-use crate::transport::{SubjectPattern, SubscribeOptions, Subscription};
+use crate::transport::{Subject, SubjectPattern, SubscribeOptions, Subscription};
 use crate::{Bus, Event, EventPayload};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -645,4 +645,72 @@ async fn a_handler_panicking_before_its_future_is_called_once_per_attempt() {
         (summary.handled, summary.retried, summary.dead_lettered),
         (1, 1, 1)
     );
+}
+
+/// Letters a replay leaves alone (skipped by its filter) stay unsettled and
+/// come back after the ack wait: each is counted once, and their coming
+/// back does not keep the replay going (with an ack wait shorter than the
+/// idle time it used to run forever, counting the same letter again).
+#[tokio::test(start_paused = true)]
+async fn a_replay_counts_a_letter_it_leaves_alone_once_and_still_ends() {
+    let bus = Bus::memory("test");
+    let subject = Subject::parse(&format!("deadletter.{}.worker", bus.codec().prefix())).unwrap();
+    let mut dlq = bus
+        .transport()
+        .subscribe(
+            SubscribeOptions::new(SubjectPattern::exact(&subject))
+                .ack_wait(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    for error in ["a", "b", "c"] {
+        let letter = DeadLetter {
+            original: crate::transport::Message::new(
+                Subject::parse("test.jobs.created").unwrap(),
+                &b"{}"[..],
+            ),
+            reason: Reason::Rejected,
+            error: error.into(),
+            attempts: 1,
+            consumer: "worker".into(),
+            time: chrono::Utc::now(),
+            stream_sequence: None,
+            body_omitted: None,
+        };
+        bus.transport()
+            .publish(letter.to_message(subject.clone()))
+            .await
+            .unwrap();
+    }
+    let mut originals = bus
+        .transport()
+        .subscribe(SubscribeOptions::new(
+            SubjectPattern::parse("test.jobs.created").unwrap(),
+        ))
+        .await
+        .unwrap();
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        replay(
+            bus.transport().as_ref(),
+            &mut dlq,
+            10,
+            Duration::from_secs(1),
+            |l| l.error != "b",
+        ),
+    )
+    .await
+    .expect("the replay ends")
+    .unwrap();
+    assert_eq!((report.replayed, report.skipped), (2, 1));
+    for _ in 0..2 {
+        originals
+            .next()
+            .await
+            .unwrap()
+            .unwrap()
+            .ack()
+            .await
+            .unwrap();
+    }
 }
