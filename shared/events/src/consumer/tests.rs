@@ -714,3 +714,43 @@ async fn a_replay_counts_a_letter_it_leaves_alone_once_and_still_ends() {
             .unwrap();
     }
 }
+
+/// The concurrency limit bounds the handlers running at once, counting the
+/// one the dispatch loop is polling in place: the limit is reached and
+/// never passed.
+#[tokio::test(start_paused = true)]
+async fn the_concurrency_limit_bounds_the_handlers_running_at_once() {
+    /// (running now, most at once, finished)
+    type Gauge = Arc<Mutex<(usize, usize, usize)>>;
+    for limit in [1, 3] {
+        let bus = Bus::memory("test");
+        let gauge: Gauge = Arc::default();
+        let consumer = Consumer::new(&bus, "worker")
+            .unwrap()
+            .state(gauge.clone())
+            .handle(|_e: Event<Job>, ctx: Context<Gauge>| async move {
+                {
+                    let mut g = ctx.state().lock().unwrap();
+                    g.0 += 1;
+                    g.1 = g.1.max(g.0);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                {
+                    let mut g = ctx.state().lock().unwrap();
+                    g.0 -= 1;
+                    g.2 += 1;
+                }
+                Ok::<_, HandlerError>(())
+            })
+            .concurrency(limit);
+        let (tx, handle) = start(consumer);
+        tokio::task::yield_now().await;
+        for n in 0..20 {
+            bus.publish(&bus.event(Job { n })).await.unwrap();
+        }
+        wait_until(|| gauge.lock().unwrap().2 == 20).await;
+        let summary = stop(tx, handle).await;
+        assert_eq!(gauge.lock().unwrap().1, limit, "concurrency {limit}");
+        assert_eq!(summary.handled, 20);
+    }
+}
