@@ -282,11 +282,12 @@ impl Consumer<()> {
     }
 }
 
-impl<S: Clone + Send + Sync + 'static> Consumer<S> {
+impl<S: Send + Sync + 'static> Consumer<S> {
     /// Shared application state, which every handler's [`Context`] sees:
-    /// one value, shared by all handlings (not cloned per event) and
-    /// dropped when [`run`](Self::run) returns. Call before `handle`.
-    pub fn state<S2: Clone + Send + Sync + 'static>(self, state: S2) -> Consumer<S2> {
+    /// one value, shared by all handlings (never cloned, so it need not be
+    /// `Clone`: a connection pool or a cache as is) and dropped when
+    /// [`run`](Self::run) returns. Call before `handle`.
+    pub fn state<S2: Send + Sync + 'static>(self, state: S2) -> Consumer<S2> {
         assert!(
             self.handlers.is_empty(),
             "call `state` before registering handlers"
@@ -739,7 +740,7 @@ impl<S> Shared<S> {
     }
 }
 
-impl<S: Clone + Send + Sync + 'static> Shared<S> {
+impl<S: Send + Sync + 'static> Shared<S> {
     /// The fast path of `run`, for events without per-key ordering or
     /// idempotency: decodes the event (in one pass, straight into the
     /// handler's type, where it can), calls the handler and polls it once,

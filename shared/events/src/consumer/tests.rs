@@ -19,7 +19,7 @@ impl EventPayload for Job {
 }
 
 /// Runs `consumer` in the background; the returned sender stops it.
-fn start<S: Clone + Send + Sync + 'static>(
+fn start<S: Send + Sync + 'static>(
     consumer: Consumer<S>,
 ) -> (
     oneshot::Sender<()>,
@@ -753,4 +753,48 @@ async fn the_concurrency_limit_bounds_the_handlers_running_at_once() {
         assert_eq!(gauge.lock().unwrap().1, limit, "concurrency {limit}");
         assert_eq!(summary.handled, 20);
     }
+}
+
+/// State needs no `Clone`: one value is shared by every handling.
+#[tokio::test]
+async fn state_that_is_not_clone_is_shared_by_every_handling() {
+    struct Ledger {
+        seen: Mutex<Vec<u32>>,
+    }
+    let bus = Bus::memory("test");
+    let consumer = Consumer::new(&bus, "worker")
+        .unwrap()
+        .state(Ledger {
+            seen: Mutex::new(Vec::new()),
+        })
+        .handle(|e: Event<Job>, ctx: Context<Ledger>| async move {
+            let count = {
+                let mut seen = ctx.state().seen.lock().unwrap();
+                seen.push(e.payload.n);
+                seen.len()
+            };
+            if count == 3 {
+                ctx.bus().publish(&ctx.reaction(Done)).await.ok();
+            }
+            Ok::<_, HandlerError>(())
+        });
+    let mut done = bus.subscribe::<Done>().await.unwrap();
+    let (tx, handle) = start(consumer);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for n in 1..=3 {
+        bus.publish(&bus.event(Job { n })).await.unwrap();
+    }
+    let d = tokio::time::timeout(Duration::from_secs(5), done.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    d.ack().await.unwrap();
+    assert_eq!(stop(tx, handle).await.handled, 3);
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Done;
+impl EventPayload for Done {
+    const TYPE: &'static str = "jobs.done";
 }

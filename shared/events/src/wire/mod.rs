@@ -348,7 +348,13 @@ impl RawEvent {
             )));
         }
         let wire_version = self.metadata.version();
-        let data = self.json_data()?;
+        // No data reads as JSON `null`: what a payload such as a unit struct
+        // or an `Option` serializes to, and `"data":null` is no data to the
+        // JSON format. A type that needs data fails to decode from it.
+        let data = match &self.data {
+            None if self.data_is_json() => b"null".as_slice(),
+            _ => self.json_data()?,
+        };
         let payload: T = if wire_version < T::VERSION {
             let value = serde_json::from_slice(data)
                 .map_err(|e| Error::decode("payload is not valid JSON").with_source(e))?;

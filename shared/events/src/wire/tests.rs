@@ -596,3 +596,26 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_payload_without_fields_round_trips_and_one_with_fields_needs_data() {
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Tick;
+    impl EventPayload for Tick {
+        const TYPE: &'static str = "clock.tick";
+    }
+    // A unit struct serializes to `null`, which the JSON format reads as no
+    // data: it still decodes, in both modes.
+    for mode in [ContentMode::Structured, ContentMode::Binary] {
+        let e = Event::new("clock", Tick);
+        let m = Codec::default().encode(&e, mode).unwrap();
+        let back = decode_event::<Tick>(&m, &Upcasters::new(), VersionPolicy::Reject).unwrap();
+        assert_eq!(back.event, e, "{mode:?}");
+    }
+    // A payload with fields cannot come from no data.
+    let body = r#"{"specversion":"1.0","id":"1","source":"s","type":"orders.placed.v2"}"#;
+    let m = Message::new(Subject::parse("events.orders.placed").unwrap(), body);
+    let error = decode_typed(&m).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Decode);
+    assert!(error.to_string().contains("does not match"), "{error}");
+}
