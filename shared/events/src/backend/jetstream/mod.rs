@@ -701,15 +701,11 @@ impl Buffer {
 
 /// Reports progress (`+WPI`) for deliveries waiting in a subscription's
 /// buffer longer than half the ack wait, until the subscription is gone.
-async fn keep_alive(
-    buffer: std::sync::Weak<Buffer>,
-    client: async_nats::Client,
-    ack_wait: Duration,
-) {
+async fn keep_alive(weak: std::sync::Weak<Buffer>, client: async_nats::Client, ack_wait: Duration) {
     let period = (ack_wait / 4).max(Duration::from_millis(10));
     loop {
         tokio::time::sleep(period).await;
-        let Some(buffer) = buffer.upgrade() else {
+        let Some(buffer) = weak.upgrade() else {
             return;
         };
         let now = Instant::now();
@@ -736,6 +732,20 @@ async fn keep_alive(
         };
         drop(buffer);
         for reply in due {
+            // Only for what still waits: a delivery the reader took since
+            // (and perhaps nacked with a delay) must not get a progress
+            // report, which would reset its redelivery to the ack wait. The
+            // publishes before this one may have waited on a full client.
+            let waiting = weak.upgrade().is_some_and(|buffer| {
+                buffer
+                    .held()
+                    .items
+                    .iter()
+                    .any(|(held, _)| held.as_ref() == Some(&reply))
+            });
+            if !waiting {
+                continue;
+            }
             if let Err(e) = client
                 .publish(reply, bytes::Bytes::from_static(b"+WPI"))
                 .await
