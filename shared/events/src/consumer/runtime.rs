@@ -538,21 +538,34 @@ impl<S: Send + Sync + 'static> Consumer<S> {
                             };
                             // Per-key ordering: each event of a key waits for
                             // the previous one of the same key, in delivery order.
-                            let order = match raw.metadata.subject().filter(|_| self.ordered_by_key) {
-                                Some(key) => {
-                                    if keys.len() > 4 * self.concurrency {
-                                        // Forget keys whose last event is done (or gone).
-                                        keys.retain(|_, rx| !*rx.borrow() && rx.has_changed().is_ok());
+                            let key = raw.metadata.subject().filter(|_| self.ordered_by_key).map(str::to_owned);
+                            if keys.len() > 4 * self.concurrency {
+                                // Forget keys whose last event is done (or gone).
+                                keys.retain(|_, rx| !*rx.borrow() && rx.has_changed().is_ok());
+                            }
+                            let busy = key.as_ref().and_then(|key| keys.get(key)).is_some_and(|rx| !*rx.borrow() && rx.has_changed().is_ok());
+                            if !busy && shared.idempotency.is_none() {
+                                // Nothing of its key in flight: the fast path.
+                                // The key is registered only if the handling
+                                // has to wait; its successors then wait for it.
+                                let ordered = key.is_some();
+                                let rest = poll_once(|cx| shared.begin_raw(from, raw, delivery, ordered, cx)).await;
+                                match (rest, key) {
+                                    (Some(rest), Some(key)) => {
+                                        let (done_tx, done_rx) = watch::channel(false);
+                                        keys.insert(key, done_rx);
+                                        in_flight.push(Box::pin(async move {
+                                            rest.await;
+                                            let _ = done_tx.send(true);
+                                        }));
                                     }
-                                    let (done_tx, done_rx) = watch::channel(false);
-                                    Some((keys.insert(key.to_owned(), done_rx), done_tx))
+                                    (rest, _) => in_flight.extend(rest),
                                 }
-                                None => None,
-                            };
-                            if order.is_none() && shared.idempotency.is_none() {
-                                let rest = poll_once(|cx| shared.begin_raw(from, raw, delivery, cx)).await;
-                                in_flight.extend(rest);
                             } else {
+                                let order = key.map(|key| {
+                                    let (done_tx, done_rx) = watch::channel(false);
+                                    (keys.insert(key, done_rx), done_tx)
+                                });
                                 let handling = shared.clone().process(from, Box::new(raw), Box::new(delivery), order);
                                 start(&mut in_flight, Box::pin(handling)).await;
                             }
@@ -671,6 +684,9 @@ struct Shared<S> {
     cancelled: AtomicBool,
 }
 
+/// An event type's handler, with the type's static name.
+type Route<'a, S> = (&'static str, &'a Arc<dyn ErasedHandler<S>>);
+
 /// A delivery being handled, boxed: see [`Shared::process`].
 type Held = Box<transport::Delivery>;
 
@@ -759,28 +775,31 @@ impl<S: Send + Sync + 'static> Shared<S> {
             let span = |metadata: &EventMetadata| self.span(metadata, &delivery);
             let fast = handler.try_call(delivery.message(), &self.env, delivery.attempt(), &span);
             if let Some((span, future)) = fast {
-                return self.drive(event_type, handler, span, future, delivery, cx);
+                return self.drive((event_type, handler), span, future, delivery, false, cx);
             }
         }
         match wire::decode(delivery.message()) {
-            Ok(raw) => self.begin_raw(from, raw, delivery, cx),
+            Ok(raw) => self.begin_raw(from, raw, delivery, false, cx),
             Err(error) => Some(self.clone().unreadable(delivery, error)),
         }
     }
 
-    /// [`begin`](Self::begin) for an event already decoded as raw.
+    /// [`begin`](Self::begin) for an event already decoded as raw;
+    /// `ordered`: its key is handled in order (see [`handle`](Self::handle)),
+    /// and nothing else of the key is in flight.
     fn begin_raw(
         self: &Arc<Self>,
         from: usize,
         raw: RawEvent,
         delivery: transport::Delivery,
+        ordered: bool,
         cx: &mut std::task::Context<'_>,
     ) -> Option<BoxFuture<'static, ()>> {
         let span = self.span(&raw.metadata, &delivery);
         let Some((event_type, handler)) = self.route(from, raw.metadata.event_type()) else {
             let handling = self
                 .clone()
-                .handle(from, Box::new(raw), Box::new(delivery), false);
+                .handle(from, Box::new(raw), Box::new(delivery), ordered);
             return Some(Box::pin(handling.instrument(span)));
         };
         let attempt = delivery.attempt();
@@ -789,7 +808,7 @@ impl<S: Send + Sync + 'static> Shared<S> {
             self.call(&**handler, raw, attempt)
         };
         match called {
-            Ok(future) => self.drive(event_type, handler, span, future, delivery, cx),
+            Ok(future) => self.drive((event_type, handler), span, future, delivery, ordered, cx),
             Err(error) => {
                 let shared = self.clone();
                 let delivery = Box::new(delivery);
@@ -809,11 +828,11 @@ impl<S: Send + Sync + 'static> Shared<S> {
     /// finished it; else the rest of the handling, as a future.
     fn drive(
         self: &Arc<Self>,
-        event_type: &'static str,
-        handler: &Arc<dyn ErasedHandler<S>>,
+        (event_type, handler): Route<'_, S>,
         span: tracing::Span,
         mut future: HandlerFuture,
         delivery: transport::Delivery,
+        ordered: bool,
         cx: &mut std::task::Context<'_>,
     ) -> Option<BoxFuture<'static, ()>> {
         use std::task::Poll;
@@ -844,7 +863,7 @@ impl<S: Send + Sync + 'static> Shared<S> {
         Some(Box::pin(
             async move {
                 shared
-                    .attempts(event_type, handler, delivery, begun, None, false)
+                    .attempts(event_type, handler, delivery, begun, None, ordered)
                     .await
             }
             .instrument(span),
@@ -926,11 +945,7 @@ impl<S: Send + Sync + 'static> Shared<S> {
     /// event from subscription `from`. Each subscription is for one type, so
     /// that is the handler, unless the event says otherwise (a message
     /// published on another type's subject).
-    fn route(
-        &self,
-        from: usize,
-        event_type: &str,
-    ) -> Option<(&'static str, &Arc<dyn ErasedHandler<S>>)> {
+    fn route(&self, from: usize, event_type: &str) -> Option<Route<'_, S>> {
         let matches = |route: &&(&'static str, Arc<dyn ErasedHandler<S>>)| route.0 == event_type;
         self.routes
             .get(from)
