@@ -457,6 +457,9 @@ impl JetStreamConfig {
     }
 
     /// How long one publish attempt waits for its PubAck (default 5 s).
+    /// Stream and consumer management requests wait at least 10 s
+    /// whatever this says: a replicated stream on a busy cluster can take
+    /// longer to create a consumer than a publish should wait.
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
         self.ack_timeout = timeout;
         self
