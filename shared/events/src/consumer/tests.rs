@@ -448,6 +448,16 @@ async fn the_handlers_keep_alive_counts_from_the_buffers_last_report() {
 
 type Handled = Arc<Mutex<Vec<u32>>>;
 
+/// (handled, retried, dead-lettered)
+fn outcome(summary: &Summary) -> (u64, u64, u64) {
+    (summary.handled, summary.retried, summary.dead_lettered)
+}
+
+fn assert_letter(letter: &DeadLetter, reason: Reason, attempts: u32, text: &str) {
+    assert_eq!((letter.reason, letter.attempts), (reason, attempts));
+    assert!(letter.error.contains(text), "{}", letter.error);
+}
+
 fn two_quick_attempts() -> RetryPolicy {
     RetryPolicy::exponential()
         .max_attempts(2)
@@ -491,22 +501,16 @@ async fn a_panicking_handler_fails_its_attempt_and_the_consumer_goes_on() {
     ];
     letters.sort_by(|a, b| a.error.cmp(&b.error));
     for (letter, text) in letters.iter().zip(["after waiting", "at once"]) {
-        assert_eq!(
-            (letter.reason, letter.attempts),
-            (Reason::AttemptsExhausted, 2)
-        );
-        assert!(
-            letter.error.contains(&format!("handler panicked: {text}")),
-            "{}",
-            letter.error
+        assert_letter(
+            letter,
+            Reason::AttemptsExhausted,
+            2,
+            &format!("handler panicked: {text}"),
         );
     }
     assert_eq!(*handled.lock().unwrap(), [3]);
     let summary = stop(tx, handle).await;
-    assert_eq!(
-        (summary.handled, summary.retried, summary.dead_lettered),
-        (1, 2, 2)
-    );
+    assert_eq!(outcome(&summary), (1, 2, 2));
 }
 
 /// A handler still running at its timeout fails the attempt (the timeout
@@ -533,14 +537,11 @@ async fn a_handler_past_its_timeout_fails_its_attempt() {
     bus.publish(&bus.event(Job { n: 1 })).await.unwrap();
     let letter = next_dead_letter(&mut dlq).await;
     let failed = Instant::now();
-    assert_eq!(
-        (letter.reason, letter.attempts),
-        (Reason::AttemptsExhausted, 2)
-    );
-    assert!(
-        letter.error.contains("did not finish within 1s"),
-        "{}",
-        letter.error
+    assert_letter(
+        &letter,
+        Reason::AttemptsExhausted,
+        2,
+        "did not finish within 1s",
     );
     let started = started.lock().unwrap().clone();
     assert_eq!(started.len(), 2);
@@ -588,20 +589,15 @@ async fn a_payload_that_panics_while_decoding_is_dead_lettered_at_once() {
     bus.publish(&bus.event(Fragile { n: 1 })).await.unwrap();
     bus.publish(&bus.event(Job { n: 2 })).await.unwrap();
     let letter = next_dead_letter(&mut dlq).await;
-    assert_eq!((letter.reason, letter.attempts), (Reason::Decode, 1));
-    assert!(
-        letter
-            .error
-            .contains("decoding panicked: payload code panicked"),
-        "{}",
-        letter.error
+    assert_letter(
+        &letter,
+        Reason::Decode,
+        1,
+        "decoding panicked: payload code panicked",
     );
     let summary = stop(tx, handle).await;
     assert_eq!(*handled.lock().unwrap(), [2]);
-    assert_eq!(
-        (summary.handled, summary.retried, summary.dead_lettered),
-        (1, 0, 1)
-    );
+    assert_eq!(outcome(&summary), (1, 0, 1));
 }
 
 /// A handler's synchronous part (a closure that works before returning
@@ -628,23 +624,17 @@ async fn a_handler_panicking_before_its_future_is_called_once_per_attempt() {
     bus.publish(&bus.event(Job { n: 1 })).await.unwrap();
     bus.publish(&bus.event(Job { n: 2 })).await.unwrap();
     let letter = next_dead_letter(&mut dlq).await;
-    assert_eq!(
-        (letter.reason, letter.attempts),
-        (Reason::AttemptsExhausted, 2)
-    );
-    assert!(
-        letter.error.contains("handler panicked: before its future"),
-        "{}",
-        letter.error
+    assert_letter(
+        &letter,
+        Reason::AttemptsExhausted,
+        2,
+        "handler panicked: before its future",
     );
     let summary = stop(tx, handle).await;
     let mut calls = calls.lock().unwrap().clone();
     calls.sort_unstable();
     assert_eq!(calls, [1, 1, 2], "one call per attempt");
-    assert_eq!(
-        (summary.handled, summary.retried, summary.dead_lettered),
-        (1, 1, 1)
-    );
+    assert_eq!(outcome(&summary), (1, 1, 1));
 }
 
 /// Letters a replay leaves alone (skipped by its filter) stay unsettled and
