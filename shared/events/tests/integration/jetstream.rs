@@ -706,17 +706,21 @@ async fn a_header_with_an_empty_name_does_not_keep_the_event_from_its_handler() 
 }
 
 #[tokio::test]
-async fn a_client_killed_by_a_message_it_cannot_parse_ends_the_consumer_with_an_error() {
-    use events::consumer::{Consumer, Context, HandlerError};
-
-    let server = NatsServer::with_jetstream();
-    let transport = connect(js_config(&server)).await;
+async fn a_client_that_gives_up_reconnecting_ends_the_consumer_with_an_error() {
+    let mut server = NatsServer::with_jetstream();
+    let config = JetStreamConfig::new(
+        crate::nats::giving_up(config(&server)),
+        StreamConfig::new("EVENTS", ["js.>"]),
+    );
+    let transport = connect(config).await;
     let bus = bus(transport.clone());
-    let consumer = Consumer::new(&bus, "victim")
-        .unwrap()
-        .dead_letter_subject(Subject::parse("js.deadletter.victim").unwrap())
-        .handle(|_e: events::Event<Ping>, _ctx: Context<()>| async { Ok::<_, HandlerError>(()) });
-    crate::nats::kill_the_client_under(consumer, &server, &bus, || transport.status()).await;
+    crate::nats::kill_the_client_under(
+        |c| c.dead_letter_subject(Subject::parse("js.deadletter.victim").unwrap()),
+        &mut server,
+        &bus,
+        || transport.status(),
+    )
+    .await;
 }
 
 #[tokio::test]

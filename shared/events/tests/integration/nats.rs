@@ -693,25 +693,42 @@ pub async fn raw_publish(server: &NatsServer, message: &Message, extra: &str) {
     assert_eq!(reply, "PONG\r\n", "the server took the publish");
 }
 
-/// Runs `consumer`, then kills its client with a message async-nats cannot
-/// parse: a bare CR in a header value panics async-nats 0.51's connection
-/// task (nats.rs PR #1612) while its own state still says connected. The
-/// consumer must end with `Closed`, the status must say why, and a publish
-/// must fail `Closed`.
+/// Runs a consumer of `Ping` (set up by `configure`) until it has handled
+/// one event, then stops the server for good: the client (configured with
+/// [`giving_up`]) exhausts its reconnect attempts and its connection task
+/// ends. Waiting cannot heal that, so `run` must end with `Closed` instead
+/// of idling without a subscription, and publishes must fail `Closed`.
 pub async fn kill_the_client_under(
-    consumer: events::consumer::Consumer<()>,
-    server: &NatsServer,
+    configure: impl FnOnce(events::consumer::Consumer<()>) -> events::consumer::Consumer<()>,
+    server: &mut NatsServer,
     bus: &Bus,
     status: impl Fn() -> events::backend::nats::NatsStatus,
 ) {
+    use events::consumer::{Consumer, Context, HandlerError};
+
+    let (handled_tx, mut handled) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = configure(Consumer::new(bus, "victim").unwrap()).handle(
+        move |e: events::Event<Ping>, _ctx: Context<()>| {
+            let _ = handled_tx.send(e.payload.seq);
+            async { Ok::<_, HandlerError>(()) }
+        },
+    );
     let running = tokio::spawn(consumer.run(std::future::pending()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let ping = bus.event(Ping {
         seq: 1,
         note: String::new(),
     });
-    let message = bus.codec().encode(&ping, ContentMode::Binary).unwrap();
-    raw_publish(server, &message, "x: a\rb\r\n").await;
+    // Published until one is handled: the consumer is then subscribed.
+    loop {
+        bus.publish(&ping).await.unwrap();
+        if tokio::time::timeout(Duration::from_millis(200), handled.recv())
+            .await
+            .is_ok()
+        {
+            break;
+        }
+    }
+    server.kill();
     let ended = tokio::time::timeout(WAIT, running)
         .await
         .expect("the consumer does not idle on a dead client")
@@ -720,20 +737,34 @@ pub async fn kill_the_client_under(
     assert_eq!(ended.kind(), ErrorKind::Closed, "{ended}");
     let status = status();
     assert_eq!(status.state, ConnectionState::Closed);
-    assert!(status.last_error.unwrap().contains("connection task"));
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("connection task"),
+        "{status:?}"
+    );
     let refused = bus.publish(&ping).await.unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::Closed, "{refused}");
 }
 
-#[tokio::test]
-async fn a_client_killed_by_a_message_it_cannot_parse_ends_the_consumer_with_an_error() {
-    use events::consumer::{Consumer, Context, HandlerError};
+/// `config` whose client gives up after two reconnect attempts.
+pub fn giving_up(config: NatsConfig) -> NatsConfig {
+    config.reconnect(
+        ReconnectPolicy::new()
+            .min_delay(Duration::from_millis(50))
+            .max_delay(Duration::from_millis(100))
+            .max_reconnects(Some(2)),
+    )
+}
 
-    let server = NatsServer::core();
-    let transport = transport(&server).await;
+#[tokio::test]
+async fn a_client_that_gives_up_reconnecting_ends_the_consumer_with_an_error() {
+    let mut server = NatsServer::core();
+    let transport = NatsTransport::connect(giving_up(config(&server)))
+        .await
+        .unwrap();
     let bus = bus(transport.clone());
-    let consumer = Consumer::new(&bus, "victim")
-        .unwrap()
-        .handle(|_e: events::Event<Ping>, _ctx: Context<()>| async { Ok::<_, HandlerError>(()) });
-    kill_the_client_under(consumer, &server, &bus, || transport.status()).await;
+    kill_the_client_under(|c| c, &mut server, &bus, || transport.status()).await;
 }

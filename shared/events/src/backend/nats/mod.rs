@@ -661,7 +661,7 @@ mod tests {
         assert!(to_nats_headers(&Headers::new()).unwrap().is_none());
         // A value async-nats accepts but our headers refuse is kept, encoded.
         let mut raw = async_nats::HeaderMap::new();
-        raw.insert("x-nul", async_nats::HeaderValue::from("a\0b"));
+        raw.insert("x-nul", async_nats::HeaderValue::try_from("a\0b").unwrap());
         let kept = from_nats_headers(Some(&raw)).unwrap();
         assert_eq!(kept.get("x-nul"), Some("a%00b"));
         assert_eq!(from_nats_headers(None).unwrap().len(), 0);

@@ -44,8 +44,9 @@ pub struct NatsStatus {
 }
 
 /// Why a transport the application did not close is `Closed`.
-pub(crate) const LOST: &str = "the nats client's connection task stopped (async-nats panicked on \
-     a message it could not parse?); nothing more is received or sent: \
+pub(crate) const LOST: &str =
+    "the nats client's connection task stopped (it gave up reconnecting, \
+     or failed on something it could not handle); nothing more is received or sent: \
      connect a new transport";
 
 /// Shared between the event callback and the transport.
@@ -194,9 +195,23 @@ impl Tracker {
                 self.update(|s| s.last_error = Some(text));
             }
             Event::ClientError(e) => {
-                let text = e.to_string();
+                // The client stops for good after its last reconnect attempt:
+                // the connection is closed, not merely disconnected.
+                let gave_up = matches!(e, async_nats::ClientError::MaxReconnects);
+                let text = if gave_up {
+                    "gave up reconnecting (max_reconnects reached); the nats client's \
+                     connection task stopped: connect a new transport"
+                        .to_owned()
+                } else {
+                    e.to_string()
+                };
                 tracing::error!(transport, error = %text, "nats client error");
-                self.update(|s| s.last_error = Some(text));
+                self.update(|s| {
+                    s.last_error = Some(text);
+                    if gave_up {
+                        s.state = ConnectionState::Closed;
+                    }
+                });
             }
         }
     }
@@ -206,10 +221,10 @@ impl Tracker {
         self.update(|s| s.state = ConnectionState::Closed);
     }
 
-    /// The client's connection task is gone while the transport was open:
-    /// async-nats 0.51 panics in it on some input any publisher can send (a
-    /// bare CR in a header value, nats.rs PR #1612), and its own state stays
-    /// `Connected`. Records it once, as `Closed` with the reason.
+    /// The client's connection task is gone while the transport was open
+    /// (it gave up reconnecting, or stopped on something it could not
+    /// handle) and its own state may still say otherwise. Records it once,
+    /// as `Closed` with the reason.
     pub(crate) fn set_lost(&self) {
         let mut first = false;
         self.update(|s| {
