@@ -48,6 +48,24 @@ impl<T: EventPayload> Subscriber<T> {
         futures_util::StreamExt::next(self).await
     }
 
+    /// Stops fetching: nothing more is asked of the broker for this
+    /// subscriber; what it fetched before is still yielded, then the stream
+    /// ends (on core NATS, which fetches nothing ahead, it goes on).
+    pub fn stop(&mut self) {
+        self.subscription.stop();
+    }
+
+    /// Stops fetching and releases every event fetched ahead and not yet
+    /// handed out: each is nacked without delay, in order, so another
+    /// subscriber of the same durable consumer or queue group gets it at
+    /// once instead of after the ack wait. Returns how many were released.
+    /// Deliveries already handed out stay the caller's to settle.
+    ///
+    /// Dropping the subscriber releases them too, without waiting.
+    pub async fn close(self) -> usize {
+        self.subscription.close().await
+    }
+
     fn decode(&self, delivery: transport::Delivery) -> Result<Delivery<T>, DeliveryError> {
         let decoded =
             wire::decode_event::<T>(delivery.message(), &self.bus.upcasters, self.version_policy);
@@ -239,6 +257,24 @@ impl RawSubscriber {
     /// The next delivery, or `None` once the subscription has ended.
     pub async fn next(&mut self) -> Option<Result<RawDelivery, DeliveryError>> {
         futures_util::StreamExt::next(self).await
+    }
+
+    /// Stops fetching: nothing more is asked of the broker for this
+    /// subscriber; what it fetched before is still yielded, then the stream
+    /// ends (on core NATS, which fetches nothing ahead, it goes on).
+    pub fn stop(&mut self) {
+        self.subscription.stop();
+    }
+
+    /// Stops fetching and releases every event fetched ahead and not yet
+    /// handed out: each is nacked without delay, in order, so another
+    /// subscriber of the same durable consumer or queue group gets it at
+    /// once instead of after the ack wait. Returns how many were released.
+    /// Deliveries already handed out stay the caller's to settle.
+    ///
+    /// Dropping the subscriber releases them too, without waiting.
+    pub async fn close(self) -> usize {
+        self.subscription.close().await
     }
 }
 

@@ -34,7 +34,7 @@ pub use dead_letter::{headers as dead_letter_headers, replay, DeadLetter, Reason
 pub use handler::{Context, Handler, HandlerError};
 pub use idempotency::{Claim, ClaimToken, IdempotencyStore, MemoryIdempotencyStore};
 pub use retry::RetryPolicy;
-pub use runtime::{shutdown_signal, Consumer, NewerVersion, Summary};
+pub use runtime::{shutdown_signal, Consumer, NewerVersion, Running, Summary};
 
 #[cfg(test)]
 mod tests;

@@ -63,6 +63,9 @@ pub struct Summary {
     pub dead_letter_failures: u64,
     /// In-flight events nacked because shutdown's deadline passed.
     pub nacked_on_shutdown: u64,
+    /// Events fetched ahead and never started, released (nacked without
+    /// delay) on shutdown for another instance to take.
+    pub released_on_shutdown: u64,
 }
 
 /// What the runtime counts; each is also a `metrics` counter (feature
@@ -76,6 +79,7 @@ enum Counter {
     Skipped,
     DeadLetterFailures,
     NackedOnShutdown,
+    ReleasedOnShutdown,
 }
 
 impl Counter {
@@ -89,13 +93,14 @@ impl Counter {
             Counter::Skipped => "events_skipped_total",
             Counter::DeadLetterFailures => "events_dead_letter_failures_total",
             Counter::NackedOnShutdown => "events_nacked_on_shutdown_total",
+            Counter::ReleasedOnShutdown => "events_released_on_shutdown_total",
         }
     }
 }
 
 #[derive(Default)]
 struct Stats {
-    counts: [AtomicU64; 7],
+    counts: [AtomicU64; 8],
 }
 
 impl Stats {
@@ -113,6 +118,7 @@ impl Stats {
             skipped: get(Counter::Skipped),
             dead_letter_failures: get(Counter::DeadLetterFailures),
             nacked_on_shutdown: get(Counter::NackedOnShutdown),
+            released_on_shutdown: get(Counter::ReleasedOnShutdown),
         }
     }
 }
@@ -413,9 +419,10 @@ impl<S: Send + Sync + 'static> Consumer<S> {
     }
 
     /// Subscribes and handles events until `shutdown` resolves, then shuts
-    /// down gracefully: stop pulling, let in-flight handlers finish within
-    /// the shutdown timeout, nack (never ack) what did not finish, flush the
-    /// bus. Returns what was done.
+    /// down gracefully (see [`Running::shutdown`]). Returns what was done.
+    ///
+    /// The same as [`start`](Self::start) followed by
+    /// [`Running::until`]`(shutdown)`.
     ///
     /// # Errors
     ///
@@ -427,6 +434,57 @@ impl<S: Send + Sync + 'static> Consumer<S> {
     /// subscriptions reported. A service should exit (and be restarted)
     /// rather than idle without a subscription.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<Summary> {
+        // Driven here rather than in a task of its own: dropping this
+        // future drops the consumer at once (nothing settled, as in a
+        // crash), where dropping a `Running` shuts it down gracefully.
+        self.prepare().await?.run(shutdown).await
+    }
+
+    /// Subscribes to every handled type and starts handling events in a
+    /// task of its own. Returns once every subscription is live: an event
+    /// published after `start` returns is handled (on a durable backend,
+    /// every stored event is, whenever it was published).
+    ///
+    /// ```
+    /// # use events::{Bus, Event, EventPayload};
+    /// # use events::consumer::{Consumer, Context, HandlerError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)]
+    /// # struct OrderPlaced { order_id: String }
+    /// # impl EventPayload for OrderPlaced { const TYPE: &'static str = "orders.order_placed"; const VERSION: u32 = 1; }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), events::Error> {
+    /// let bus = Bus::memory("orders");
+    /// let running = Consumer::new(&bus, "inventory")?
+    ///     .handle(|_e: Event<OrderPlaced>, _ctx: Context<()>| async { Ok::<_, HandlerError>(()) })
+    ///     .start()
+    ///     .await?;
+    /// // Subscribed: nothing published from here on is missed.
+    /// bus.publish(&bus.event(OrderPlaced { order_id: "o-1".into() })).await?;
+    /// let summary = running.shutdown().await?;
+    /// # let _ = summary;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Self::run) when starting.
+    pub async fn start(self) -> Result<Running> {
+        let name = self.name.clone();
+        let dispatch = self.prepare().await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopped = async move {
+            // Sent, or the sender dropped with its `Running`: both stop.
+            let _ = stopped.await;
+        };
+        Ok(Running {
+            name,
+            stop: Some(stop),
+            task: tokio::spawn(dispatch.run(stopped)),
+        })
+    }
+
+    /// Subscribes: the dispatch loop, ready to run.
+    async fn prepare(self) -> Result<Dispatch<S>> {
         if self.handlers.is_empty() {
             return Err(Error::invalid(format!(
                 "consumer {:?} has no handlers",
@@ -455,9 +513,10 @@ impl<S: Send + Sync + 'static> Consumer<S> {
             let subject = self.bus.codec().subject_for(event_type)?;
             let prefetch = self
                 .prefetch
-                .unwrap_or((self.concurrency * 2).max(DEFAULT_PREFETCH));
-            let mut options =
-                SubscribeOptions::new(SubjectPattern::exact(&subject)).capacity(prefetch);
+                .unwrap_or((self.concurrency.saturating_mul(2)).max(DEFAULT_PREFETCH));
+            let mut options = SubscribeOptions::new(SubjectPattern::exact(&subject))
+                .capacity(prefetch)
+                .max_deliver(max_deliver(&self.retry));
             if let Some(wait) = self.ack_wait {
                 options = options.ack_wait(wait);
             }
@@ -474,7 +533,7 @@ impl<S: Send + Sync + 'static> Consumer<S> {
             // itself, into a value it boxes only if the handling must wait.
             subscriptions.push(transport.subscribe(options).await?);
         }
-        let mut deliveries = Merged::new(subscriptions);
+        let deliveries = Merged::new(subscriptions);
         tracing::info!(consumer = %self.name, types = routes.len(), transport = transport.name(), "consumer started");
 
         let shared = Arc::new(Shared {
@@ -496,14 +555,163 @@ impl<S: Send + Sync + 'static> Consumer<S> {
             stats: Stats::default(),
             cancelled: AtomicBool::new(false),
         });
-        // In-flight handlers run as futures polled by this task, not as
-        // spawned tasks: no task spawn and no cross-thread wake-up per event
-        // (a spawned task per event ran at under half the throughput of a
-        // hand-written loop). Handlers that need CPU parallelism spawn their
-        // heavy work themselves.
-        let mut in_flight: FuturesUnordered<BoxFuture<'static, ()>> = FuturesUnordered::new();
-        let mut keys: HashMap<String, watch::Receiver<bool>> = HashMap::new();
-        let mut shutdown = std::pin::pin!(shutdown);
+        Ok(Dispatch {
+            shared,
+            deliveries,
+            concurrency: self.concurrency,
+            ordered_by_key: self.ordered_by_key,
+            shutdown_timeout: self.shutdown_timeout,
+            in_flight: FuturesUnordered::new(),
+            keys: HashMap::new(),
+        })
+    }
+}
+
+/// A started consumer (see [`Consumer::start`]): its events are handled in
+/// a task of its own until [`shutdown`](Self::shutdown).
+///
+/// Dropping it shuts the consumer down in the background, as `shutdown`
+/// does, without waiting for the summary.
+#[must_use = "dropping a running consumer shuts it down"]
+pub struct Running {
+    name: Arc<str>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<Summary>>,
+}
+
+impl Running {
+    /// The consumer's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the consumer has stopped by itself (its subscriptions
+    /// ended: see [`Consumer::run`]); `shutdown` then returns why.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Shuts down gracefully and returns what was done:
+    ///
+    /// 1. stop fetching: nothing more is asked of the broker;
+    /// 2. release what was fetched ahead and not started: each is nacked at
+    ///    once, in order, for another instance to take (with
+    ///    [`ordered_by_key`](Consumer::ordered_by_key), an event whose key
+    ///    has an earlier event in flight waits for that one to settle
+    ///    first, so the key's events come back in order);
+    /// 3. let in-flight handlers finish within the
+    ///    [`shutdown_timeout`](Consumer::shutdown_timeout), then nack (never
+    ///    ack) those still running, in key order;
+    /// 4. flush, and confirm with the broker that every ack and nack
+    ///    arrived (JetStream: a server round trip).
+    ///
+    /// Returns within the shutdown timeout plus a few seconds for steps 2
+    /// and 4 (each bounded), whatever the handlers and the broker do.
+    ///
+    /// # Errors
+    ///
+    /// As [`Consumer::run`]: the consumer had stopped by itself because its
+    /// subscriptions ended.
+    pub async fn shutdown(mut self) -> Result<Summary> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.join().await
+    }
+
+    /// Runs until `shutdown` resolves (then shuts down as
+    /// [`shutdown`](Self::shutdown) does), or until the consumer stops by
+    /// itself.
+    ///
+    /// # Errors
+    ///
+    /// As [`Consumer::run`].
+    pub async fn until(mut self, shutdown: impl Future<Output = ()> + Send) -> Result<Summary> {
+        tokio::select! {
+            () = shutdown => self.shutdown().await,
+            ended = &mut self.task => joined(ended),
+        }
+    }
+
+    /// Stops at once, as a crash would: the consumer's task ends where it
+    /// stands, nothing in flight is settled (the broker redelivers it after
+    /// its ack wait). For tests of what a crashed instance leaves behind.
+    pub async fn abort(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
+    async fn join(&mut self) -> Result<Summary> {
+        joined((&mut self.task).await)
+    }
+}
+
+fn joined(ended: std::result::Result<Result<Summary>, tokio::task::JoinError>) -> Result<Summary> {
+    ended.unwrap_or_else(|e| {
+        Err(Error::new(
+            ErrorKind::Backend,
+            format!("the consumer's task ended abnormally: {e}"),
+        ))
+    })
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // The task shuts down by itself once the sender is gone.
+        drop(self.stop.take());
+    }
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running")
+            .field("name", &self.name)
+            .field("finished", &self.task.is_finished())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many deliveries a consumer's broker consumer allows per event: the
+/// retry budget, plus room for what is not a failed attempt (a nack on
+/// shutdown, a dead-letter copy that could not be published yet).
+/// Finite, so an event whose dead-letter copy keeps failing does not come
+/// back forever.
+fn max_deliver(retry: &RetryPolicy) -> u32 {
+    retry.get_max_attempts().saturating_add(DELIVERY_MARGIN)
+}
+
+/// Deliveries allowed beyond the retry budget: see [`max_deliver`].
+const DELIVERY_MARGIN: u32 = 10;
+
+/// How long shutdown waits, at most, for what follows the handlers: the
+/// nacks of what did not finish, and the broker's confirmation of every
+/// settle.
+const SETTLE_GRACE: Duration = Duration::from_secs(3);
+
+/// How long shutdown waits, at most, for the subscriptions to hand over
+/// what they fetched ahead.
+const RELEASE_GRACE: Duration = Duration::from_secs(2);
+
+/// The dispatch loop of a started consumer and what it owns.
+struct Dispatch<S> {
+    shared: Arc<Shared<S>>,
+    deliveries: Merged,
+    concurrency: usize,
+    ordered_by_key: bool,
+    shutdown_timeout: Duration,
+    // In-flight handlers run as futures polled by this task, not as
+    // spawned tasks: no task spawn and no cross-thread wake-up per event
+    // (a spawned task per event ran at under half the throughput of a
+    // hand-written loop). Handlers that need CPU parallelism spawn their
+    // heavy work themselves.
+    in_flight: FuturesUnordered<BoxFuture<'static, ()>>,
+    /// Per key, the completion signal of its last event in flight.
+    keys: HashMap<String, watch::Receiver<bool>>,
+}
+
+impl<S: Send + Sync + 'static> Dispatch<S> {
+    async fn run(mut self, stop: impl Future<Output = ()> + Send) -> Result<Summary> {
+        let mut stop = std::pin::pin!(stop);
         // Set when the subscription ends by itself (not by shutdown): the
         // last error it reported, which `run` returns after draining.
         let mut subscription_error: Option<Error> = None;
@@ -512,10 +720,10 @@ impl<S: Send + Sync + 'static> Consumer<S> {
         loop {
             tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                () = &mut stop => break,
+                Some(()) = self.in_flight.next(), if !self.in_flight.is_empty() => {}
                 // Backpressure: pull the next event only when a slot is free.
-                item = deliveries.next(), if in_flight.len() < self.concurrency => {
+                item = self.deliveries.next(), if self.in_flight.len() < self.concurrency => {
                     let Some((from, item)) = item else {
                         ended = Some(subscription_error.take().unwrap_or_else(|| {
                             Error::closed("the subscription ended (the transport was closed?)")
@@ -523,82 +731,141 @@ impl<S: Send + Sync + 'static> Consumer<S> {
                         break;
                     };
                     match item {
-                        Ok(delivery) => {
-                            if !self.ordered_by_key && shared.idempotency.is_none() {
-                                let rest = poll_once(|cx| shared.begin(from, delivery, cx)).await;
-                                in_flight.extend(rest);
-                                continue;
-                            }
-                            let raw = match wire::decode(delivery.message()) {
-                                Ok(raw) => raw,
-                                Err(error) => {
-                                    start(&mut in_flight, shared.clone().unreadable(delivery, error)).await;
-                                    continue;
-                                }
-                            };
-                            // Per-key ordering: each event of a key waits for
-                            // the previous one of the same key, in delivery order.
-                            let key = raw.metadata.subject().filter(|_| self.ordered_by_key).map(str::to_owned);
-                            if keys.len() > 4 * self.concurrency {
-                                // Forget keys whose last event is done (or gone).
-                                keys.retain(|_, rx| !*rx.borrow() && rx.has_changed().is_ok());
-                            }
-                            let busy = key.as_ref().and_then(|key| keys.get(key)).is_some_and(|rx| !*rx.borrow() && rx.has_changed().is_ok());
-                            if !busy && shared.idempotency.is_none() {
-                                // Nothing of its key in flight: the fast path.
-                                // The key is registered only if the handling
-                                // has to wait; its successors then wait for it.
-                                let ordered = key.is_some();
-                                let rest = poll_once(|cx| shared.begin_raw(from, raw, delivery, ordered, cx)).await;
-                                match (rest, key) {
-                                    (Some(rest), Some(key)) => {
-                                        let (done_tx, done_rx) = watch::channel(false);
-                                        keys.insert(key, done_rx);
-                                        in_flight.push(Box::pin(async move {
-                                            rest.await;
-                                            let _ = done_tx.send(true);
-                                        }));
-                                    }
-                                    (rest, _) => in_flight.extend(rest),
-                                }
-                            } else {
-                                let order = key.map(|key| {
-                                    let (done_tx, done_rx) = watch::channel(false);
-                                    (keys.insert(key, done_rx), done_tx)
-                                });
-                                let handling = shared.clone().process(from, Box::new(raw), Box::new(delivery), order);
-                                start(&mut in_flight, Box::pin(handling)).await;
-                            }
-                        }
+                        Ok(delivery) => self.dispatch(from, delivery).await,
                         Err(error) => {
-                            tracing::warn!(consumer = %shared.name, error = %error, "subscription error");
+                            tracing::warn!(consumer = %self.shared.name, error = %error, "subscription error");
                             subscription_error = Some(error);
                         }
                     }
                 }
             }
         }
+        self.shut_down(ended).await
+    }
 
-        // Shutdown: stop pulling, then give in-flight work its deadline.
-        drop(deliveries);
-        tracing::info!(consumer = %shared.name, in_flight = in_flight.len(), "consumer stopping");
-        let drained = tokio::time::timeout(self.shutdown_timeout, async {
-            while in_flight.next().await.is_some() {}
+    /// Starts handling one delivery.
+    async fn dispatch(&mut self, from: usize, delivery: transport::Delivery) {
+        let shared = &self.shared;
+        if !self.ordered_by_key && shared.idempotency.is_none() {
+            let rest = poll_once(|cx| shared.begin(from, delivery, cx)).await;
+            self.in_flight.extend(rest);
+            return;
+        }
+        let raw = match wire::decode(delivery.message()) {
+            Ok(raw) => raw,
+            Err(error) => {
+                start(
+                    &mut self.in_flight,
+                    shared.clone().unreadable(delivery, error),
+                )
+                .await;
+                return;
+            }
+        };
+        // Per-key ordering: each event of a key waits for the previous one
+        // of the same key, in delivery order.
+        let key = raw
+            .metadata
+            .subject()
+            .filter(|_| self.ordered_by_key)
+            .map(str::to_owned);
+        if self.keys.len() > self.concurrency.saturating_mul(4) {
+            // Forget keys whose last event is done (or gone).
+            self.keys.retain(|_, rx| busy(rx));
+        }
+        let key_busy = key
+            .as_ref()
+            .and_then(|key| self.keys.get(key))
+            .is_some_and(busy);
+        if !key_busy && shared.idempotency.is_none() {
+            // Nothing of its key in flight: the fast path. The key is
+            // registered only if the handling has to wait; its successors
+            // then wait for it.
+            let ordered = key.is_some();
+            let rest = poll_once(|cx| shared.begin_raw(from, raw, delivery, ordered, cx)).await;
+            match (rest, key) {
+                (Some(rest), Some(key)) => {
+                    let (done_tx, done_rx) = watch::channel(false);
+                    self.keys.insert(key, done_rx);
+                    self.in_flight.push(Box::pin(async move {
+                        rest.await;
+                        let _ = done_tx.send(true);
+                    }));
+                }
+                (rest, _) => self.in_flight.extend(rest),
+            }
+        } else {
+            let order = key.map(|key| {
+                let (done_tx, done_rx) = watch::channel(false);
+                (self.keys.insert(key, done_rx), done_tx)
+            });
+            let handling = shared
+                .clone()
+                .process(from, Box::new(raw), Box::new(delivery), order);
+            start(&mut self.in_flight, Box::pin(handling)).await;
+        }
+    }
+
+    /// Stops fetching, releases what was fetched and not started, gives
+    /// in-flight work its deadline, then confirms every settle.
+    async fn shut_down(mut self, ended: Option<Error>) -> Result<Summary> {
+        let shared = self.shared.clone();
+        self.deliveries.stop();
+        tracing::info!(consumer = %shared.name, in_flight = self.in_flight.len(), "consumer stopping");
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout.min(MAX_WAIT);
+        // What the subscriptions fetched ahead: released at once, in order,
+        // except behind a busy key (below). In-flight handlers go on
+        // meanwhile.
+        let released = tokio::time::timeout(RELEASE_GRACE, async {
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(()) = self.in_flight.next(), if !self.in_flight.is_empty() => {}
+                    item = self.deliveries.next() => match item {
+                        Some((_, Ok(delivery))) => self.release(delivery).await,
+                        Some((_, Err(_))) => {}
+                        None => break,
+                    },
+                }
+            }
+        })
+        .await;
+        if released.is_err() {
+            tracing::warn!(consumer = %shared.name, "the subscriptions did not hand over what they fetched in time; it comes back after the ack wait");
+        }
+        // Unsubscribes, and releases whatever is still buffered.
+        drop(self.deliveries);
+        let drained = tokio::time::timeout_at(deadline, async {
+            while self.in_flight.next().await.is_some() {}
         })
         .await;
         if drained.is_err() {
             // Past the deadline: every handler still running is cancelled
-            // and its delivery nacked, never acked.
+            // and its delivery nacked, never acked; an event waiting for its
+            // key's predecessor is nacked after it.
             shared.cancelled.store(true, Ordering::Release);
-            let running: Vec<_> = std::mem::take(&mut in_flight).into_iter().collect();
+            let running: Vec<_> = std::mem::take(&mut self.in_flight).into_iter().collect();
             // A handling sees the flag when it is next polled: push each
             // one again, which polls it.
-            in_flight.extend(running);
-            while in_flight.next().await.is_some() {}
+            self.in_flight.extend(running);
         }
-        if let Err(e) = shared.bus.flush().await {
-            tracing::warn!(consumer = %shared.name, error = %e, "flush on shutdown failed");
+        let settled = tokio::time::timeout(SETTLE_GRACE, async {
+            while self.in_flight.next().await.is_some() {}
+            // Acks and nacks are fire-and-forget: confirm the broker has
+            // them before the consumer reports it is done.
+            shared.bus.flush().await
+        })
+        .await;
+        match settled {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(consumer = %shared.name, error = %e, "could not confirm the last acks on shutdown")
+            }
+            Err(_) => {
+                tracing::warn!(consumer = %shared.name, left = self.in_flight.len(), "settling on shutdown did not finish in time; unsettled events come back after the ack wait")
+            }
         }
+        drop(self.in_flight);
         let summary = shared.stats.summary();
         if let Some(error) = ended {
             tracing::error!(consumer = %shared.name, ?summary, %error, "consumer stopped: its subscription ended");
@@ -607,7 +874,51 @@ impl<S: Send + Sync + 'static> Consumer<S> {
         tracing::info!(consumer = %shared.name, ?summary, "consumer stopped");
         Ok(summary)
     }
+
+    /// Shutdown: a delivery fetched ahead and never started is nacked
+    /// without delay, at once or, if an earlier event of its key is still
+    /// in flight, right after that one settles.
+    async fn release(&mut self, delivery: transport::Delivery) {
+        let shared = self.shared.clone();
+        let key = if self.ordered_by_key {
+            wire::decode(delivery.message())
+                .ok()
+                .and_then(|raw| raw.metadata.subject().map(str::to_owned))
+        } else {
+            None
+        };
+        let previous = key
+            .as_ref()
+            .and_then(|key| self.keys.get(key))
+            .filter(|rx| busy(rx))
+            .cloned();
+        let released = async move {
+            shared.stats.bump(Counter::ReleasedOnShutdown);
+            settle(delivery.release().await);
+        };
+        match (previous, key) {
+            (Some(mut previous), Some(key)) => {
+                let (done_tx, done_rx) = watch::channel(false);
+                self.keys.insert(key, done_rx);
+                self.in_flight.push(Box::pin(async move {
+                    let _ = previous.wait_for(|done| *done).await;
+                    released.await;
+                    let _ = done_tx.send(true);
+                }));
+            }
+            _ => start(&mut self.in_flight, Box::pin(released)).await,
+        }
+    }
 }
+
+/// Whether a key's last event is still in flight.
+fn busy(done: &watch::Receiver<bool>) -> bool {
+    !*done.borrow() && done.has_changed().is_ok()
+}
+
+/// The longest shutdown timeout honoured (a longer one is saturated): far
+/// beyond any broker's ack wait, and clear of timer overflow.
+const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl<S> fmt::Debug for Consumer<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -1394,6 +1705,19 @@ impl Merged {
             streams: streams.into_iter().enumerate().collect(),
             next: 0,
         }
+    }
+}
+
+impl Merged {
+    /// Stops fetching: each subscription that can stop yields what it
+    /// fetched, then ends; one that cannot (core NATS, at-most-once) is
+    /// dropped at once.
+    fn stop(&mut self) {
+        self.streams.retain_mut(|(_, stream)| {
+            let stoppable = stream.can_stop();
+            stream.stop();
+            stoppable
+        });
     }
 }
 

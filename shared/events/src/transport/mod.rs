@@ -212,6 +212,13 @@ pub trait Acker: Send + Sync + fmt::Debug + 'static {
     fn term(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
     /// Handling goes on: reset the redelivery timer.
     fn in_progress(&self) -> BoxFuture<'_, Result<()>>;
+    /// The message was fetched ahead and never handled (its subscription
+    /// or consumer is closing): hand it back for another reader to take
+    /// now. The default nacks it without delay; a broker on which that is
+    /// not safe may leave it to its ack wait instead.
+    fn release(self: Box<Self>, message: Message) -> BoxFuture<'static, Result<()>> {
+        self.nack(message, None)
+    }
     /// The delivery was dropped without being settled. The default does
     /// nothing, for brokers that redeliver unsettled messages on their own
     /// after their ack wait.
@@ -341,6 +348,31 @@ impl Delivery {
         }
     }
 
+    /// Hands back a delivery that was never handled (fetched ahead by a
+    /// subscription or consumer that is closing), for another reader to
+    /// take at once: a nack without delay, unless the backend knows that is
+    /// unsafe (see [`Acker::release`]). Fails with
+    /// [`ErrorKind::Unsupported`] without acknowledgements (the message is
+    /// gone: at-most-once).
+    pub fn release(self) -> impl Future<Output = Result<()>> + Send + 'static {
+        let mut delivery = self;
+        async move {
+            match delivery.acker.take() {
+                Some(acker) => {
+                    let message = delivery
+                        .message
+                        .take()
+                        .expect("message is present until settled");
+                    acker.release(message).await
+                }
+                None => Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "this transport has no acknowledgements, so it cannot redeliver",
+                )),
+            }
+        }
+    }
+
     /// Marks the message as never deliverable again.
     pub fn term(self) -> impl Future<Output = Result<()>> + Send + 'static {
         let mut delivery = self;
@@ -381,21 +413,135 @@ impl fmt::Debug for Delivery {
 
 /// A stream of deliveries. Ends when the subscription or the transport is
 /// closed; an `Err` item reports a transport problem and the stream goes on.
+///
+/// Dropping a subscription releases what it fetched ahead and did not hand
+/// out yet (JetStream: nacked at once, for another instance to take),
+/// instead of leaving it to the ack wait. [`close`](Self::close) does the
+/// same and waits until it is done.
 pub struct Subscription {
     inner: Pin<Box<dyn Stream<Item = Result<Delivery>> + Send>>,
+    /// The backend's way to stop fetching; `None` once used, or for a
+    /// backend that fetches nothing ahead of the reader.
+    stop: Option<Box<dyn FnOnce() + Send>>,
 }
+
+/// How long [`Subscription::close`] waits for a backend to hand over what
+/// it fetched ahead (JetStream: messages of a pull already on the wire).
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 impl Subscription {
     /// Wraps a backend's stream.
     pub fn new(stream: impl Stream<Item = Result<Delivery>> + Send + 'static) -> Self {
         Subscription {
             inner: Box::pin(stream),
+            stop: None,
+        }
+    }
+
+    /// Wraps a backend's stream with the backend's way to stop fetching:
+    /// after `stop` runs, the stream yields what the backend already holds
+    /// for this subscription, then ends.
+    pub fn with_stop(
+        stream: impl Stream<Item = Result<Delivery>> + Send + 'static,
+        stop: impl FnOnce() + Send + 'static,
+    ) -> Self {
+        Subscription {
+            inner: Box::pin(stream),
+            stop: Some(Box::new(stop)),
         }
     }
 
     /// The next delivery, or `None` once the subscription has ended.
     pub async fn next(&mut self) -> Option<Result<Delivery>> {
         futures_util::StreamExt::next(self).await
+    }
+
+    /// Stops fetching: nothing more is asked of the broker for this
+    /// subscription. The stream still yields what was fetched before (read
+    /// it to the end, or drop it to release it), then ends. On a backend
+    /// that does not fetch ahead, this does nothing and the stream goes on.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+    }
+
+    /// Whether [`stop`](Self::stop) ends this stream (the backend fetches
+    /// ahead and knows what it holds).
+    pub fn can_stop(&self) -> bool {
+        self.stop.is_some()
+    }
+
+    /// Stops fetching and releases everything fetched ahead and not yet
+    /// handed out: each delivery is nacked without delay, in the order it
+    /// was received, so the broker hands it to another reader at once (in
+    /// that order). Returns how many were released. Deliveries handed out
+    /// before are the caller's to settle.
+    ///
+    /// On a backend without acknowledgements (core NATS), what was
+    /// buffered is dropped (at-most-once); on one without a stop hook,
+    /// only what is already buffered is taken.
+    pub async fn close(mut self) -> usize {
+        use futures_util::FutureExt as _;
+        let mut released = 0;
+        if self.can_stop() {
+            self.stop();
+            // Read to the end: the backend hands over what it fetched,
+            // then ends the stream. Bounded, in case the broker is gone.
+            let drain = async {
+                while let Some(item) = self.next().await {
+                    released += release(item).await;
+                }
+            };
+            if within_grace(drain).await.is_none() {
+                tracing::warn!(?CLOSE_GRACE, "a closing subscription did not end in time; what it still holds comes back after the ack wait");
+            }
+        } else {
+            while let Some(item) = self.next().now_or_never().flatten() {
+                released += release(item).await;
+            }
+        }
+        released
+    }
+}
+
+/// Nacks a delivery a closing subscription had not handed out; 1 if there
+/// was one.
+async fn release(item: Result<Delivery>) -> usize {
+    let Ok(delivery) = item else { return 0 };
+    match delivery.release().await {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::Unsupported => {
+            tracing::debug!("a buffered message of a closing subscription dropped (at-most-once)");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "releasing a buffered delivery failed; it comes back after the ack wait");
+        }
+    }
+    1
+}
+
+/// `work`, bounded by [`CLOSE_GRACE`] inside a tokio runtime; `None` if
+/// that passed first.
+#[cfg(any(feature = "memory", feature = "runtime", feature = "nats"))]
+async fn within_grace<F: Future>(work: F) -> Option<F::Output> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Some(work.await);
+    }
+    tokio::time::timeout(CLOSE_GRACE, work).await.ok()
+}
+
+#[cfg(not(any(feature = "memory", feature = "runtime", feature = "nats")))]
+async fn within_grace<F: Future>(work: F) -> Option<F::Output> {
+    let _ = CLOSE_GRACE;
+    Some(work.await)
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // The backend releases what it holds once its reader is gone; the
+        // stop hook lets it stop fetching first.
+        self.stop();
     }
 }
 
@@ -409,7 +555,9 @@ impl Stream for Subscription {
 
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subscription").finish_non_exhaustive()
+        f.debug_struct("Subscription")
+            .field("can_stop", &self.can_stop())
+            .finish_non_exhaustive()
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use events::consumer::{
     replay, Consumer, Context, DeadLetter, HandlerError, MemoryIdempotencyStore, Reason,
-    RetryPolicy, Summary,
+    RetryPolicy, Running, Summary,
 };
 use events::envelope::TraceContext;
 use events::transport::{
@@ -20,7 +20,6 @@ use events::transport::{
 use events::wire::ContentMode;
 use events::{Bus, Event, EventPayload};
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
 use crate::conformance::bus_on;
 use crate::support;
@@ -48,25 +47,13 @@ type Seen = Arc<Mutex<Vec<(u32, u32)>>>;
 type Flag = Arc<Mutex<bool>>;
 type Count = Arc<Mutex<u32>>;
 
-type Running = (
-    oneshot::Sender<()>,
-    tokio::task::JoinHandle<events::Result<Summary>>,
-);
-
-/// Runs `consumer` in the background until [`stop`] is called.
-async fn start<S: Clone + Send + Sync + 'static>(consumer: Consumer<S>) -> Running {
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(consumer.run(async move {
-        let _ = rx.await;
-    }));
-    // Let the consumer's subscriptions reach the broker before publishing.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    (tx, handle)
+/// Starts `consumer`: returns once its subscriptions are live.
+async fn start<S: Send + Sync + 'static>(consumer: Consumer<S>) -> Running {
+    consumer.start().await.expect("the consumer starts")
 }
 
-async fn stop((tx, handle): Running) -> Summary {
-    let _ = tx.send(());
-    handle.await.unwrap().unwrap()
+async fn stop(running: Running) -> Summary {
+    running.shutdown().await.unwrap()
 }
 
 async fn dead_letters(bus: &Bus) -> Subscription {
@@ -525,7 +512,7 @@ where
             },
         )
         .ack_wait(Duration::from_secs(1));
-    let (_never_stopped, crashing) = start(crashing).await;
+    let crashing = start(crashing).await;
     bus.publish(&bus.event(Job { n: 7 })).await.unwrap();
     let _ = tokio::time::timeout(ARRIVE, started.acquire())
         .await
@@ -546,9 +533,8 @@ where
         })
         .ack_wait(Duration::from_secs(1));
     let survivor = start(survivor).await;
-    // A crash: the run future is dropped mid-handling, nothing is settled.
-    crashing.abort();
-    let _ = crashing.await;
+    // A crash: the consumer's task ends mid-handling, nothing is settled.
+    crashing.abort().await;
 
     wait_until("the redelivery", || !seen.lock().unwrap().is_empty()).await;
     let summary = stop(survivor).await;

@@ -102,6 +102,12 @@ struct Inner {
     closing: watch::Sender<bool>,
     open_subscriptions: AtomicUsize,
     acks_sent: AtomicU64,
+    /// `acks_sent` as of the last server round trip after a flush.
+    acks_confirmed: AtomicU64,
+    /// Subscriptions whose reader is gone and whose puller has not yet
+    /// released what was left unread: `close` waits for them.
+    settling: AtomicUsize,
+    settled: tokio::sync::Notify,
 }
 
 /// Parses `2.9.10` (or `2.10.0-beta.1`) into numbers; unknown parts are 0.
@@ -232,6 +238,9 @@ impl JetStreamTransport {
                 closing: watch::Sender::new(false),
                 open_subscriptions: AtomicUsize::new(0),
                 acks_sent: AtomicU64::new(0),
+                acks_confirmed: AtomicU64::new(0),
+                settling: AtomicUsize::new(0),
+                settled: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -407,6 +416,147 @@ impl Inner {
         }
     }
 
+    fn consumer_error(
+        &self,
+        filter: &str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::new(
+            ErrorKind::Backend,
+            format!(
+                "creating a consumer for `{filter}` on stream {} failed",
+                self.stream.cached_info().config.name
+            ),
+        )
+        .with_source(e)
+    }
+
+    /// The existing consumer `name`, which must read exactly `filter`.
+    async fn bind_consumer(&self, name: &str, filter: &str) -> Result<PullConsumer> {
+        let consumer: PullConsumer = self.stream.get_consumer(name).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Backend,
+                format!(
+                    "cannot bind to consumer {name} of stream {}",
+                    self.stream.cached_info().config.name
+                ),
+            )
+            .with_source(e)
+        })?;
+        check_filter(name, &consumer.cached_info().config, filter)?;
+        Ok(consumer)
+    }
+
+    /// The durable consumer `name` for `filter`: created, or updated with
+    /// this subscription's settings if it exists for the same filter.
+    ///
+    /// A name never re-targets a consumer: one that exists with another
+    /// filter (another event type subscribed under the same durable or
+    /// queue-group name) is refused. Updating it would silently move every
+    /// instance reading it to this filter, and the first subscription's
+    /// events would go unread.
+    async fn named_consumer(
+        &self,
+        name: &str,
+        filter: &str,
+        options: &SubscribeOptions,
+    ) -> Result<PullConsumer> {
+        use jetstream::stream::ConsumerErrorKind as K;
+        let config = self
+            .config
+            .consumers
+            .pull_config(Some(name), filter, options);
+        let existing = match self.stream.consumer_info(name).await {
+            Ok(info) => Some(info.config),
+            Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("could not look up consumer {name}"),
+                )
+                .with_source(e))
+            }
+        };
+        if let Some(existing) = &existing {
+            check_filter(name, existing, filter)?;
+        }
+        // Two instances may create the consumer at once: where the server
+        // supports it (2.10+), creation is strict, so a consumer created
+        // meanwhile with another filter is refused rather than updated.
+        let strict = existing.is_none() && self.server_version >= (2, 10, 0);
+        if strict {
+            match self.stream.create_consumer_strict(config.clone()).await {
+                Ok(consumer) => return Ok(consumer),
+                Err(e) => {
+                    // Created meanwhile: check it as above, then update.
+                    let info = self
+                        .stream
+                        .consumer_info(name)
+                        .await
+                        .map_err(|_| self.consumer_error(filter, e))?;
+                    check_filter(name, &info.config, filter)?;
+                }
+            }
+        }
+        self.stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| match e.kind() {
+                K::TimedOut => Error::new(
+                    ErrorKind::Unavailable,
+                    format!("creating consumer {name} timed out"),
+                )
+                .with_source(e),
+                _ => self.consumer_error(filter, e),
+            })
+    }
+
+    /// Acks are fire-and-forget: a flush proves they left the client, a
+    /// JetStream API round trip after it that the server has read them
+    /// (a connection processes what it receives in order). Only if acks
+    /// were sent since the last confirmation.
+    async fn confirm_acks(&self, limit: Duration) -> Result<()> {
+        let sent = self.acks_sent.load(Ordering::Acquire);
+        if sent == self.acks_confirmed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Any answer will do (nats-server 2.9's account info is one async-nats
+        // cannot parse): only its arrival matters.
+        match tokio::time::timeout(limit, self.admin.query_account()).await {
+            Ok(_) => {
+                self.acks_confirmed.fetch_max(sent, Ordering::AcqRel);
+                Ok(())
+            }
+            Err(_) => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("the server did not confirm the last acks within {limit:?}"),
+            )),
+        }
+    }
+
+    /// One dropped subscription has released what it left.
+    fn settled(&self) {
+        self.settling.fetch_sub(1, Ordering::AcqRel);
+        self.settled.notify_waiters();
+    }
+
+    /// Waits (bounded) until every dropped subscription has released what
+    /// it left unread.
+    async fn wait_settled(&self, limit: Duration) {
+        let wait = async {
+            loop {
+                let notified = self.settled.notified();
+                if self.settling.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(limit, wait).await.is_err() {
+            tracing::warn!("dropped subscriptions did not release what they held in time; it comes back after the ack wait");
+        }
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             Err(Error::closed("the jetstream transport is closed"))
@@ -414,6 +564,36 @@ impl Inner {
             Ok(())
         }
     }
+}
+
+/// Refuses consumer `name` unless it reads exactly `filter`: its
+/// `filter_subject`, or its whole `filter_subjects` set (2.10+), compared
+/// as a set; a consumer without any filter reads the whole stream and
+/// matches no single subscription.
+fn check_filter(name: &str, config: &jetstream::consumer::Config, filter: &str) -> Result<()> {
+    let mut filters: Vec<&str> = config.filter_subjects.iter().map(String::as_str).collect();
+    if !config.filter_subject.is_empty() {
+        filters.push(&config.filter_subject);
+    }
+    filters.sort_unstable();
+    filters.dedup();
+    if filters == [filter] {
+        return Ok(());
+    }
+    let reads = if filters.is_empty() {
+        "the whole stream".to_owned()
+    } else {
+        filters
+            .iter()
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(Error::invalid(format!(
+        "consumer {name} already exists and reads {reads}, not `{filter}`: a name stands for \
+         one consumer with one filter; give this subscription its own name (or delete the \
+         consumer if it is stale)"
+    )))
 }
 
 fn publish_error(subject: &Subject, e: jetstream::context::PublishError) -> Error {
@@ -495,41 +675,14 @@ impl Transport for JetStreamTransport {
             let defaults = &inner.config.consumers;
             let name = options.get_durable_name().or(options.get_queue_group());
             let filter = options.get_pattern().as_str();
-            let consumer: PullConsumer = match name {
-                Some(name) if defaults.bind_existing => {
-                    let consumer: PullConsumer =
-                        inner.stream.get_consumer(name).await.map_err(|e| {
-                            Error::new(
-                                ErrorKind::Backend,
-                                format!(
-                                    "cannot bind to consumer {name} of stream {}",
-                                    self.stream_name()
-                                ),
-                            )
-                            .with_source(e)
-                        })?;
-                    let bound = &consumer.cached_info().config.filter_subject;
-                    if !bound.is_empty() && bound != filter {
-                        return Err(Error::invalid(format!(
-                            "consumer {name} filters `{bound}`, but the subscription asks for `{filter}`"
-                        )));
-                    }
-                    consumer
-                }
-                _ => inner
+            let consumer = match name {
+                Some(name) if defaults.bind_existing => inner.bind_consumer(name, filter).await?,
+                Some(name) => inner.named_consumer(name, filter, &options).await?,
+                None => inner
                     .stream
-                    .create_consumer(defaults.pull_config(name, filter, &options))
+                    .create_consumer(defaults.pull_config(None, filter, &options))
                     .await
-                    .map_err(|e| {
-                        Error::new(
-                            ErrorKind::Backend,
-                            format!(
-                                "creating a consumer for `{filter}` on stream {} failed",
-                                self.stream_name()
-                            ),
-                        )
-                        .with_source(e)
-                    })?,
+                    .map_err(|e| inner.consumer_error(filter, e))?,
             };
             let mut batch = options
                 .get_capacity()
@@ -541,12 +694,20 @@ impl Transport for JetStreamTransport {
             }
             tracing::debug!(consumer = %consumer.cached_info().name, filter, batch, "jetstream subscription opened");
             inner.open_subscriptions.fetch_add(1, Ordering::AcqRel);
+            let stop = Arc::new(Stop::default());
+            // An ephemeral consumer is this subscription's alone: deleted
+            // when the subscription ends, instead of lingering on the server
+            // until its inactivity threshold (a loop of subscribe and drop
+            // would reach the server's consumer limit).
+            let ephemeral = name.is_none();
             let mut puller = Puller {
                 tx: None,
                 buffer: Arc::default(),
                 consumer,
                 inner: inner.clone(),
                 closing: inner.closing.subscribe(),
+                stop: stop.clone(),
+                ephemeral,
                 batch_size: batch,
                 expires: defaults.expires,
                 current: None,
@@ -570,7 +731,7 @@ impl Transport for JetStreamTransport {
             // elsewhere). Not covered: the rest of a batch the client holds
             // while the buffer is full (pulls that only ask for the room
             // there is cost 10-20% of the throughput, measured).
-            let (tx, mut rx) = tokio::sync::mpsc::channel(batch);
+            let (tx, rx) = tokio::sync::mpsc::channel(batch);
             let buffer = Arc::new(Buffer::default());
             let ack_wait = puller.consumer.cached_info().config.ack_wait;
             tokio::spawn(keep_alive(
@@ -581,18 +742,13 @@ impl Transport for JetStreamTransport {
             puller.buffer = buffer.clone();
             puller.tx = Some(tx);
             tokio::spawn(puller.run());
-            let stream = futures_util::stream::poll_fn(move |cx| {
-                let mut item = std::task::ready!(rx.poll_recv(cx));
-                if item.is_some() {
-                    let since = buffer.taken();
-                    if let (Some(Ok(delivery)), Some(since)) = (&mut item, since) {
-                        // The reader's keep-alive counts from here.
-                        delivery.set_ack_wait_since(since);
-                    }
-                }
-                std::task::Poll::Ready(item)
-            });
-            Ok(Subscription::new(stream))
+            let reader = Reader {
+                rx,
+                buffer,
+                stop: stop.clone(),
+                inner: inner.clone(),
+            };
+            Ok(Subscription::with_stop(reader, move || stop.request()))
         })
     }
 
@@ -622,12 +778,12 @@ impl Transport for JetStreamTransport {
                 return Ok(());
             }
             // A publish returns after its ack, so everything published is
-            // stored; what may still be in the client are acks of deliveries.
-            core::flush(
-                &self.inner.client,
-                self.inner.config.connection.get_publish_timeout(),
-            )
-            .await
+            // stored; what may still be in the client are acks of
+            // deliveries.
+            let inner = &*self.inner;
+            let limit = inner.config.connection.get_publish_timeout();
+            core::flush(&inner.client, limit).await?;
+            inner.confirm_acks(limit).await
         })
     }
 
@@ -637,15 +793,12 @@ impl Transport for JetStreamTransport {
             if inner.closed.swap(true, Ordering::AcqRel) {
                 return Ok(());
             }
-            inner.closing.send_replace(true);
             let limit = inner.config.connection.get_publish_timeout();
+            inner.wait_settled(limit).await;
+            inner.closing.send_replace(true);
             let flushed = core::flush(&inner.client, limit).await;
-            // Acks are fire-and-forget: a flush proves they left, a JetStream
-            // API round trip after it that the server has read them.
-            if inner.acks_sent.load(Ordering::Acquire) > 0 {
-                if let Err(e) = tokio::time::timeout(limit, inner.context.query_account()).await {
-                    tracing::warn!(error = %e, "could not confirm the last acks before closing");
-                }
+            if let Err(e) = inner.confirm_acks(limit).await {
+                tracing::warn!(error = %e, "could not confirm the last acks before closing");
             }
             if inner.open_subscriptions.load(Ordering::Acquire) == 0 {
                 core::close_client(&inner.client, &inner.tracker, limit).await?;
@@ -667,6 +820,11 @@ struct Puller {
     consumer: PullConsumer,
     inner: Arc<Inner>,
     closing: watch::Receiver<bool>,
+    /// Set when the reader stops the subscription.
+    stop: Arc<Stop>,
+    /// Whether the consumer is this subscription's alone (deleted at the
+    /// end).
+    ephemeral: bool,
     batch_size: usize,
     expires: Duration,
     current: Option<jetstream::consumer::pull::Batch>,
@@ -675,6 +833,109 @@ struct Puller {
     failures: u32,
     /// The connection's state, to notice reconnects.
     state: watch::Receiver<ConnectionState>,
+}
+
+/// Between a subscription's reader and its puller: the reader's request to
+/// stop fetching, and what it leaves unread when dropped.
+#[derive(Default)]
+struct Stop {
+    requested: AtomicBool,
+    notify: tokio::sync::Notify,
+    handover: std::sync::Mutex<Handover>,
+}
+
+/// What a dropped reader left for its puller to release.
+#[derive(Default)]
+struct Handover {
+    /// Forwarded, never read, in order.
+    held: Vec<Delivery>,
+    reader_gone: bool,
+    puller_done: bool,
+}
+
+impl Stop {
+    fn request(&self) {
+        self.requested.store(true, Ordering::Release);
+        // A permit, in case the puller is not waiting right now.
+        self.notify.notify_one();
+    }
+
+    fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    fn handover(&self) -> std::sync::MutexGuard<'_, Handover> {
+        self.handover.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The reader's side of a subscription: what the puller forwards.
+struct Reader {
+    rx: tokio::sync::mpsc::Receiver<Result<Delivery>>,
+    buffer: Arc<Buffer>,
+    stop: Arc<Stop>,
+    inner: Arc<Inner>,
+}
+
+impl futures_core::Stream for Reader {
+    type Item = Result<Delivery>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let mut item = std::task::ready!(self.rx.poll_recv(cx));
+        if item.is_some() {
+            let since = self.buffer.taken();
+            if let (Some(Ok(delivery)), Some(since)) = (&mut item, since) {
+                // The reader's keep-alive counts from here.
+                delivery.set_ack_wait_since(since);
+            }
+        }
+        std::task::Poll::Ready(item)
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // What the puller forwarded and nobody will read is released (nacked
+        // at once, in order) so another instance gets it now rather than
+        // after the ack wait. By the puller, after it has dropped its pull:
+        // a nack before that could be redelivered to that very pull.
+        let mut handover = self.stop.handover();
+        handover.reader_gone = true;
+        self.rx.close();
+        while let Ok(item) = self.rx.try_recv() {
+            if let Ok(delivery) = item {
+                handover.held.push(delivery);
+            }
+        }
+        // Until it is done, `close` waits for it.
+        self.inner.settling.fetch_add(1, Ordering::AcqRel);
+        if handover.puller_done {
+            let held = std::mem::take(&mut handover.held);
+            drop(handover);
+            let inner = self.inner.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(async move {
+                        release(held).await;
+                        inner.settled();
+                    });
+                }
+                Err(_) => inner.settled(),
+            }
+        }
+    }
+}
+
+/// Nacks `deliveries` without delay, in order.
+async fn release(deliveries: Vec<Delivery>) {
+    for delivery in deliveries {
+        if let Err(e) = delivery.release().await {
+            tracing::debug!(error = %e, "releasing a buffered delivery failed; it comes back after the ack wait");
+        }
+    }
 }
 
 /// What a subscription's puller has forwarded and its reader not yet
@@ -792,8 +1053,10 @@ impl Drop for Puller {
 }
 
 impl Puller {
-    /// Pulls and forwards until the subscription is dropped or, once the
-    /// transport is closing, nothing is pending any more.
+    /// Pulls and forwards until the subscription is dropped or stopped or,
+    /// once the transport is closing, nothing is pending any more. Then
+    /// releases what it still holds and, for an ephemeral consumer,
+    /// deletes it.
     async fn run(mut self) {
         let Some(tx) = self.tx.clone() else {
             return;
@@ -804,27 +1067,78 @@ impl Puller {
                 let gone = std::pin::pin!(tx.closed());
                 match futures_util::future::select(pulled, gone).await {
                     futures_util::future::Either::Left((next, _)) => next,
-                    // The reader is gone; what was pulled for it comes back
-                    // after the ack wait.
-                    futures_util::future::Either::Right(_) => return,
+                    futures_util::future::Either::Right(_) => None,
                 }
             };
             match next {
-                Some((item, reply, puller)) => {
-                    self = puller;
+                Some((item, reply)) => {
                     self.buffer.put(reply.filter(|_| item.is_ok()));
-                    if tx.send(item).await.is_err() {
-                        return;
+                    if let Err(unsent) = tx.send(item).await {
+                        // The reader is gone: this one is released with
+                        // what it left.
+                        if let Ok(delivery) = unsent.0 {
+                            self.stop.handover().held.push(delivery);
+                        }
+                        break;
                     }
                 }
-                None => return,
+                None => break,
+            }
+        }
+        drop(tx);
+        self.finish().await;
+    }
+
+    /// The end of a subscription: the pull is dropped (nothing more is
+    /// delivered to it), then what the reader left unread and what the pull
+    /// had already brought are nacked, in that order (stream order), and an
+    /// ephemeral consumer is deleted.
+    async fn finish(mut self) {
+        let mut late = Vec::new();
+        if let Some(mut batch) = self.current.take() {
+            use futures_util::FutureExt as _;
+            while let Some(Some(Ok(message))) = batch.next().now_or_never() {
+                if let (Ok(delivery), _) = self.delivery(message) {
+                    late.push(delivery);
+                }
+            }
+        }
+        // The pull was dropped above, which unsubscribed its inbox; the
+        // nacks below go out on the same connection after it.
+        let (mut held, reader_gone) = {
+            let mut handover = self.stop.handover();
+            handover.puller_done = true;
+            (std::mem::take(&mut handover.held), handover.reader_gone)
+        };
+        held.append(&mut late);
+        release(held).await;
+        if reader_gone {
+            self.inner.settled();
+        }
+        if self.ephemeral && !self.inner.closed.load(Ordering::Acquire) {
+            let name = self.consumer.cached_info().name.clone();
+            match tokio::time::timeout(API_TIMEOUT, self.inner.stream.delete_consumer(&name)).await
+            {
+                Ok(Ok(_)) => tracing::debug!(consumer = %name, "ephemeral consumer deleted"),
+                Ok(Err(e)) => {
+                    tracing::debug!(consumer = %name, error = %e, "could not delete an ephemeral consumer; the server removes it when inactive")
+                }
+                Err(_) => {
+                    tracing::debug!(consumer = %name, "deleting an ephemeral consumer timed out; the server removes it when inactive")
+                }
             }
         }
     }
 
-    /// The next delivery, with its reply subject (for keep-alives).
-    async fn next(mut self) -> Option<(Result<Delivery>, Option<async_nats::Subject>, Self)> {
+    /// The next delivery, with its reply subject (for keep-alives); `None`
+    /// when the subscription ends: stopped by its reader (after what the
+    /// current pull already brought), or the transport closing and nothing
+    /// pending any more.
+    async fn next(&mut self) -> Option<(Result<Delivery>, Option<async_nats::Subject>)> {
         loop {
+            if self.stop.is_requested() {
+                return self.next_held();
+            }
             let batch = match self.current.as_mut() {
                 Some(batch) => batch,
                 None => {
@@ -859,7 +1173,7 @@ impl Puller {
                                 return None;
                             }
                             if let Some(lost) = self.lost().await {
-                                return Some((Err(lost), None, self));
+                                return Some((Err(lost), None));
                             }
                             self.pause_after_failure(e.to_string()).await;
                             continue;
@@ -877,14 +1191,12 @@ impl Puller {
                     self.current = None;
                     continue;
                 }
+                () = self.stop.notify.notified() => continue,
             };
             match next {
                 Some(Ok(message)) => {
                     self.in_current += 1;
-                    let ack_wait = self.consumer.cached_info().config.ack_wait;
-                    let reply = message.reply.clone();
-                    let delivery = to_delivery(message, ack_wait, &self.inner);
-                    return Some((delivery, reply, self));
+                    return Some(self.delivery(message));
                 }
                 Some(Err(e)) => {
                     self.current = None;
@@ -892,7 +1204,7 @@ impl Puller {
                         return None;
                     }
                     if let Some(lost) = self.lost().await {
-                        return Some((Err(lost), None, self));
+                        return Some((Err(lost), None));
                     }
                     self.pause_after_failure(e.to_string()).await;
                 }
@@ -911,6 +1223,31 @@ impl Puller {
                 }
             }
         }
+    }
+
+    /// Once stopped: a message the current pull already brought (received
+    /// by the client), if any; else the pull is dropped and `None`. A
+    /// message still on the wire for a dropped pull comes back after the
+    /// ack wait.
+    fn next_held(&mut self) -> Option<(Result<Delivery>, Option<async_nats::Subject>)> {
+        use futures_util::FutureExt as _;
+        let batch = self.current.as_mut()?;
+        match batch.next().now_or_never() {
+            Some(Some(Ok(message))) => Some(self.delivery(message)),
+            _ => {
+                self.current = None;
+                None
+            }
+        }
+    }
+
+    fn delivery(
+        &self,
+        message: jetstream::Message,
+    ) -> (Result<Delivery>, Option<async_nats::Subject>) {
+        let ack_wait = self.consumer.cached_info().config.ack_wait;
+        let reply = message.reply.clone();
+        (to_delivery(message, ack_wait, &self.inner), reply)
     }
 
     /// After a failed pull: the error ending the subscription if the
@@ -1029,6 +1366,19 @@ impl Acker for JetStreamAcker {
 
     fn term(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move { self.send(jetstream::AckKind::Term).await })
+    }
+
+    fn release(self: Box<Self>, _message: Message) -> BoxFuture<'static, Result<()>> {
+        // Before 2.10.14 a nacked message can be redelivered to a pull
+        // request whose subscriber is gone (the releasing subscription's
+        // own, still open on the server), where it waits out the ack wait
+        // and makes the server deliver another message once more as new
+        // (nats-server PR #5305; seen in tests on 2.9.10). There it is left
+        // to the ack wait instead.
+        if self.inner.server_version < REDELIVERY_REWIND_FIXED {
+            return Box::pin(async { Ok(()) });
+        }
+        Box::pin(async move { self.send(jetstream::AckKind::Nak(None)).await })
     }
 
     fn in_progress(&self) -> BoxFuture<'_, Result<()>> {

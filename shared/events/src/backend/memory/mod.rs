@@ -405,14 +405,20 @@ impl Transport for MemoryTransport {
             let ack_wait = sub.ack_wait;
             shared.update(|subs| subs.push(sub));
             tracing::debug!(subscription = id, pattern = %options.get_pattern(), group = ?group, "memory subscription opened");
-            Ok(Subscription::new(MemorySubscription {
-                rx,
-                shared: self.shared.clone(),
-                id,
-                group,
-                max_deliver,
-                ack_wait,
-            }))
+            let routes = self.shared.clone();
+            Ok(Subscription::with_stop(
+                MemorySubscription {
+                    rx,
+                    shared: self.shared.clone(),
+                    id,
+                    group,
+                    max_deliver,
+                    ack_wait,
+                },
+                // Out of the routing table, nothing new arrives: the stream
+                // yields what it buffered, then ends.
+                move || routes.update(|subs| subs.retain(|s| s.id != id)),
+            ))
         })
     }
 
