@@ -689,8 +689,10 @@ const DELIVERY_MARGIN: u32 = 10;
 const SETTLE_GRACE: Duration = Duration::from_secs(3);
 
 /// How long shutdown waits, at most, for the subscriptions to hand over
-/// what they fetched ahead.
-const RELEASE_GRACE: Duration = Duration::from_secs(2);
+/// what they fetched ahead (JetStream: until each open pull ends on the
+/// server, within its expiry, 5 s by default). In-flight handlers go on
+/// meanwhile.
+const RELEASE_GRACE: Duration = Duration::from_secs(10);
 
 /// The dispatch loop of a started consumer and what it owns.
 struct Dispatch<S> {

@@ -426,8 +426,9 @@ pub struct Subscription {
 }
 
 /// How long [`Subscription::close`] waits for a backend to hand over what
-/// it fetched ahead (JetStream: messages of a pull already on the wire).
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// it fetched ahead (JetStream: until its open pull ends on the server,
+/// within the pull's expiry, 5 s by default).
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 impl Subscription {
     /// Wraps a backend's stream.

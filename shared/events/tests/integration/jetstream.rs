@@ -66,7 +66,7 @@ async fn stored(t: &JetStreamTransport) -> u64 {
 
 /// A JetStream transport on its own server, with a stream capturing every
 /// conformance and runtime case (`conf.<unique>.…`) and their dead letters.
-async fn suite_transport() -> Arc<dyn Transport> {
+pub async fn suite_transport() -> Arc<dyn Transport> {
     let server = NatsServer::with_jetstream();
     let stream = StreamConfig::new("CONF", ["conf.>", "deadletter.>"]);
     let config = JetStreamConfig::new(config(&server), stream)

@@ -12,6 +12,7 @@ mod faults;
 mod fixtures;
 #[cfg(feature = "jetstream")]
 mod jetstream;
+mod lifecycle;
 #[cfg(feature = "nats")]
 mod nats;
 mod props;

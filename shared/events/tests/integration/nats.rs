@@ -95,7 +95,7 @@ async fn wait_state(transport: &NatsTransport, wanted: ConnectionState) {
         .unwrap();
 }
 
-async fn suite_transport() -> Arc<dyn Transport> {
+pub async fn suite_transport() -> Arc<dyn Transport> {
     let server = NatsServer::core();
     let transport = transport(&server).await;
     Arc::new(WithServer {

@@ -60,13 +60,15 @@ impl EventPayload for Ping {
     const TYPE: &'static str = "test.ping";
 }
 
-/// Whether the `nats-server` on PATH (the one the tests start) has the
+/// Whether the `nats-server` the tests start (`NATS_SERVER_BIN`, else the
+/// one on PATH) has the
 /// JetStream bug fixed by nats-server PR #5305 in 2.10.14: a redelivery
 /// that finds only an expired or abandoned pull request rewinds the
 /// consumer by one message, which is then delivered again with delivery
 /// count 1 (even if it was acked).
 pub fn server_rewinds_redeliveries() -> bool {
-    let output = std::process::Command::new("nats-server")
+    let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
+    let output = std::process::Command::new(binary)
         .arg("--version")
         .output()
         .expect("nats-server --version");

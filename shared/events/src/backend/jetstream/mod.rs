@@ -57,6 +57,10 @@ const MSG_ID: &str = "Nats-Msg-Id";
 /// Publishes sent before their acks are awaited, in a batch.
 const PIPELINE_WINDOW: usize = 256;
 
+/// How long past its `expires` a stopping subscription waits for its pull
+/// to end on the server.
+const PULL_END_MARGIN: Duration = Duration::from_secs(2);
+
 /// The least a JetStream management request (stream and consumer
 /// creation, lookups) waits, whatever the publish `ack_timeout`.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -794,7 +798,18 @@ impl Transport for JetStreamTransport {
                 return Ok(());
             }
             let limit = inner.config.connection.get_publish_timeout();
-            inner.wait_settled(limit).await;
+            // A dropped subscription's pull ends within its expiry.
+            inner
+                .wait_settled(
+                    limit.max(
+                        inner
+                            .config
+                            .consumers
+                            .expires
+                            .saturating_add(PULL_END_MARGIN),
+                    ),
+                )
+                .await;
             inner.closing.send_replace(true);
             let flushed = core::flush(&inner.client, limit).await;
             if let Err(e) = inner.confirm_acks(limit).await {
@@ -1094,17 +1109,14 @@ impl Puller {
     /// had already brought are nacked, in that order (stream order), and an
     /// ephemeral consumer is deleted.
     async fn finish(mut self) {
+        // The pull is read to its end first (see `next_held`): a nack sent
+        // while it is open on the server could be redelivered to it.
         let mut late = Vec::new();
-        if let Some(mut batch) = self.current.take() {
-            use futures_util::FutureExt as _;
-            while let Some(Some(Ok(message))) = batch.next().now_or_never() {
-                if let (Ok(delivery), _) = self.delivery(message) {
-                    late.push(delivery);
-                }
+        while let Some((item, _)) = self.next_held().await {
+            if let Ok(delivery) = item {
+                late.push(delivery);
             }
         }
-        // The pull was dropped above, which unsubscribed its inbox; the
-        // nacks below go out on the same connection after it.
         let (mut held, reader_gone) = {
             let mut handover = self.stop.handover();
             handover.puller_done = true;
@@ -1137,7 +1149,7 @@ impl Puller {
     async fn next(&mut self) -> Option<(Result<Delivery>, Option<async_nats::Subject>)> {
         loop {
             if self.stop.is_requested() {
-                return self.next_held();
+                return self.next_held().await;
             }
             let batch = match self.current.as_mut() {
                 Some(batch) => batch,
@@ -1225,15 +1237,16 @@ impl Puller {
         }
     }
 
-    /// Once stopped: a message the current pull already brought (received
-    /// by the client), if any; else the pull is dropped and `None`. A
-    /// message still on the wire for a dropped pull comes back after the
-    /// ack wait.
-    fn next_held(&mut self) -> Option<(Result<Delivery>, Option<async_nats::Subject>)> {
-        use futures_util::FutureExt as _;
+    /// Once stopped: the next message of the current pull, which is read
+    /// to its end (filled, or expired on the server) rather than dropped: a
+    /// pull dropped early stays open on the server until it expires, and
+    /// takes messages meanwhile, including the ones released to other
+    /// instances (seen on 2.10.26), which then wait out the ack wait.
+    async fn next_held(&mut self) -> Option<(Result<Delivery>, Option<async_nats::Subject>)> {
         let batch = self.current.as_mut()?;
-        match batch.next().now_or_never() {
-            Some(Some(Ok(message))) => Some(self.delivery(message)),
+        let limit = self.expires.saturating_add(PULL_END_MARGIN);
+        match tokio::time::timeout(limit, batch.next()).await {
+            Ok(Some(Ok(message))) => Some(self.delivery(message)),
             _ => {
                 self.current = None;
                 None
@@ -1366,19 +1379,6 @@ impl Acker for JetStreamAcker {
 
     fn term(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move { self.send(jetstream::AckKind::Term).await })
-    }
-
-    fn release(self: Box<Self>, _message: Message) -> BoxFuture<'static, Result<()>> {
-        // Before 2.10.14 a nacked message can be redelivered to a pull
-        // request whose subscriber is gone (the releasing subscription's
-        // own, still open on the server), where it waits out the ack wait
-        // and makes the server deliver another message once more as new
-        // (nats-server PR #5305; seen in tests on 2.9.10). There it is left
-        // to the ack wait instead.
-        if self.inner.server_version < REDELIVERY_REWIND_FIXED {
-            return Box::pin(async { Ok(()) });
-        }
-        Box::pin(async move { self.send(jetstream::AckKind::Nak(None)).await })
     }
 
     fn in_progress(&self) -> BoxFuture<'_, Result<()>> {

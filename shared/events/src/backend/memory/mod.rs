@@ -535,10 +535,30 @@ impl MemoryAcker {
                 return;
             }
         }
-        let queued = Queued {
+        let mut queued = Queued {
             message,
             attempt: self.attempt + 1,
         };
+        if delay.is_zero() && !self.shared.closed.load(Ordering::Acquire) {
+            // At once, in the caller's order where there is room: nacks of
+            // one key's events (a shutdown releasing them) must arrive in
+            // the order they were made.
+            match self.shared.redelivery_target(
+                self.sub_id,
+                self.group.as_deref(),
+                &queued.message.subject,
+            ) {
+                Some(target) => match target.tx.try_send(queued) {
+                    Ok(()) => return,
+                    Err(mpsc::error::TrySendError::Full(q)) => queued = q,
+                    Err(mpsc::error::TrySendError::Closed(q)) => queued = q,
+                },
+                None => {
+                    tracing::debug!(subject = %queued.message.subject, "subscription closed before redelivery");
+                    return;
+                }
+            }
+        }
         let deliver = async move {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
