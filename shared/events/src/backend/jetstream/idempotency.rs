@@ -194,8 +194,9 @@ impl KvIdempotencyStore {
     fn pending_for(&self, key: &str, revision: u64) -> Duration {
         // A revision is gone from the server once the bucket's max age has
         // passed since it was written (which was before the first look), so
-        // a watch that old can never match again.
-        let forget_after = self.ttl.max(self.claim_timeout);
+        // a watch that old can never match again; the claim timeout on top
+        // keeps a watch until it has had the chance to ripen.
+        let forget_after = self.ttl.saturating_add(self.claim_timeout);
         self.watched()
             .unchanged_for(key, revision, Instant::now(), forget_after)
     }
@@ -203,7 +204,9 @@ impl KvIdempotencyStore {
     async fn claim_now(&self, key: &str) -> Result<Claim> {
         let key = Self::key(key);
         let claim = self.claim_key(&key).await;
-        if !matches!(claim, Ok(Claim::InProgress)) {
+        // Resolved: nothing left to watch. (An error keeps the watch: the
+        // claim may still be pending.)
+        if matches!(claim, Ok(Claim::Acquired(_) | Claim::Done)) {
             self.watched().forget(&key);
         }
         claim
