@@ -596,7 +596,9 @@ mod kv_idempotency {
         let token = acquired(store.claim(odd).await.unwrap());
         store.release(odd, token).await.unwrap();
         let abandoned = acquired(other.claim(odd).await.unwrap());
-        // `other`'s claim is now abandoned; after the claim timeout `store` takes it over.
+        // `other`'s claim is now abandoned; a claim timeout after its first
+        // look at it, `store` takes it over.
+        assert_eq!(store.claim(odd).await.unwrap(), Claim::InProgress);
         tokio::time::sleep(Duration::from_millis(1200)).await;
         let current = acquired(store.claim(odd).await.unwrap());
         // The late holder can neither release nor complete the new claim.

@@ -11,6 +11,8 @@ mod conformance;
 mod faults;
 mod fixtures;
 #[cfg(feature = "jetstream")]
+mod idempotency;
+#[cfg(feature = "jetstream")]
 mod jetstream;
 mod lifecycle;
 #[cfg(feature = "nats")]

@@ -317,3 +317,206 @@ async fn group_redelivery_only_goes_to_members_whose_pattern_matches() {
     );
     next(&mut placed).await.ack().await.unwrap();
 }
+
+/// Warnings logged on this thread while the guard lives, as
+/// `message field=value ...` lines.
+mod warnings {
+    use std::fmt::Write as _;
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, SubscriberExt as _};
+    use tracing_subscriber::Layer;
+
+    #[derive(Clone, Default)]
+    pub(super) struct Warnings(Arc<Mutex<Vec<String>>>);
+
+    impl Warnings {
+        pub(super) fn lines(&self) -> Vec<String> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    struct Line(String);
+
+    impl Visit for Line {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                let _ = write!(self.0, "{value:?}");
+            } else {
+                let _ = write!(self.0, " {}={value:?}", field.name());
+            }
+        }
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for Warnings {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                let mut line = Line(String::new());
+                event.record(&mut line);
+                self.0.lock().unwrap().push(line.0);
+            }
+        }
+    }
+
+    /// Captures warnings on this thread (the tests run on a current-thread
+    /// runtime) until the guard drops.
+    pub(super) fn capture() -> (Warnings, tracing::subscriber::DefaultGuard) {
+        let warnings = Warnings::default();
+        let subscriber = tracing_subscriber::registry().with(warnings.clone());
+        let guard = tracing::subscriber::set_default(subscriber);
+        (warnings, guard)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn nacks_wait_in_one_timer_queue_per_subscription_not_a_task_each() {
+    let t = MemoryTransport::new();
+    let mut sub = t.subscribe(options("a").capacity(2_000)).await.unwrap();
+    for i in 0..1_000 {
+        t.publish(message("a", &i.to_string())).await.unwrap();
+    }
+    let mut held = Vec::new();
+    for _ in 0..1_000 {
+        held.push(next(&mut sub).await);
+    }
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    for d in held {
+        d.nack(Some(Duration::from_secs(3_600))).await.unwrap();
+    }
+    assert_eq!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        tasks,
+        "no task per nack"
+    );
+    assert!(nothing_within(&mut sub, Duration::from_secs(3_598)).await);
+    let mut seen = HashSet::new();
+    for _ in 0..1_000 {
+        let d = next(&mut sub).await;
+        assert_eq!(d.attempt(), 2);
+        seen.insert(body(&d));
+        d.ack().await.unwrap();
+    }
+    assert_eq!(seen.len(), 1_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_subscription_holding_its_bound_of_delayed_redeliveries_takes_no_new_messages() {
+    let (warnings, _guard) = warnings::capture();
+    let t = MemoryTransport::with_config(
+        MemoryConfig::new()
+            .publish_timeout(Duration::from_millis(100))
+            .max_waiting_redeliveries(2),
+    );
+    let mut sub = t.subscribe(options("a").capacity(2)).await.unwrap();
+    t.publish(message("a", "1")).await.unwrap();
+    t.publish(message("a", "2")).await.unwrap();
+    let first = next(&mut sub).await;
+    let second = next(&mut sub).await;
+    first.nack(Some(Duration::from_secs(600))).await.unwrap();
+    second.nack(Some(Duration::from_secs(600))).await.unwrap();
+    t.publish(message("a", "3")).await.unwrap();
+    t.publish(message("a", "4")).await.unwrap();
+    assert!(
+        nothing_within(&mut sub, Duration::from_secs(598)).await,
+        "new messages wait while the redeliveries fill the bound"
+    );
+    assert_eq!(
+        t.publish(message("a", "5")).await.unwrap_err().kind(),
+        ErrorKind::Unavailable,
+        "backpressure reaches the publisher"
+    );
+    assert!(
+        warnings
+            .lines()
+            .iter()
+            .any(|l| l.contains("pending_redeliveries=2")),
+        "{:?}",
+        warnings.lines()
+    );
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let d = next(&mut sub).await;
+        got.push((body(&d), d.attempt()));
+        d.ack().await.unwrap();
+    }
+    assert_eq!(
+        got,
+        [
+            ("1".to_owned(), 2),
+            ("2".to_owned(), 2),
+            ("3".to_owned(), 1),
+            ("4".to_owned(), 1)
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leaving_member_hands_its_buffer_and_delayed_redeliveries_to_a_full_member() {
+    let t = MemoryTransport::with_config(
+        MemoryConfig::new().publish_timeout(Duration::from_millis(100)),
+    );
+    let mut leaving = t
+        .subscribe(options("a").queue_group("g").unwrap().capacity(20))
+        .await
+        .unwrap();
+    let mut staying = t
+        .subscribe(options("a").queue_group("g").unwrap().capacity(2))
+        .await
+        .unwrap();
+    for i in 0..12 {
+        t.publish(message("a", &i.to_string())).await.unwrap();
+    }
+    // The leaving member nacks one with a delay, then leaves with nine
+    // buffered; the staying member's buffer is full.
+    next(&mut leaving)
+        .await
+        .nack(Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    drop(leaving);
+    let mut got = HashSet::new();
+    while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(120), staying.next()).await
+    {
+        got.insert(body(&d));
+        d.ack().await.unwrap();
+    }
+    assert_eq!(got.len(), 12, "nothing was dropped: {got:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leaving_member_with_no_one_left_warns_how_many_events_it_dropped() {
+    let (warnings, _guard) = warnings::capture();
+    let t = MemoryTransport::new();
+    let mut member = t
+        .subscribe(options("a").queue_group("g").unwrap())
+        .await
+        .unwrap();
+    for i in 0..5 {
+        t.publish(message("a", &i.to_string())).await.unwrap();
+    }
+    next(&mut member)
+        .await
+        .nack(Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let unsettled = next(&mut member).await;
+    drop(member);
+    let lines = warnings.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("dropped=4") && l.contains("group=\"g\"")),
+        "one delayed redelivery and three buffered: {lines:?}"
+    );
+    unsettled.nack(None).await.unwrap();
+    let lines = warnings.lines();
+    assert!(
+        lines.iter().any(|l| l.contains("dropped=1")),
+        "the nack after the last member left: {lines:?}"
+    );
+}
