@@ -287,7 +287,20 @@ fn check_header_value(name: &str, value: &str) -> Result<()> {
 }
 
 /// A message as a transport carries it.
+///
+/// Made with [`new`](Self::new); the fields are public to read and set, and
+/// new ones may be added (the struct is `#[non_exhaustive]`).
+///
+/// ```
+/// use events::transport::{Message, Subject};
+///
+/// let mut message = Message::new(Subject::parse("events.orders.placed")?, &b"{}"[..]);
+/// message.headers.append("content-type", "application/json")?;
+/// message.dedup_id = Some("order-1".into());
+/// # Ok::<(), events::Error>(())
+/// ```
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Message {
     /// Where it is published.
     pub subject: Subject,
@@ -331,6 +344,21 @@ impl fmt::Debug for Message {
             .finish()
     }
 }
+
+/// Outside the crate, a message is not written as a literal (new fields
+/// may come); one must not compile:
+///
+/// ```compile_fail,E0639
+/// use events::transport::{Headers, Message, Subject};
+/// let message = Message {
+///     subject: Subject::parse("a").unwrap(),
+///     headers: Headers::new(),
+///     payload: bytes::Bytes::new(),
+///     dedup_id: None,
+/// };
+/// ```
+#[allow(dead_code)]
+const NON_EXHAUSTIVE: () = ();
 
 #[cfg(test)]
 mod tests {

@@ -16,4 +16,5 @@ mod jetstream;
 mod nats;
 mod props;
 mod runtime;
+mod settings;
 mod support;
