@@ -408,6 +408,12 @@ async fn a_memory_transport_with_every_setting_at_its_extreme_delivers() {
     })
     .await;
     assert_eq!(summary.handled, 1);
+    // A subscription without its own capacity takes the transport's.
+    let mut sub = bus.subscribe::<Job>().await.unwrap();
+    bus.publish(&bus.event(Job { n: 2 })).await.unwrap();
+    let d = within("the event", sub.next()).await.unwrap().unwrap();
+    assert_eq!(d.payload().n, 2);
+    d.ack().await.unwrap();
 
     // A full buffer and a publish timeout of Duration::MAX: the publish
     // waits for room, and goes once there is some.
@@ -610,22 +616,15 @@ async fn a_second_handler_for_one_event_type_is_refused_when_the_consumer_starts
 
 #[tokio::test]
 async fn a_handler_need_not_be_clone() {
-    /// Owns something that cannot be cloned.
-    struct Once {
-        tx: Handled,
-        _guard: std::sync::Mutex<()>,
-    }
     let (transport, bus) = memory();
     let (tx, mut rx) = mpsc::unbounded_channel::<u32>();
-    let once = Once {
-        tx,
-        _guard: std::sync::Mutex::new(()),
-    };
+    // A mutex is not `Clone`, and the closure owns it: neither is the closure.
+    let tx = std::sync::Mutex::new(tx);
     let consumer =
         Consumer::new(&bus, "settings")
             .unwrap()
             .handle(move |e: Event<Job>, _: Context<()>| {
-                let _ = once.tx.send(e.payload.n);
+                let _ = tx.lock().unwrap().send(e.payload.n);
                 async { Ok::<(), HandlerError>(()) }
             });
     let summary = handle_one(&bus, consumer, &mut rx, || {
