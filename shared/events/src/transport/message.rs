@@ -166,10 +166,17 @@ impl Headers {
         Headers(Vec::new())
     }
 
-    /// Room for `n` headers.
+    /// Room for `n` headers, reserved up front for at most
+    /// [`MAX_RESERVED`](Self::MAX_RESERVED) (more still fit: the list
+    /// grows). A larger reservation would only risk an allocation failure
+    /// (`usize::MAX` panics), for headers no message carries.
     pub fn with_capacity(n: usize) -> Self {
-        Headers(Vec::with_capacity(n))
+        Headers(Vec::with_capacity(n.min(Self::MAX_RESERVED)))
     }
+
+    /// The most headers [`with_capacity`](Self::with_capacity) reserves
+    /// room for.
+    pub const MAX_RESERVED: usize = 1024;
 
     /// Appends a header after checking name and value.
     pub fn append(
@@ -418,6 +425,14 @@ mod tests {
         h.insert("CONTENT-TYPE", "b").unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h.get("Content-Type"), Some("b"));
+    }
+
+    #[test]
+    fn any_capacity_is_a_hint() {
+        let mut h = Headers::with_capacity(usize::MAX);
+        h.append("a", "b").unwrap();
+        assert_eq!(h.len(), 1);
+        assert!(Headers::with_capacity(0).is_empty());
     }
 
     #[test]
