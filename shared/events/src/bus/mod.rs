@@ -340,7 +340,7 @@ impl BusBuilder {
     /// The CloudEvents `source` of events this bus creates: the service's
     /// name, e.g. `orders`. Defaults to the executable's name; an empty one
     /// makes [`build`](Self::build) fail with
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput).
+    /// [`ErrorKind::InvalidInput`].
     pub fn source(mut self, source: impl Into<String>) -> Self {
         self.source = Some(source.into());
         self
