@@ -324,8 +324,8 @@ impl<S: Send + Sync + 'static> Consumer<S> {
     /// `Clone`: a connection pool or a cache as is) and dropped when
     /// [`run`](Self::run) returns.
     ///
-    /// Call it before `handle`: a handler registered before takes the
-    /// state type there was then (`()` at first) and keeps that state.
+    /// Call it before `handle`. A handler registered earlier is written for
+    /// the state type of that moment (`()` at first), and keeps that state.
     ///
     /// ```
     /// # use serde::{Deserialize, Serialize};
@@ -708,6 +708,7 @@ impl<S> fmt::Debug for Consumer<S> {
         f.debug_struct("Consumer")
             .field("name", &self.name)
             .field("types", &types)
+            .field("duplicates", &self.duplicates)
             .field("retry", &self.retry)
             .field("concurrency", &self.concurrency)
             .field("ordered_by_key", &self.ordered_by_key)
