@@ -80,7 +80,7 @@
 //! - `testing`: private `nats-server` processes and clusters for tests.
 //!
 //! # Minimum supported Rust version
-//! 1.85.
+//! 1.89.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 

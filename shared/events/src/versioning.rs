@@ -31,8 +31,10 @@ use serde_json::Value;
 use crate::error::{BoxError, Error, ErrorKind, Result};
 
 /// What to do with an event whose major version is newer than the
-/// consumer's type.
+/// consumer's type. New policies may be added, so matches need a wildcard
+/// arm.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum VersionPolicy {
     /// Refuse it with [`ErrorKind::UnsupportedVersion`]: the consumer decides
     /// (wait for a redeploy by nacking with a delay, or dead-letter).
@@ -118,12 +120,28 @@ impl fmt::Debug for Upcasters {
         let mut steps: Vec<_> = self
             .steps
             .keys()
-            .map(|(t, v)| format!("{t} v{v}->v{}", v + 1))
+            // u64: a step registered from u32::MAX is shown, not an overflow.
+            .map(|(t, v)| format!("{t} v{v}->v{}", u64::from(*v) + 1))
             .collect();
         steps.sort();
         f.debug_struct("Upcasters").field("steps", &steps).finish()
     }
 }
+
+/// Outside the crate, a match on a version policy needs a wildcard arm
+/// (more policies may come); one without must not compile:
+///
+/// ```compile_fail,E0004
+/// use events::versioning::VersionPolicy;
+/// fn strict(policy: VersionPolicy) -> bool {
+///     match policy {
+///         VersionPolicy::Reject => true,
+///         VersionPolicy::Tolerant => false,
+///     }
+/// }
+/// ```
+#[allow(dead_code)]
+const NON_EXHAUSTIVE: () = ();
 
 #[cfg(test)]
 mod tests {

@@ -173,13 +173,13 @@ fn expected_data(raw: &RawEvent, mode: ContentMode) -> Option<Bytes> {
         // The body is the data, untouched; an empty body means no data.
         ContentMode::Binary => (!data.is_empty()).then_some(data),
         // JSON data is embedded as a JSON value: whitespace around it is
-        // not kept, and a JSON `null` is no data. Other data travels as
-        // base64 and comes back byte for byte.
+        // not kept, and a JSON `null` is no data.
         ContentMode::Structured if raw.data_is_json() => {
             let trimmed = data.slice_ref(trim_json_whitespace(&data));
             (&trimmed[..] != b"null").then_some(trimmed)
         }
-        ContentMode::Structured => Some(data),
+        // Other data travels as base64 and comes back byte for byte.
+        _ => Some(data),
     }
 }
 

@@ -58,14 +58,27 @@ pub(crate) struct Inner {
 }
 
 impl Bus {
-    /// A bus on a new in-memory transport, publishing as `source`.
+    /// A bus on a new in-memory transport, publishing as `source`; an empty
+    /// `source` means the default, as if none was given to
+    /// [`BusBuilder::source`] (the executable's name).
+    ///
+    /// ```
+    /// let bus = events::Bus::memory("");
+    /// assert!(!bus.source().is_empty());
+    /// ```
     #[cfg(feature = "memory")]
     #[cfg_attr(docsrs, doc(cfg(feature = "memory")))]
     pub fn memory(source: impl Into<String>) -> Bus {
-        Bus::builder(crate::backend::memory::MemoryTransport::new())
-            .source(source)
+        let source = source.into();
+        let mut builder = Bus::builder(crate::backend::memory::MemoryTransport::new());
+        if !source.is_empty() {
+            builder = builder.source(source);
+        }
+        // `build` checks the prefix (here the default) and that the source
+        // is not empty (here it is not, or the default): it cannot fail.
+        builder
             .build()
-            .expect("the default settings are valid")
+            .expect("the default prefix and a non-empty source are valid")
     }
 
     /// Starts building a bus on `transport`.
@@ -325,13 +338,16 @@ impl BusBuilder {
     }
 
     /// The CloudEvents `source` of events this bus creates: the service's
-    /// name, e.g. `orders`. Defaults to the executable's name.
+    /// name, e.g. `orders`. Defaults to the executable's name; an empty one
+    /// makes [`build`](Self::build) fail with
+    /// [`ErrorKind::InvalidInput`].
     pub fn source(mut self, source: impl Into<String>) -> Self {
         self.source = Some(source.into());
         self
     }
 
-    /// The subject prefix (default `events`).
+    /// The subject prefix (default `events`): dot-separated subject tokens
+    /// of `[A-Za-z0-9_-]`, checked by [`build`](Self::build).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self

@@ -90,7 +90,12 @@ impl Reason {
 }
 
 /// A dead-letter copy: the original message plus why it was given up.
+///
+/// Made with [`new`](Self::new) or read with
+/// [`from_message`](Self::from_message); the fields are public to read and
+/// change, and new ones may be added (the struct is `#[non_exhaustive]`).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct DeadLetter {
     /// The original message as received (subject, headers, body).
     pub original: Message,
@@ -131,6 +136,39 @@ pub(crate) fn bounded_error(error: &str) -> String {
 }
 
 impl DeadLetter {
+    /// A dead letter for `original`, given up by `consumer` for `reason`
+    /// with `error`, now, after one attempt. Set the other fields
+    /// (`attempts`, `stream_sequence`) on the value as needed.
+    ///
+    /// ```
+    /// use events::consumer::{DeadLetter, Reason};
+    /// use events::transport::{Message, Subject};
+    ///
+    /// let original = Message::new(Subject::parse("events.orders.placed")?, &b"{}"[..]);
+    /// let mut letter = DeadLetter::new(original, Reason::Rejected, "unknown SKU", "inventory");
+    /// letter.attempts = 3;
+    /// let copy = letter.to_message(Subject::parse("deadletter.events.inventory")?);
+    /// assert_eq!(DeadLetter::from_message(&copy)?.attempts, 3);
+    /// # Ok::<(), events::Error>(())
+    /// ```
+    pub fn new(
+        original: Message,
+        reason: Reason,
+        error: impl Into<String>,
+        consumer: impl Into<String>,
+    ) -> Self {
+        DeadLetter {
+            original,
+            reason,
+            error: error.into(),
+            attempts: 1,
+            consumer: consumer.into(),
+            time: Utc::now(),
+            stream_sequence: None,
+            body_omitted: None,
+        }
+    }
+
     /// The message to publish on `subject`: the original headers and body,
     /// plus the `dead-letter-*` headers. It carries no dedup id: a copy must
     /// never be dropped as a duplicate of the original event.
@@ -241,8 +279,10 @@ impl DeadLetter {
     }
 }
 
-/// What a replay did.
+/// What a replay did. New counts may be added (the struct is
+/// `#[non_exhaustive]`); start from `ReplayReport::default()` to make one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplayReport {
     /// Dead letters republished to their original subject (and acked).
     pub replayed: usize,
@@ -259,7 +299,8 @@ pub struct ReplayReport {
 
 /// Republishes dead letters read from `dead_letters` to their original
 /// subjects, for those `filter` accepts, until `max` were replayed or no
-/// new dead letter arrives for `idle`.
+/// new dead letter arrives for `idle` (`Duration::MAX`: until `max` were
+/// replayed or the subscription ends).
 ///
 /// A dead letter is acked only after its republish succeeded; if the
 /// republish fails, it is nacked and the error returned, so nothing is lost.
@@ -276,9 +317,13 @@ pub async fn replay(
 ) -> Result<ReplayReport> {
     let mut report = ReplayReport::default();
     let mut left_alone = std::collections::HashSet::new();
-    let mut deadline = tokio::time::Instant::now() + idle;
+    let mut deadline = idle_deadline(idle);
     while report.replayed < max {
-        let delivery = match tokio::time::timeout_at(deadline, dead_letters.next()).await {
+        let next = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, dead_letters.next()).await,
+            None => Ok(dead_letters.next().await),
+        };
+        let delivery = match next {
             Ok(Some(delivery)) => delivery?,
             Ok(None) | Err(_) => break,
         };
@@ -288,7 +333,7 @@ pub async fn replay(
                 tracing::warn!(error = %e, subject = %delivery.message().subject, "not a dead letter; terminated");
                 delivery.term().await?;
                 report.invalid += 1;
-                deadline = tokio::time::Instant::now() + idle;
+                deadline = idle_deadline(idle);
                 continue;
             }
         };
@@ -297,7 +342,7 @@ pub async fn replay(
             drop(delivery);
             continue;
         }
-        deadline = tokio::time::Instant::now() + idle;
+        deadline = idle_deadline(idle);
         if !filter(&letter) {
             report.skipped += 1;
             left_alone.insert(key);
@@ -325,6 +370,12 @@ pub async fn replay(
     Ok(report)
 }
 
+/// When a replay idle for `idle` from now ends; `None` if that is too far
+/// away for an `Instant` (never, in practice).
+fn idle_deadline(idle: Duration) -> Option<tokio::time::Instant> {
+    tokio::time::Instant::now().checked_add(idle)
+}
+
 /// What tells one dead letter from another when it comes back: its position
 /// in the stream where the backend has one, else a hash of what it says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -346,6 +397,30 @@ fn letter_key(delivery: &crate::transport::Delivery, letter: &DeadLetter) -> Let
     letter.error.hash(&mut hasher);
     LetterKey::Content(hasher.finish())
 }
+
+/// Outside the crate, dead letters and replay reports are not written as
+/// literals (new fields may come); a literal must not compile:
+///
+/// ```compile_fail,E0639
+/// # use events::consumer::{DeadLetter, Reason};
+/// # use events::transport::{Message, Subject};
+/// let letter = DeadLetter {
+///     original: Message::new(Subject::parse("a").unwrap(), &b""[..]),
+///     reason: Reason::Rejected,
+///     error: String::new(),
+///     attempts: 1,
+///     consumer: "c".into(),
+///     time: chrono::Utc::now(),
+///     stream_sequence: None,
+///     body_omitted: None,
+/// };
+/// ```
+///
+/// ```compile_fail,E0639
+/// let report = events::consumer::ReplayReport { replayed: 0, skipped: 0, invalid: 0, without_body: 0 };
+/// ```
+#[allow(dead_code)]
+const NON_EXHAUSTIVE: () = ();
 
 #[cfg(test)]
 mod tests {

@@ -210,6 +210,39 @@ impl<T: EventPayload, H> Typed<T, H> {
     }
 }
 
+/// A handler registered before [`Consumer::state`] changed the state's
+/// type: it keeps the state (and context) it was registered with, since its
+/// signature names that type.
+struct Restated<S> {
+    handler: Arc<dyn ErasedHandler<S>>,
+    env: Arc<Env<S>>,
+}
+
+impl<S: Send + Sync + 'static, S2> ErasedHandler<S2> for Restated<S> {
+    fn prepare(
+        &self,
+        raw: RawEvent,
+        policy: VersionPolicy,
+        ctx: ContextParts<S2>,
+    ) -> Result<HandlerFuture> {
+        let parts = ContextParts {
+            env: self.env.clone(),
+            attempt: ctx.attempt,
+        };
+        self.handler.prepare(raw, policy, parts)
+    }
+
+    fn try_call(
+        &self,
+        message: &Message,
+        _env: &Arc<Env<S2>>,
+        attempt: u32,
+        span: &dyn Fn(&EventMetadata) -> tracing::Span,
+    ) -> Option<(tracing::Span, HandlerFuture)> {
+        self.handler.try_call(message, &self.env, attempt, span)
+    }
+}
+
 /// A consumer: typed handlers for one or more event types, run with a
 /// retry policy, dead letters, optional idempotency, a concurrency limit and
 /// graceful shutdown.
@@ -244,6 +277,8 @@ pub struct Consumer<S = ()> {
     name: Arc<str>,
     state: S,
     handlers: HashMap<&'static str, Arc<dyn ErasedHandler<S>>>,
+    /// Types given a second handler: `run` refuses to start with them.
+    duplicates: Vec<&'static str>,
     retry: RetryPolicy,
     concurrency: usize,
     ordered_by_key: bool,
@@ -273,6 +308,7 @@ impl Consumer<()> {
             name: name.into(),
             state: (),
             handlers: HashMap::new(),
+            duplicates: Vec::new(),
             retry: RetryPolicy::exponential(),
             concurrency: 16,
             ordered_by_key: false,
@@ -292,17 +328,51 @@ impl<S: Send + Sync + 'static> Consumer<S> {
     /// Shared application state, which every handler's [`Context`] sees:
     /// one value, shared by all handlings (never cloned, so it need not be
     /// `Clone`: a connection pool or a cache as is) and dropped when
-    /// [`run`](Self::run) returns. Call before `handle`.
+    /// [`run`](Self::run) returns.
+    ///
+    /// Call it before `handle`. A handler registered earlier is written for
+    /// the state type of that moment (`()` at first), and keeps that state.
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Serialize, Deserialize)]
+    /// # struct OrderPlaced { order_id: String }
+    /// # impl events::EventPayload for OrderPlaced { const TYPE: &'static str = "orders.order_placed"; }
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use events::consumer::{Consumer, Context, HandlerError};
+    /// use events::Event;
+    ///
+    /// async fn count(_: Event<OrderPlaced>, ctx: Context<AtomicU64>) -> Result<(), HandlerError> {
+    ///     ctx.state().fetch_add(1, Ordering::Relaxed);
+    ///     Ok(())
+    /// }
+    ///
+    /// let bus = events::Bus::memory("orders");
+    /// let consumer = Consumer::new(&bus, "counter")?.state(AtomicU64::new(0)).handle(count);
+    /// # Ok::<(), events::Error>(())
+    /// ```
     pub fn state<S2: Send + Sync + 'static>(self, state: S2) -> Consumer<S2> {
-        assert!(
-            self.handlers.is_empty(),
-            "call `state` before registering handlers"
-        );
+        let mut handlers: HashMap<&'static str, Arc<dyn ErasedHandler<S2>>> = HashMap::new();
+        if !self.handlers.is_empty() {
+            let env = Arc::new(Env {
+                state: self.state,
+                bus: self.bus.clone(),
+                consumer: self.name.clone(),
+            });
+            for (event_type, handler) in self.handlers {
+                let restated = Restated {
+                    handler,
+                    env: env.clone(),
+                };
+                handlers.insert(event_type, Arc::new(restated));
+            }
+        }
         Consumer {
             bus: self.bus,
             name: self.name,
             state,
-            handlers: HashMap::new(),
+            handlers,
+            duplicates: self.duplicates,
             retry: self.retry,
             concurrency: self.concurrency,
             ordered_by_key: self.ordered_by_key,
@@ -317,8 +387,18 @@ impl<S: Send + Sync + 'static> Consumer<S> {
         }
     }
 
-    /// Registers the handler for events of type `T` (one per type).
+    /// Registers the handler for events of type `T`. One handler per event
+    /// type (whatever its version): a second one for the same type makes
+    /// [`run`](Self::run) refuse to start with
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput), naming
+    /// the type, rather than one silently replacing the other.
     pub fn handle<T: EventPayload, H: Handler<T, S>>(mut self, handler: H) -> Self {
+        if self.handlers.contains_key(T::TYPE) {
+            if !self.duplicates.contains(&T::TYPE) {
+                self.duplicates.push(T::TYPE);
+            }
+            return self;
+        }
         let erased: Arc<dyn ErasedHandler<S>> = Arc::new(Typed::<T, H> {
             handler,
             _type: PhantomData,
@@ -334,7 +414,8 @@ impl<S: Send + Sync + 'static> Consumer<S> {
         self
     }
 
-    /// How many events are handled at once (default 16).
+    /// How many events are handled at once (default 16; at least 1, and
+    /// `usize::MAX` means no limit).
     pub fn concurrency(mut self, limit: usize) -> Self {
         self.concurrency = limit.max(1);
         self
@@ -362,7 +443,7 @@ impl<S: Send + Sync + 'static> Consumer<S> {
     }
 
     /// How long shutdown waits for in-flight handlers before it nacks them
-    /// (default 30 s).
+    /// (default 30 s; `Duration::MAX` waits for them without bound).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
@@ -381,7 +462,8 @@ impl<S: Send + Sync + 'static> Consumer<S> {
     }
 
     /// A deadline per attempt: a handler still running after it fails the
-    /// attempt (retryable).
+    /// attempt (retryable). A deadline too far away to be represented
+    /// (`Duration::MAX`) is no deadline.
     pub fn handler_timeout(mut self, timeout: Duration) -> Self {
         self.handler_timeout = Some(timeout);
         self
@@ -391,7 +473,8 @@ impl<S: Send + Sync + 'static> Consumer<S> {
     /// to another instance (the transport's default otherwise: 30 s for
     /// memory and JetStream). This is how long a crashed instance's events
     /// wait; keep it above the longest handler run (or use
-    /// [`handler_timeout`](Self::handler_timeout)).
+    /// [`handler_timeout`](Self::handler_timeout)). Any duration is taken;
+    /// JetStream caps it at about 292 years, the longest the server counts.
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait = Some(wait);
         self
@@ -402,9 +485,10 @@ impl<S: Send + Sync + 'static> Consumer<S> {
     /// JetStream pull size). More hides the broker's round trips; but on
     /// JetStream an event's ack wait runs from the moment it is fetched, so
     /// keep `prefetch / (events handled per second)` well under the ack
-    /// wait, or lower this for slow handlers.
+    /// wait, or lower this for slow handlers. At least 1, at most
+    /// [`MAX_CAPACITY`](crate::transport::MAX_CAPACITY).
     pub fn prefetch(mut self, events: usize) -> Self {
-        self.prefetch = Some(events.max(1));
+        self.prefetch = Some(events.clamp(1, crate::transport::MAX_CAPACITY));
         self
     }
 
@@ -426,8 +510,9 @@ impl<S: Send + Sync + 'static> Consumer<S> {
     ///
     /// # Errors
     ///
-    /// Besides failing to start (no handlers, an invalid subject, a
-    /// dead-letter subject no stream stores), `run` fails if its
+    /// Besides failing to start (no handlers, two handlers for one event
+    /// type, an invalid subject, a dead-letter subject no stream stores),
+    /// `run` fails if its
     /// subscriptions end before `shutdown` resolves: the bus was closed
     /// ([`ErrorKind::Closed`]), or the connection is gone for good. It still
     /// drains in-flight handlers first; the error is the last one the
@@ -489,6 +574,13 @@ impl<S: Send + Sync + 'static> Consumer<S> {
             return Err(Error::invalid(format!(
                 "consumer {:?} has no handlers",
                 self.name
+            )));
+        }
+        if !self.duplicates.is_empty() {
+            return Err(Error::invalid(format!(
+                "consumer {:?} has more than one handler for {}",
+                self.name,
+                self.duplicates.join(", ")
             )));
         }
         let transport = self.bus.transport().clone();
@@ -929,6 +1021,7 @@ impl<S> fmt::Debug for Consumer<S> {
         f.debug_struct("Consumer")
             .field("name", &self.name)
             .field("types", &types)
+            .field("duplicates", &self.duplicates)
             .field("retry", &self.retry)
             .field("concurrency", &self.concurrency)
             .field("ordered_by_key", &self.ordered_by_key)
@@ -1655,9 +1748,13 @@ fn guarded(
     let limited = match timeout {
         None => Either::Left(caught.map(Ok)),
         // Boxed: a timer is large, and most consumers set no handler timeout.
-        Some((started, limit)) => {
-            Either::Right(Box::pin(tokio::time::timeout_at(started + limit, caught)))
-        }
+        // A deadline past what an `Instant` holds is no deadline.
+        Some((started, limit)) => match started.checked_add(limit) {
+            Some(deadline) => Either::Right(Either::Left(Box::pin(tokio::time::timeout_at(
+                deadline, caught,
+            )))),
+            None => Either::Right(Either::Right(caught.map(Ok))),
+        },
     };
     limited.map(move |outcome| match outcome {
         Ok(Ok(result)) => result,
@@ -1779,11 +1876,15 @@ pub(super) async fn holding<F: Future>(delivery: &transport::Delivery, work: F) 
     }
     // The first report is due half an ack wait after the wait last
     // restarted, which may be before the hand-over (an event kept alive
-    // while it waited in a buffer).
-    let mut due = delivery
+    // while it waited in a buffer). One too far away for an `Instant` never
+    // comes: nothing to keep alive.
+    let Some(mut due) = delivery
         .ack_wait_since()
         .unwrap_or_else(std::time::Instant::now)
-        + period;
+        .checked_add(period)
+    else {
+        return work.await;
+    };
     loop {
         tokio::select! {
             biased;
@@ -1794,7 +1895,10 @@ pub(super) async fn holding<F: Future>(delivery: &transport::Delivery, work: F) 
                 if let Err(e) = delivery.in_progress().await {
                     tracing::debug!(error = %e, "could not extend the ack wait");
                 }
-                due = std::time::Instant::now() + period;
+                let Some(next) = std::time::Instant::now().checked_add(period) else {
+                    return work.await;
+                };
+                due = next;
             }
         }
     }

@@ -371,9 +371,12 @@ impl TraceContext {
 
 /// The value of an extension attribute: CloudEvents allows strings, booleans
 /// and 32-bit integers in the JSON format. In binary mode every value
-/// travels as a string, so a receiver sees strings there.
+/// travels as a string, so a receiver sees strings there. CloudEvents has
+/// more attribute types (URI, timestamp, binary) that may get variants of
+/// their own, so matches need a wildcard arm.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(untagged)]
+#[non_exhaustive]
 pub enum ExtensionValue {
     /// A string.
     String(String),
@@ -460,6 +463,22 @@ impl Extensions {
         self.0.is_empty()
     }
 }
+
+/// Outside the crate, a match on an extension value needs a wildcard arm
+/// (more CloudEvents types may come); one without must not compile:
+///
+/// ```compile_fail,E0004
+/// use events::envelope::ExtensionValue;
+/// fn text(value: &ExtensionValue) -> String {
+///     match value {
+///         ExtensionValue::String(s) => s.clone(),
+///         ExtensionValue::Bool(b) => b.to_string(),
+///         ExtensionValue::Integer(i) => i.to_string(),
+///     }
+/// }
+/// ```
+#[allow(dead_code)]
+const NON_EXHAUSTIVE: () = ();
 
 #[cfg(test)]
 mod tests {

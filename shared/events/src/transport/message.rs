@@ -166,10 +166,17 @@ impl Headers {
         Headers(Vec::new())
     }
 
-    /// Room for `n` headers.
+    /// Room for `n` headers, reserved up front for at most
+    /// [`MAX_RESERVED`](Self::MAX_RESERVED) (more still fit: the list
+    /// grows). A larger reservation would only risk an allocation failure
+    /// (`usize::MAX` panics), for headers no message carries.
     pub fn with_capacity(n: usize) -> Self {
-        Headers(Vec::with_capacity(n))
+        Headers(Vec::with_capacity(n.min(Self::MAX_RESERVED)))
     }
+
+    /// The most headers [`with_capacity`](Self::with_capacity) reserves
+    /// room for.
+    pub const MAX_RESERVED: usize = 1024;
 
     /// Appends a header after checking name and value.
     pub fn append(
@@ -287,7 +294,20 @@ fn check_header_value(name: &str, value: &str) -> Result<()> {
 }
 
 /// A message as a transport carries it.
+///
+/// Made with [`new`](Self::new); the fields are public to read and set, and
+/// new ones may be added (the struct is `#[non_exhaustive]`).
+///
+/// ```
+/// use events::transport::{Message, Subject};
+///
+/// let mut message = Message::new(Subject::parse("events.orders.placed")?, &b"{}"[..]);
+/// message.headers.append("content-type", "application/json")?;
+/// message.dedup_id = Some("order-1".into());
+/// # Ok::<(), events::Error>(())
+/// ```
 #[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Message {
     /// Where it is published.
     pub subject: Subject,
@@ -331,6 +351,21 @@ impl fmt::Debug for Message {
             .finish()
     }
 }
+
+/// Outside the crate, a message is not written as a literal (new fields
+/// may come); one must not compile:
+///
+/// ```compile_fail,E0639
+/// use events::transport::{Headers, Message, Subject};
+/// let message = Message {
+///     subject: Subject::parse("a").unwrap(),
+///     headers: Headers::new(),
+///     payload: bytes::Bytes::new(),
+///     dedup_id: None,
+/// };
+/// ```
+#[allow(dead_code)]
+const NON_EXHAUSTIVE: () = ();
 
 #[cfg(test)]
 mod tests {
@@ -390,6 +425,14 @@ mod tests {
         h.insert("CONTENT-TYPE", "b").unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h.get("Content-Type"), Some("b"));
+    }
+
+    #[test]
+    fn any_capacity_is_a_hint() {
+        let mut h = Headers::with_capacity(usize::MAX);
+        h.append("a", "b").unwrap();
+        assert_eq!(h.len(), 1);
+        assert!(Headers::with_capacity(0).is_empty());
     }
 
     #[test]

@@ -80,6 +80,16 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// The largest buffer capacity a setting takes; larger values are capped
+/// to it ([`SubscribeOptions::capacity`], the memory transport's capacity,
+/// the NATS client's buffers, JetStream pull sizes).
+///
+/// It is `usize::MAX >> 3`, the most permits tokio's semaphore counts (its
+/// bounded channels are built on one): a larger capacity would panic there.
+/// No buffer can hold that many messages, so the cap changes nothing a
+/// caller can observe but the absence of the panic.
+pub const MAX_CAPACITY: usize = usize::MAX >> 3;
+
 /// What to subscribe to and how.
 #[derive(Debug, Clone)]
 pub struct SubscribeOptions {
@@ -122,22 +132,31 @@ impl SubscribeOptions {
         Ok(self)
     }
 
-    /// Stop redelivering a message after this many attempts.
+    /// Stop redelivering a message after this many attempts (at least 1).
     pub fn max_deliver(mut self, attempts: u32) -> Self {
         self.max_deliver = Some(attempts.max(1));
         self
     }
 
     /// How long a delivery may stay unsettled before it is redelivered.
+    /// Any duration is taken; a backend that counts in a narrower unit caps
+    /// it (JetStream: about 292 years, the server's `i64` nanoseconds).
     pub fn ack_wait(mut self, wait: Duration) -> Self {
         self.ack_wait = Some(wait);
         self
     }
 
     /// How many messages the subscription buffers before publishers (memory)
-    /// or the broker (NATS) must wait.
+    /// or the broker (NATS) must wait: at least 1, at most [`MAX_CAPACITY`].
+    ///
+    /// ```
+    /// use events::transport::{SubjectPattern, SubscribeOptions, MAX_CAPACITY};
+    /// let options = SubscribeOptions::new(SubjectPattern::parse("a.>")?).capacity(usize::MAX);
+    /// assert_eq!(options.get_capacity(), Some(MAX_CAPACITY));
+    /// # Ok::<(), events::Error>(())
+    /// ```
     pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = Some(capacity.max(1));
+        self.capacity = Some(capacity.clamp(1, MAX_CAPACITY));
         self
     }
 
@@ -567,6 +586,19 @@ mod tests {
     use super::*;
 
     fn _object_safe(_: Box<dyn Transport>, _: Box<dyn Acker>) {}
+
+    #[test]
+    fn the_capacity_cap_is_tokio_s_semaphore_limit() {
+        // Defined without tokio (the transport layer does not depend on
+        // it): the two must agree, or a capped capacity could still panic.
+        assert_eq!(MAX_CAPACITY, tokio::sync::Semaphore::MAX_PERMITS);
+        let options = SubscribeOptions::new(SubjectPattern::parse("a").unwrap());
+        assert_eq!(options.clone().capacity(0).get_capacity(), Some(1));
+        assert_eq!(
+            options.capacity(usize::MAX).get_capacity(),
+            Some(MAX_CAPACITY)
+        );
+    }
 
     #[test]
     fn options_validate_group_and_durable_names() {

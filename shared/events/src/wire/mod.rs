@@ -39,8 +39,10 @@ pub const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// The default subject prefix.
 pub const DEFAULT_PREFIX: &str = "events";
 
-/// How an event is laid out in a message.
+/// How an event is laid out in a message. CloudEvents defines more modes
+/// (batch) than this crate writes, so matches need a wildcard arm.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ContentMode {
     /// The whole event as CloudEvents JSON in the body.
     #[default]
@@ -639,6 +641,21 @@ pub(crate) fn settle_tracestate(metadata: &mut EventMetadata) {
         }
     }
 }
+
+/// Outside the crate, a match on a content mode needs a wildcard arm (more
+/// modes may come); one without must not compile:
+///
+/// ```compile_fail,E0004
+/// use events::wire::ContentMode;
+/// fn name(mode: ContentMode) -> &'static str {
+///     match mode {
+///         ContentMode::Structured => "structured",
+///         ContentMode::Binary => "binary",
+///     }
+/// }
+/// ```
+#[allow(dead_code)]
+const NON_EXHAUSTIVE: () = ();
 
 #[cfg(test)]
 mod tests;

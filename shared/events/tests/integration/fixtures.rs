@@ -100,11 +100,11 @@ fn the_current_version_of_every_type_has_fixtures_in_both_modes() {
 fn todays_encoder_writes_what_the_latest_fixture_pins() {
     // Re-encode the decoded v2 fixture: the attributes and data must come out
     // as pinned, or the wire format changed under published consumers.
-    for mode in [ContentMode::Structured, ContentMode::Binary] {
-        let file = fixture_dir().join(OrderPlaced::TYPE).join(match mode {
-            ContentMode::Structured => "v2.structured.json",
-            ContentMode::Binary => "v2.binary.json",
-        });
+    for (mode, name) in [
+        (ContentMode::Structured, "v2.structured.json"),
+        (ContentMode::Binary, "v2.binary.json"),
+    ] {
+        let file = fixture_dir().join(OrderPlaced::TYPE).join(name);
         let original = load(&file);
         let decoded = wire::decode(&original)
             .unwrap()

@@ -19,4 +19,5 @@ mod lifecycle;
 mod nats;
 mod props;
 mod runtime;
+mod settings;
 mod support;

@@ -7,6 +7,17 @@ use chrono::{DateTime, Utc};
 
 use crate::backend::nats::NatsConfig;
 use crate::error::{Error, Result};
+use crate::transport::MAX_CAPACITY;
+
+/// The longest duration nats-server takes, about 292 years: it counts in
+/// `i64` nanoseconds, and the client sends a longer one wrapped
+/// (`Duration::MAX` as -1 ns, which the server refuses or reads as "none").
+pub(crate) const MAX_SERVER_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// `duration`, capped at what the server can count.
+pub(crate) fn server_duration(duration: Duration) -> Duration {
+    duration.min(MAX_SERVER_DURATION)
+}
 
 /// Where stream data lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,28 +104,33 @@ impl StreamConfig {
         self.retention = retention;
         self
     }
-    /// Drop messages older than this (zero: keep forever).
+    /// Drop messages older than this (zero: keep forever). Capped at about
+    /// 292 years, the longest the server counts.
     pub fn max_age(mut self, age: Duration) -> Self {
-        self.max_age = age;
+        self.max_age = server_duration(age);
         self
     }
-    /// Drop the oldest messages beyond this many bytes.
+    /// Drop the oldest messages beyond this many bytes (capped at
+    /// `i64::MAX`). The server reserves this much storage for the stream
+    /// and refuses, at connect, a stream larger than it has room for.
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = Some(i64::try_from(bytes).unwrap_or(i64::MAX));
         self
     }
-    /// Drop the oldest messages beyond this many.
+    /// Drop the oldest messages beyond this many (capped at `i64::MAX`).
     pub fn max_messages(mut self, messages: u64) -> Self {
         self.max_messages = Some(i64::try_from(messages).unwrap_or(i64::MAX));
         self
     }
     /// How long a `Nats-Msg-Id` is remembered for publish deduplication.
-    /// Keep it longer than any publish retry loop.
+    /// Keep it longer than any publish retry loop, and no longer than a
+    /// `max_age` (the server refuses that). Capped at about 292 years.
     pub fn duplicate_window(mut self, window: Duration) -> Self {
-        self.duplicate_window = window;
+        self.duplicate_window = server_duration(window);
         self
     }
-    /// Copies kept in a cluster (1, 3 or 5).
+    /// Copies kept in a cluster (1, 3 or 5; the server refuses others, and
+    /// more than it has nodes).
     pub fn replicas(mut self, replicas: usize) -> Self {
         self.replicas = replicas.max(1);
         self
@@ -283,8 +299,10 @@ impl ConsumerDefaults {
     }
 
     /// How long a delivery may stay unsettled before it is redelivered.
+    /// Capped at about 292 years, the longest the server counts (as is a
+    /// subscription's own ack wait).
     pub fn ack_wait(mut self, wait: Duration) -> Self {
-        self.ack_wait = wait;
+        self.ack_wait = server_duration(wait);
         self
     }
     /// Stop after this many delivery attempts.
@@ -293,9 +311,10 @@ impl ConsumerDefaults {
         self
     }
     /// Redelivery delays by attempt for unacknowledged messages (the last
-    /// one repeats); overrides the ack wait, as the server does.
+    /// one repeats); overrides the ack wait, as the server does. Each is
+    /// capped at about 292 years.
     pub fn backoff(mut self, delays: impl IntoIterator<Item = Duration>) -> Self {
-        self.backoff = delays.into_iter().collect();
+        self.backoff = delays.into_iter().map(server_duration).collect();
         self
     }
     /// Where new durable (and queue-group) consumers start (default all).
@@ -315,24 +334,24 @@ impl ConsumerDefaults {
         self
     }
     /// Messages asked for per pull (default 256, at most the subscription's
-    /// capacity).
+    /// capacity; at least 1, at most [`MAX_CAPACITY`]).
     pub fn batch(mut self, batch: usize) -> Self {
-        self.batch = batch.max(1);
+        self.batch = batch.clamp(1, MAX_CAPACITY);
         self
     }
     /// Messages asked for per pull by a member of a queue group (default
     /// 16). The server fills one member's pull before the next member's, so
     /// smaller pulls share the load more evenly, larger ones cost fewer
-    /// round trips.
+    /// round trips. At least 1, at most [`MAX_CAPACITY`].
     pub fn shared_batch(mut self, batch: usize) -> Self {
-        self.shared_batch = batch.max(1);
+        self.shared_batch = batch.clamp(1, MAX_CAPACITY);
         self
     }
     /// How long one pull waits on the server for messages (default 5 s).
     /// It also bounds how long a pull lost with a server restart stays
-    /// unanswered.
+    /// unanswered. At least 100 ms, at most about 292 years.
     pub fn expires(mut self, expires: Duration) -> Self {
-        self.expires = expires.max(Duration::from_millis(100));
+        self.expires = server_duration(expires.max(Duration::from_millis(100)));
         self
     }
     /// A metadata entry on every consumer created. Needs nats-server 2.10.
@@ -362,7 +381,7 @@ impl ConsumerDefaults {
             // and the consumer would receive the whole stream.
             filter_subject: filter.to_owned(),
             ack_policy: AckPolicy::Explicit,
-            ack_wait: options.get_ack_wait().unwrap_or(self.ack_wait),
+            ack_wait: server_duration(options.get_ack_wait().unwrap_or(self.ack_wait)),
             max_deliver: options
                 .get_max_deliver()
                 .or(self.max_deliver)
@@ -468,15 +487,16 @@ impl JetStreamConfig {
     /// A time to live for every message published (`Nats-TTL`). Needs
     /// nats-server 2.11 and a stream that allows it; older servers would
     /// keep the messages forever, so connecting to one fails instead.
+    /// Capped at about 292 years, the longest the server counts.
     pub fn message_ttl(mut self, ttl: Duration) -> Self {
-        self.message_ttl = Some(ttl);
+        self.message_ttl = Some(server_duration(ttl));
         self
     }
 
     /// Publishes awaiting their ack at once, across the transport (default
-    /// 5,000); more wait for room.
+    /// 5,000; at least 1, at most [`MAX_CAPACITY`]); more wait for room.
     pub fn max_ack_inflight(mut self, inflight: usize) -> Self {
-        self.max_ack_inflight = inflight.max(1);
+        self.max_ack_inflight = inflight.clamp(1, MAX_CAPACITY);
         self
     }
 
@@ -499,5 +519,49 @@ impl JetStreamConfig {
     /// Ack timeout per attempt (default 5 s).
     pub fn get_ack_timeout(&self) -> Duration {
         self.ack_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{SubjectPattern, SubscribeOptions};
+
+    #[test]
+    fn durations_sent_to_the_server_are_capped_at_its_i64_nanoseconds() {
+        assert_eq!(MAX_SERVER_DURATION.as_nanos(), i64::MAX as u128);
+        let stream = StreamConfig::new("S", ["a"])
+            .max_age(Duration::MAX)
+            .duplicate_window(Duration::MAX)
+            .to_nats();
+        assert_eq!(
+            (stream.max_age, stream.duplicate_window),
+            (MAX_SERVER_DURATION, MAX_SERVER_DURATION)
+        );
+        let defaults = ConsumerDefaults::new()
+            .ack_wait(Duration::MAX)
+            .backoff([Duration::MAX, Duration::from_secs(1)])
+            .expires(Duration::MAX);
+        assert_eq!(defaults.expires, MAX_SERVER_DURATION);
+        let options = SubscribeOptions::new(SubjectPattern::parse("a").unwrap());
+        let config = defaults.pull_config(Some("d"), "a", &options);
+        assert_eq!(config.ack_wait, MAX_SERVER_DURATION);
+        assert_eq!(
+            config.backoff,
+            [MAX_SERVER_DURATION, Duration::from_secs(1)]
+        );
+        let own = defaults.pull_config(Some("d"), "a", &options.ack_wait(Duration::MAX));
+        assert_eq!(own.ack_wait, MAX_SERVER_DURATION);
+    }
+
+    #[test]
+    fn capacities_are_capped_at_the_semaphore_limit() {
+        let defaults = ConsumerDefaults::new().batch(usize::MAX).shared_batch(0);
+        assert_eq!((defaults.batch, defaults.shared_batch), (MAX_CAPACITY, 1));
+        let config = JetStreamConfig::new(NatsConfig::default(), StreamConfig::new("S", ["a"]))
+            .max_ack_inflight(usize::MAX)
+            .message_ttl(Duration::MAX);
+        assert_eq!(config.max_ack_inflight, MAX_CAPACITY);
+        assert_eq!(config.message_ttl, Some(MAX_SERVER_DURATION));
     }
 }

@@ -115,7 +115,8 @@ impl KvIdempotencyStore {
     /// Opens the bucket `bucket`, creating it with `ttl` as its entries'
     /// maximum age, and the transport's stream's replica count, if it does
     /// not exist. The TTL should be at least the producers' dedup window
-    /// (2 minutes by default).
+    /// (2 minutes by default); it is capped at about 292 years, the longest
+    /// the server counts.
     pub async fn open(transport: &JetStreamTransport, bucket: &str, ttl: Duration) -> Result<Self> {
         let context = transport.context();
         if context.get_key_value(bucket).await.is_err() {
@@ -127,7 +128,7 @@ impl KvIdempotencyStore {
                 description: Some("events: handled event ids per consumer".to_owned()),
                 subjects: vec![format!("$KV.{bucket}.>")],
                 max_messages_per_subject: 1,
-                max_age: ttl,
+                max_age: super::config::server_duration(ttl),
                 allow_rollup: true,
                 deny_delete: true,
                 allow_direct: true,

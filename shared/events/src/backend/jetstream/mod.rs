@@ -1,6 +1,7 @@
 //! The JetStream transport: durable, at-least-once, on [`async_nats`].
 //!
-//! Semantics (the DESIGN table's "JetStream" column):
+//! Semantics (the "JetStream" column of the delivery table in the crate
+//! documentation):
 //! - **publish returns once stored**: the PubAck has been received. Every
 //!   publish carries `Nats-Msg-Id` = [`Message::dedup_id`] (the event id on
 //!   the typed bus); when an ack does not come in time the publish is sent
@@ -1371,10 +1372,10 @@ impl Acker for JetStreamAcker {
         _message: Message,
         delay: Option<Duration>,
     ) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move {
-            self.send(jetstream::AckKind::Nak(delay.filter(|d| !d.is_zero())))
-                .await
-        })
+        // A delay beyond the server's i64 nanoseconds would reach it as a
+        // number it cannot read, and it would redeliver at once.
+        let delay = delay.filter(|d| !d.is_zero()).map(config::server_duration);
+        Box::pin(async move { self.send(jetstream::AckKind::Nak(delay)).await })
     }
 
     fn term(self: Box<Self>) -> BoxFuture<'static, Result<()>> {

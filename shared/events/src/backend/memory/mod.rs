@@ -70,14 +70,14 @@ impl MemoryConfig {
     }
 
     /// Messages buffered per subscription, unless the subscription sets its
-    /// own.
+    /// own: at least 1, at most [`MAX_CAPACITY`](crate::transport::MAX_CAPACITY).
     ///
     /// ```
     /// let config = events::backend::memory::MemoryConfig::new().capacity(64);
     /// assert_eq!(config.get_capacity(), 64);
     /// ```
     pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity.max(1);
+        self.capacity = capacity.clamp(1, crate::transport::MAX_CAPACITY);
         self
     }
 

@@ -360,14 +360,16 @@ impl NatsConfig {
         self
     }
 
-    /// How long one connection attempt may take (default 5 s).
+    /// How long one connection attempt may take (default 5 s; any
+    /// duration, `Duration::MAX` waiting without bound).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// How long a request (JetStream API calls, publish acks) waits for its
-    /// reply (default 10 s).
+    /// reply (default 10 s; any duration, `Duration::MAX` waiting without
+    /// bound).
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -384,23 +386,27 @@ impl NatsConfig {
     }
 
     /// How often the client pings the server; two missed pongs count as a
-    /// lost connection (default 60 s).
+    /// lost connection (default 60 s). Zero is refused at connect with
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput); long
+    /// intervals are capped at about 30 years by the timer.
     pub fn ping_interval(mut self, interval: Duration) -> Self {
         self.ping_interval = interval;
         self
     }
 
     /// Outgoing commands the client buffers before publishes wait (default
-    /// 2,048).
+    /// 2,048; at least 1, at most
+    /// [`MAX_CAPACITY`](crate::transport::MAX_CAPACITY)).
     pub fn client_capacity(mut self, capacity: usize) -> Self {
-        self.client_capacity = capacity.max(1);
+        self.client_capacity = capacity.clamp(1, crate::transport::MAX_CAPACITY);
         self
     }
 
     /// Messages each subscription buffers; beyond it the client drops
-    /// messages and reports a slow consumer (default 65,536).
+    /// messages and reports a slow consumer (default 65,536; at least 1, at
+    /// most [`MAX_CAPACITY`](crate::transport::MAX_CAPACITY)).
     pub fn subscription_capacity(mut self, capacity: usize) -> Self {
-        self.subscription_capacity = capacity.max(1);
+        self.subscription_capacity = capacity.clamp(1, crate::transport::MAX_CAPACITY);
         self
     }
 
@@ -468,6 +474,11 @@ impl NatsConfig {
 
     /// The async-nats options for these settings.
     pub(crate) async fn connect_options(&self) -> Result<async_nats::ConnectOptions> {
+        if self.ping_interval.is_zero() {
+            // The client's ping timer panics on a zero period, in the
+            // connection task, where it would leave a dead connection.
+            return Err(Error::invalid("the NATS ping interval must be positive"));
+        }
         let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(self.connect_timeout)
             .request_timeout(Some(self.request_timeout))
@@ -717,6 +728,23 @@ mod tests {
             assert_eq!(err.kind(), crate::ErrorKind::InvalidInput, "{vars:?}");
             assert!(!err.to_string().contains("SUSECRET"), "{err}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_zero_ping_interval_is_invalid_input_and_capacities_are_capped() {
+        let config = NatsConfig::default().ping_interval(Duration::ZERO);
+        let err = config.connect_options().await.unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidInput, "{err}");
+        let config = NatsConfig::default()
+            .client_capacity(usize::MAX)
+            .subscription_capacity(0);
+        assert_eq!(
+            (
+                config.get_client_capacity(),
+                config.get_subscription_capacity()
+            ),
+            (crate::transport::MAX_CAPACITY, 1)
+        );
     }
 
     #[test]

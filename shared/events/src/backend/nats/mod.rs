@@ -1,6 +1,7 @@
 //! The core NATS transport, on [`async_nats`].
 //!
-//! Semantics (the DESIGN table's "core NATS" column):
+//! Semantics (the "core NATS" column of the delivery table in the crate
+//! documentation):
 //! - **at most once.** `publish` returns once the message is queued in the
 //!   client, not when the server has it. A message in the client's socket
 //!   buffer when the connection drops is lost; durability is JetStream's
