@@ -601,29 +601,87 @@ impl<S: Send + Sync + 'static> Consumer<S> {
             })?;
         let routes: Vec<_> = self.handlers.into_iter().collect();
         let mut subscriptions = Vec::with_capacity(routes.len());
-        for (event_type, _) in &routes {
-            let subject = self.bus.codec().subject_for(event_type)?;
-            let prefetch = self
-                .prefetch
-                .unwrap_or((self.concurrency.saturating_mul(2)).max(DEFAULT_PREFETCH));
-            let mut options = SubscribeOptions::new(SubjectPattern::exact(&subject))
+        if self.ordered_by_key && routes.len() > 1 && !caps.supports(Capability::MultiPattern) {
+            // Order across types needs the broker's one stream for all of
+            // them; with a subscription per type it would silently not hold.
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "consumer {:?} orders by key across {} event types, which needs one \
+                     subscription for several subjects; the {} transport has none (core NATS \
+                     delivers each subscription on its own; JetStream needs nats-server 2.10 \
+                     or later): order one type per consumer there",
+                    self.name,
+                    routes.len(),
+                    transport.name()
+                ),
+            ));
+        }
+        let prefetch = self
+            .prefetch
+            .unwrap_or((self.concurrency.saturating_mul(2)).max(DEFAULT_PREFETCH));
+        let options_for = |pattern: SubjectPattern| {
+            let options = SubscribeOptions::new(pattern)
                 .capacity(prefetch)
                 .max_deliver(max_deliver(&self.retry));
-            if let Some(wait) = self.ack_wait {
-                options = options.ack_wait(wait);
+            match self.ack_wait {
+                Some(wait) => options.ack_wait(wait),
+                None => options,
             }
-            // Instances of one consumer compete for its events: a shared
-            // durable consumer where the backend has one, else a queue group.
+        };
+        let mut patterns = Vec::with_capacity(routes.len());
+        for (event_type, _) in &routes {
+            patterns.push(SubjectPattern::exact(
+                &self.bus.codec().subject_for(event_type)?,
+            ));
+        }
+        if caps.supports(Capability::MultiPattern) {
+            // One subscription for every handled type: the broker's one
+            // stream, in its order, so a key's events of several types are
+            // handled in the order they were published. Instances share it:
+            // the durable consumer `<consumer>` (which takes over from the
+            // per-type ones of earlier builds, and is redefined when the
+            // handled types change), else the queue group `<consumer>`.
+            let mut patterns = patterns.into_iter();
+            let mut options = options_for(patterns.next().expect("at least one handler"));
+            for pattern in patterns {
+                options = options.also(pattern);
+            }
             options = if caps.supports(Capability::Durable) {
-                options.durable_name(durable_name(&self.name, event_type))?
+                options
+                    .durable_name(self.name.to_string())?
+                    .redefine(true)
+                    .replaces(
+                        routes
+                            .iter()
+                            .map(|(event_type, _)| durable_name(&self.name, event_type)),
+                    )
             } else if caps.supports(Capability::QueueGroups) {
                 options.queue_group(self.name.to_string())?
             } else {
                 options
             };
-            // The transport's own stream: the runtime decodes each message
-            // itself, into a value it boxes only if the handling must wait.
             subscriptions.push(transport.subscribe(options).await?);
+        } else {
+            // One subscription per type (core NATS delivers each
+            // subscription on its own; nats-server 2.9 has no consumer
+            // with several filters): a key's events of one type are in
+            // order, of several types not.
+            for ((event_type, _), pattern) in routes.iter().zip(patterns) {
+                let mut options = options_for(pattern);
+                // Instances of one consumer compete for its events: a shared
+                // durable consumer where the backend has one, else a queue group.
+                options = if caps.supports(Capability::Durable) {
+                    options.durable_name(durable_name(&self.name, event_type))?
+                } else if caps.supports(Capability::QueueGroups) {
+                    options.queue_group(self.name.to_string())?
+                } else {
+                    options
+                };
+                // The transport's own stream: the runtime decodes each message
+                // itself, into a value it boxes only if the handling must wait.
+                subscriptions.push(transport.subscribe(options).await?);
+            }
         }
         let deliveries = Merged::new(subscriptions);
         tracing::info!(consumer = %self.name, types = routes.len(), transport = transport.name(), "consumer started");
@@ -1400,6 +1458,21 @@ impl<S: Send + Sync + 'static> Shared<S> {
         let Some((event_type, handler)) = self.route(from, raw.metadata.event_type()) else {
             let text = format!("no handler for {}", raw.metadata.event_type());
             let attempt = delivery.attempt();
+            if self.native_redelivery && self.retry.allows_another(attempt) {
+                // Instances of one consumer share its broker consumer, whose
+                // types change with a release: during a rolling deploy an
+                // older instance gets the types only newer ones handle.
+                // Handed back (the broker counts the attempt), and
+                // dead-lettered only once the attempts run out.
+                tracing::debug!(
+                    event.r#type = raw.metadata.event_type(),
+                    attempt,
+                    "no handler here; handed back for an instance that has one"
+                );
+                self.count(Counter::Retried, UNKNOWN_TYPE);
+                let delay = self.retry.delay(attempt);
+                return settle(Box::pin(delivery.nack(Some(delay))).await);
+            }
             return self
                 .dead_letter(delivery, Reason::NoHandler, &text, attempt, UNKNOWN_TYPE)
                 .await;

@@ -27,11 +27,16 @@ pub enum Capability {
     QueueGroups,
     /// Subscriptions with `*` and `>` wildcards.
     Wildcards,
+    /// One subscription for several subject patterns
+    /// ([`SubscribeOptions::also`](crate::transport::SubscribeOptions::also)),
+    /// delivered as one stream in the order the broker received the
+    /// messages: what keeps one key's events of several types in order.
+    MultiPattern,
 }
 
 impl Capability {
     /// Every capability, for tests that check each declaration.
-    pub const ALL: [Capability; 8] = [
+    pub const ALL: [Capability; 9] = [
         Capability::Redelivery,
         Capability::DelayedRedelivery,
         Capability::Durable,
@@ -40,6 +45,7 @@ impl Capability {
         Capability::OrderedPerPublisher,
         Capability::QueueGroups,
         Capability::Wildcards,
+        Capability::MultiPattern,
     ];
 
     fn as_str(self) -> &'static str {
@@ -52,6 +58,7 @@ impl Capability {
             Capability::OrderedPerPublisher => "ordering per publisher",
             Capability::QueueGroups => "queue groups",
             Capability::Wildcards => "wildcard subscriptions",
+            Capability::MultiPattern => "subscriptions to several patterns",
         }
     }
 }
@@ -85,6 +92,8 @@ pub struct Capabilities {
     pub queue_groups: bool,
     /// See [`Capability::Wildcards`].
     pub wildcards: bool,
+    /// See [`Capability::MultiPattern`].
+    pub multi_pattern: bool,
     /// The largest message (headers and body on the wire) accepted.
     pub max_message_size: usize,
 }
@@ -101,6 +110,7 @@ impl Capabilities {
             ordered_per_publisher: false,
             queue_groups: false,
             wildcards: false,
+            multi_pattern: false,
             max_message_size: 1024 * 1024,
         }
     }
@@ -116,6 +126,7 @@ impl Capabilities {
             Capability::OrderedPerPublisher => self.ordered_per_publisher,
             Capability::QueueGroups => self.queue_groups,
             Capability::Wildcards => self.wildcards,
+            Capability::MultiPattern => self.multi_pattern,
         }
     }
 

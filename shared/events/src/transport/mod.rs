@@ -94,6 +94,13 @@ pub const MAX_CAPACITY: usize = usize::MAX >> 3;
 #[derive(Debug, Clone)]
 pub struct SubscribeOptions {
     pattern: SubjectPattern,
+    /// More patterns, for one subscription to several subjects.
+    also: Vec<SubjectPattern>,
+    /// Durable names this subscription's consumer replaces (see
+    /// [`SubscribeOptions::replaces`]).
+    replaces: Vec<String>,
+    /// See [`SubscribeOptions::redefine`].
+    redefine: bool,
     queue_group: Option<String>,
     durable_name: Option<String>,
     max_deliver: Option<u32>,
@@ -106,12 +113,45 @@ impl SubscribeOptions {
     pub fn new(pattern: SubjectPattern) -> Self {
         SubscribeOptions {
             pattern,
+            also: Vec::new(),
+            replaces: Vec::new(),
+            redefine: false,
             queue_group: None,
             durable_name: None,
             max_deliver: None,
             ack_wait: None,
             capacity: None,
         }
+    }
+
+    /// Subscribe to `pattern` too, in the same subscription: messages on
+    /// any of the patterns arrive as one stream, in the order the broker
+    /// received them. Needs [`Capability::MultiPattern`].
+    pub fn also(mut self, pattern: SubjectPattern) -> Self {
+        if pattern != self.pattern && !self.also.contains(&pattern) {
+            self.also.push(pattern);
+        }
+        self
+    }
+
+    /// Durable consumers this one takes over from (JetStream): if it does
+    /// not exist yet, it is created to start after the lowest position any
+    /// of them had acknowledged, instead of at the start of the stream, and
+    /// the ones found are logged for removal. For a service moving from one
+    /// consumer per event type to one for all of them.
+    pub fn replaces(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.replaces = names.into_iter().collect();
+        self
+    }
+
+    /// The named consumer is this subscription's to redefine: one that
+    /// exists with other patterns is updated to these, instead of refused.
+    /// For a consumer whose set of subjects changes between releases of
+    /// the one service that owns it (the consumer runtime's); never for a
+    /// name other code may use for other subjects.
+    pub fn redefine(mut self, redefine: bool) -> Self {
+        self.redefine = redefine;
+        self
     }
 
     /// Join a queue group: each message goes to one member of the group.
@@ -160,9 +200,26 @@ impl SubscribeOptions {
         self
     }
 
-    /// The subject pattern.
+    /// The (first) subject pattern.
     pub fn get_pattern(&self) -> &SubjectPattern {
         &self.pattern
+    }
+    /// Every subject pattern: the first, then those added with
+    /// [`also`](Self::also).
+    pub fn get_patterns(&self) -> impl Iterator<Item = &SubjectPattern> {
+        std::iter::once(&self.pattern).chain(&self.also)
+    }
+    /// Whether there is more than one pattern.
+    pub fn is_multi_pattern(&self) -> bool {
+        !self.also.is_empty()
+    }
+    /// The durable names this subscription's consumer replaces.
+    pub fn get_replaces(&self) -> &[String] {
+        &self.replaces
+    }
+    /// Whether an existing consumer with other patterns is updated.
+    pub fn get_redefine(&self) -> bool {
+        self.redefine
     }
     /// The queue group, if any.
     pub fn get_queue_group(&self) -> Option<&str> {

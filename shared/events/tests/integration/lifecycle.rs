@@ -376,6 +376,156 @@ where
     bus.close().await.unwrap();
 }
 
+type Order = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Item: one consumer handling several event types of one entity handles a
+/// key's events in the order they were published, across the types; a
+/// transport that cannot (one subscription per type) refuses at start.
+pub async fn a_key_s_events_of_several_types_are_handled_in_publish_order<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    let bus = bus_on(&make).await;
+    let log: Order = Arc::default();
+    let consumer = Consumer::new(&bus, "lifecycle")
+        .unwrap()
+        .state(log.clone())
+        .handle(|e: Event<Placed>, ctx: Context<Order>| async move {
+            let key = e.metadata.subject().unwrap_or_default().to_owned();
+            ctx.state()
+                .lock()
+                .unwrap()
+                .push((key, format!("placed{}", e.payload.n)));
+            Ok::<_, HandlerError>(())
+        })
+        .handle(|e: Event<Cancelled>, ctx: Context<Order>| async move {
+            let key = e.metadata.subject().unwrap_or_default().to_owned();
+            ctx.state()
+                .lock()
+                .unwrap()
+                .push((key, format!("cancelled:{}", e.payload.key)));
+            Ok::<_, HandlerError>(())
+        })
+        .ordered_by_key(true)
+        .concurrency(4);
+    if !bus
+        .transport()
+        .capabilities()
+        .supports(Capability::MultiPattern)
+    {
+        let refused = consumer.start().await.unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Unsupported, "{refused}");
+        bus.close().await.unwrap();
+        return;
+    }
+    let running = consumer.start().await.unwrap();
+    // Per key: three of one type, then alternating: a subscription per
+    // type, taken in turn, hands the second type's first event over
+    // before the first type's second.
+    let mut published: HashMap<String, Vec<String>> = HashMap::new();
+    for round in 0..6u32 {
+        for k in 0..16 {
+            let key = format!("order-{k}");
+            let placed = matches!(round, 0 | 1 | 2 | 4);
+            let label = if placed {
+                let mut event = bus.event(Placed {
+                    key: key.clone(),
+                    n: round,
+                });
+                event.metadata.set_subject(Some(key.clone()));
+                bus.publish(&event).await.unwrap();
+                format!("placed{round}")
+            } else {
+                let mut event = bus.event(Cancelled {
+                    key: format!("{key}/{round}"),
+                });
+                event.metadata.set_subject(Some(key.clone()));
+                bus.publish(&event).await.unwrap();
+                format!("cancelled:{key}/{round}")
+            };
+            published.entry(key).or_default().push(label);
+        }
+    }
+    wait_until("every event handled", ARRIVE, || {
+        log.lock().unwrap().len() >= 96
+    })
+    .await;
+    let summary = running.shutdown().await.unwrap();
+    assert_eq!(summary.handled, 96);
+    let mut handled: HashMap<String, Vec<String>> = HashMap::new();
+    for (key, label) in log.lock().unwrap().iter() {
+        handled.entry(key.clone()).or_default().push(label.clone());
+    }
+    assert_eq!(
+        handled, published,
+        "each key in publish order, across types"
+    );
+    bus.close().await.unwrap();
+}
+
+/// The capability behind cross-type order: a subscription to several
+/// patterns is one stream in publish order where declared, and refused
+/// (`Unsupported`) where not.
+pub async fn several_patterns_make_one_stream_in_publish_order_or_are_refused<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Transport>>,
+{
+    use events::transport::{SubjectPattern, SubscribeOptions};
+    let bus = bus_on(&make).await;
+    let codec = bus.codec();
+    let placed = SubjectPattern::exact(&codec.subject_for(Placed::TYPE).unwrap());
+    let cancelled = SubjectPattern::exact(&codec.subject_for(Cancelled::TYPE).unwrap());
+    let options = SubscribeOptions::new(placed).also(cancelled);
+    let subscribed = bus.transport().subscribe(options).await;
+    if !bus
+        .transport()
+        .capabilities()
+        .supports(Capability::MultiPattern)
+    {
+        let refused = subscribed.unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Unsupported, "{refused}");
+        bus.close().await.unwrap();
+        return;
+    }
+    let mut sub = subscribed.unwrap();
+    let mut published = Vec::new();
+    for n in 0..40u32 {
+        let key = format!("k{n}");
+        let message = if n % 3 == 0 {
+            bus.encode(
+                &bus.event(Cancelled { key: key.clone() }),
+                Default::default(),
+            )
+        } else {
+            bus.encode(
+                &bus.event(Placed {
+                    key: key.clone(),
+                    n,
+                }),
+                Default::default(),
+            )
+        }
+        .unwrap();
+        published.push(message.subject.to_string());
+        bus.transport().publish(message).await.unwrap();
+    }
+    let mut received = Vec::new();
+    while received.len() < published.len() {
+        let d = tokio::time::timeout(ARRIVE, sub.next())
+            .await
+            .expect("both subjects arrive")
+            .expect("open")
+            .expect("no transport error");
+        received.push(d.message().subject.to_string());
+        d.ack().await.unwrap();
+    }
+    assert_eq!(received, published, "one stream, in publish order");
+    drop(sub);
+    bus.close().await.unwrap();
+}
+
 #[macro_export]
 macro_rules! lifecycle_suite {
     ($backend:ident, $make:expr) => {
@@ -399,6 +549,14 @@ macro_rules! lifecycle_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn shutdown_releases_unstarted_events_promptly_and_in_key_order() {
                 l::shutdown_releases_unstarted_events_promptly_and_in_key_order($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_key_s_events_of_several_types_are_handled_in_publish_order() {
+                l::a_key_s_events_of_several_types_are_handled_in_publish_order($make).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn several_patterns_make_one_stream_in_publish_order_or_are_refused() {
+                l::several_patterns_make_one_stream_in_publish_order_or_are_refused($make).await
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn shutdown_returns_within_its_deadline() {
@@ -463,6 +621,121 @@ mod jetstream_only {
         assert_eq!(info.config.max_deliver, 4 + 10);
         running.shutdown().await.unwrap();
         bus.close().await.unwrap();
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Shipped {
+        key: String,
+    }
+    impl EventPayload for Shipped {
+        const TYPE: &'static str = "life.shipped";
+    }
+
+    /// One durable consumer per service (2.10+): it takes over from the
+    /// per-type consumers of an earlier build at their acknowledged
+    /// position, and is redefined when the handled types change. On 2.9 the
+    /// runtime keeps one consumer per type.
+    #[tokio::test]
+    async fn one_consumer_per_service_takes_over_from_per_type_consumers() {
+        let server = NatsServer::with_jetstream();
+        let t = transport(&server).await;
+        let bus = Bus::builder(t.clone()).source("life").build().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = |seen: &Arc<Mutex<Vec<String>>>, what: String| {
+            seen.lock().unwrap().push(what);
+        };
+        // An earlier build: one durable per type, three of five events of
+        // the first type handled and acknowledged.
+        let earlier = |name: &str| {
+            events::transport::SubscribeOptions::new(events::transport::SubjectPattern::exact(
+                &bus.codec().subject_for(Placed::TYPE).unwrap(),
+            ))
+            .durable_name(name.to_owned())
+            .unwrap()
+        };
+        for n in 0..5 {
+            bus.publish(&bus.event(Placed {
+                key: format!("k{n}"),
+                n,
+            }))
+            .await
+            .unwrap();
+        }
+        // The name the earlier build used for (shipping, life.placed).
+        let earlier_name = durable_name_of("shipping", Placed::TYPE);
+        let mut old = bus
+            .transport()
+            .subscribe(earlier(&earlier_name))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let d = tokio::time::timeout(ARRIVE, old.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            d.ack().await.unwrap();
+        }
+        old.close().await;
+        bus.flush().await.unwrap();
+
+        let seen2 = seen.clone();
+        let seen3 = seen.clone();
+        let consumer = Consumer::new(&bus, "shipping")
+            .unwrap()
+            .handle(move |e: Event<Placed>, _ctx: Context<()>| {
+                record(&seen2, format!("placed{}", e.payload.n));
+                async { Ok::<_, HandlerError>(()) }
+            })
+            .handle(move |e: Event<Shipped>, _ctx: Context<()>| {
+                record(&seen3, format!("shipped:{}", e.payload.key));
+                async { Ok::<_, HandlerError>(()) }
+            });
+        if t.server_version() < (2, 10, 0) {
+            // No consumer with several filters: one per type, as before.
+            let running = consumer.start().await.unwrap();
+            running.shutdown().await.unwrap();
+            bus.close().await.unwrap();
+            return;
+        }
+        let running = consumer.start().await.unwrap();
+        bus.publish(&bus.event(Shipped { key: "k0".into() }))
+            .await
+            .unwrap();
+        wait_until("the two unhandled and the new event", ARRIVE, || {
+            seen.lock().unwrap().len() >= 3
+        })
+        .await;
+        running.shutdown().await.unwrap();
+        let mut seen = seen.lock().unwrap().clone();
+        seen.sort();
+        // Not the three the earlier build handled.
+        assert_eq!(seen, ["placed3", "placed4", "shipped:k0"]);
+        let stream = t.context().get_stream(t.stream_name()).await.unwrap();
+        let info = stream.consumer_info("shipping").await.unwrap();
+        let mut filters = info.config.filter_subjects.clone();
+        filters.sort();
+        assert_eq!(filters, ["events.life.placed", "events.life.shipped"]);
+        // The earlier consumer stays until removed, as the log says.
+        t.delete_consumer(&earlier_name).await.unwrap();
+        bus.close().await.unwrap();
+    }
+
+    /// `<consumer>_<type with '.' as '_'>_<8 hex digits of FNV-1a>`: the
+    /// runtime's per-type durable name.
+    fn durable_name_of(consumer: &str, event_type: &str) -> String {
+        let hash = consumer
+            .bytes()
+            .chain([0])
+            .chain(event_type.bytes())
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+        format!(
+            "{consumer}_{}_{:08x}",
+            event_type.replace('.', "_"),
+            hash as u32
+        )
     }
 
     #[tokio::test]

@@ -566,17 +566,8 @@ async fn state_after_handle_keeps_the_handlers_registered_before() {
             let _ = ctx.state().send(1000 + e.payload.n);
             Ok::<(), HandlerError>(())
         });
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(consumer.run(async move {
-        let _ = stopped.await;
-    }));
-    within("the consumer to subscribe", async {
-        while transport.subscription_count() < 2 {
-            assert!(!running.is_finished(), "run ended early");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    let running = consumer.start().await.unwrap();
+    assert!(transport.subscription_count() >= 1);
     bus.publish(&bus.event(Job { n: 1 })).await.unwrap();
     bus.publish(&bus.event(Other { n: 2 })).await.unwrap();
     let mut seen = vec![
@@ -585,8 +576,9 @@ async fn state_after_handle_keeps_the_handlers_registered_before() {
     ];
     seen.sort();
     assert_eq!(seen, [1, 1002]);
-    let _ = stop.send(());
-    let summary = within("run to return", running).await.unwrap().unwrap();
+    let summary = within("the consumer to stop", running.shutdown())
+        .await
+        .unwrap();
     assert_eq!(summary.handled, 2);
 }
 

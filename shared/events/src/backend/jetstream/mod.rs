@@ -49,8 +49,8 @@ pub use idempotency::KvIdempotencyStore;
 use crate::backend::nats::{self as core, ConnectionState, NatsStatus, Tracker};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{
-    Acker, Capabilities, Delivery, DeliveryInfo, Headers, Message, Subject, SubscribeOptions,
-    Subscription, Transport,
+    Acker, Capabilities, Delivery, DeliveryInfo, Headers, Message, Subject, SubjectPattern,
+    SubscribeOptions, Subscription, Transport,
 };
 
 /// The header JetStream deduplicates on.
@@ -223,6 +223,9 @@ impl JetStreamTransport {
         capabilities.ordered_per_publisher = true;
         capabilities.queue_groups = true;
         capabilities.wildcards = true;
+        // `filter_subjects`: 2.9 ignores it (the consumer would read the
+        // whole stream).
+        capabilities.multi_pattern = server_version >= (2, 10, 0);
         // Room for the Nats-Msg-Id header the transport adds (name, a
         // UUID-sized value, separators) is kept out of the advertised
         // limit, so the bus's size check stays exact.
@@ -281,6 +284,33 @@ impl JetStreamTransport {
     /// The name of the stream this transport uses.
     pub fn stream_name(&self) -> &str {
         &self.inner.stream.cached_info().config.name
+    }
+
+    /// Deletes the consumer `name` of the stream (its position and pending
+    /// events are gone): for durable consumers nothing reads any more, such
+    /// as the per-type consumers of an earlier build of a
+    /// [`Consumer`](crate::consumer::Consumer), which it logs at start.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Backend`] if the server refuses (no such consumer,
+    /// among others), [`ErrorKind::Closed`] once the transport is closed.
+    pub async fn delete_consumer(&self, name: &str) -> Result<()> {
+        self.inner.check_open()?;
+        self.inner
+            .stream
+            .delete_consumer(name)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Backend,
+                    format!(
+                        "deleting consumer {name} of stream {} failed",
+                        self.stream_name()
+                    ),
+                )
+                .with_source(e)
+            })
     }
 }
 
@@ -436,8 +466,8 @@ impl Inner {
         .with_source(e)
     }
 
-    /// The existing consumer `name`, which must read exactly `filter`.
-    async fn bind_consumer(&self, name: &str, filter: &str) -> Result<PullConsumer> {
+    /// The existing consumer `name`, which must read exactly `filters`.
+    async fn bind_consumer(&self, name: &str, filters: &[&str]) -> Result<PullConsumer> {
         let consumer: PullConsumer = self.stream.get_consumer(name).await.map_err(|e| {
             Error::new(
                 ErrorKind::Backend,
@@ -448,29 +478,49 @@ impl Inner {
             )
             .with_source(e)
         })?;
-        check_filter(name, &consumer.cached_info().config, filter)?;
+        check_filter(name, &consumer.cached_info().config, filters)?;
         Ok(consumer)
     }
 
-    /// The durable consumer `name` for `filter`: created, or updated with
-    /// this subscription's settings if it exists for the same filter.
+    /// The consumer configuration for a subscription: one filter, or
+    /// several (`filter_subjects`, 2.10+).
+    fn consumer_config(
+        &self,
+        name: Option<&str>,
+        options: &SubscribeOptions,
+    ) -> jetstream::consumer::pull::Config {
+        let mut config =
+            self.config
+                .consumers
+                .pull_config(name, options.get_pattern().as_str(), options);
+        if options.is_multi_pattern() {
+            config.filter_subject = String::new();
+            config.filter_subjects = options
+                .get_patterns()
+                .map(|p| p.as_str().to_owned())
+                .collect();
+        }
+        config
+    }
+
+    /// The durable consumer `name` for the subscription's filters: created,
+    /// or updated with this subscription's settings if it exists for the
+    /// same filters.
     ///
-    /// A name never re-targets a consumer: one that exists with another
-    /// filter (another event type subscribed under the same durable or
+    /// A name never re-targets a consumer: one that exists with other
+    /// filters (another event type subscribed under the same durable or
     /// queue-group name) is refused. Updating it would silently move every
-    /// instance reading it to this filter, and the first subscription's
+    /// instance reading it to these filters, and the first subscription's
     /// events would go unread.
     async fn named_consumer(
         &self,
         name: &str,
-        filter: &str,
+        filters: &[&str],
         options: &SubscribeOptions,
     ) -> Result<PullConsumer> {
         use jetstream::stream::ConsumerErrorKind as K;
-        let config = self
-            .config
-            .consumers
-            .pull_config(Some(name), filter, options);
+        let filter = filters.join(", ");
+        let mut config = self.consumer_config(Some(name), options);
         let existing = match self.stream.consumer_info(name).await {
             Ok(info) => Some(info.config),
             Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => None,
@@ -483,11 +533,23 @@ impl Inner {
             }
         };
         if let Some(existing) = &existing {
-            check_filter(name, existing, filter)?;
+            if let Err(e) = check_filter(name, existing, filters) {
+                if !options.get_redefine() {
+                    return Err(e);
+                }
+                tracing::info!(consumer = name, filters = %filter, "consumer redefined with new filters");
+            }
+        }
+        if let Some(start) = self.take_over(name, options.get_replaces()).await {
+            if existing.is_none() {
+                config.deliver_policy = jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                };
+            }
         }
         // Two instances may create the consumer at once: where the server
         // supports it (2.10+), creation is strict, so a consumer created
-        // meanwhile with another filter is refused rather than updated.
+        // meanwhile with other filters is refused rather than updated.
         let strict = existing.is_none() && self.server_version >= (2, 10, 0);
         if strict {
             match self.stream.create_consumer_strict(config.clone()).await {
@@ -498,8 +560,11 @@ impl Inner {
                         .stream
                         .consumer_info(name)
                         .await
-                        .map_err(|_| self.consumer_error(filter, e))?;
-                    check_filter(name, &info.config, filter)?;
+                        .map_err(|_| self.consumer_error(&filter, e))?;
+                    if !options.get_redefine() {
+                        check_filter(name, &info.config, filters)?;
+                    }
+                    config.deliver_policy = info.config.deliver_policy;
                 }
             }
         }
@@ -512,8 +577,38 @@ impl Inner {
                     format!("creating consumer {name} timed out"),
                 )
                 .with_source(e),
-                _ => self.consumer_error(filter, e),
+                _ => self.consumer_error(&filter, e),
             })
+    }
+
+    /// Durable consumers `name` replaces that still exist: logged (one
+    /// line), and the stream sequence after the lowest position any of them
+    /// had acknowledged, where a new `name` starts instead of at the start
+    /// of the stream (events acknowledged by some of them but not all are
+    /// handled again: keep handlers idempotent across the move).
+    async fn take_over(&self, name: &str, replaces: &[String]) -> Option<u64> {
+        let mut found = Vec::new();
+        let mut floor = u64::MAX;
+        for old in replaces {
+            if let Ok(info) = self.stream.consumer_info(old).await {
+                floor = floor.min(info.ack_floor.stream_sequence);
+                found.push(old.as_str());
+            }
+        }
+        if found.is_empty() {
+            return None;
+        }
+        let start = floor.saturating_add(1);
+        tracing::warn!(
+            consumer = name,
+            earlier = ?found,
+            start_sequence = start,
+            "durable consumers of an earlier build of this consumer remain on stream {}: \
+             they keep their own positions and pending events; once every instance runs \
+             this build, delete them (JetStreamTransport::delete_consumer)",
+            self.stream.cached_info().config.name
+        );
+        Some(start)
     }
 
     /// Acks are fire-and-forget: a flush proves they left the client, a
@@ -575,29 +670,36 @@ impl Inner {
 /// `filter_subject`, or its whole `filter_subjects` set (2.10+), compared
 /// as a set; a consumer without any filter reads the whole stream and
 /// matches no single subscription.
-fn check_filter(name: &str, config: &jetstream::consumer::Config, filter: &str) -> Result<()> {
+fn check_filter(name: &str, config: &jetstream::consumer::Config, wanted: &[&str]) -> Result<()> {
     let mut filters: Vec<&str> = config.filter_subjects.iter().map(String::as_str).collect();
     if !config.filter_subject.is_empty() {
         filters.push(&config.filter_subject);
     }
     filters.sort_unstable();
     filters.dedup();
-    if filters == [filter] {
+    let mut wanted = wanted.to_vec();
+    wanted.sort_unstable();
+    wanted.dedup();
+    if filters == wanted {
         return Ok(());
     }
-    let reads = if filters.is_empty() {
-        "the whole stream".to_owned()
-    } else {
+    let list = |filters: &[&str]| {
         filters
             .iter()
             .map(|f| format!("`{f}`"))
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let reads = if filters.is_empty() {
+        "the whole stream".to_owned()
+    } else {
+        list(&filters)
+    };
     Err(Error::invalid(format!(
-        "consumer {name} already exists and reads {reads}, not `{filter}`: a name stands for \
-         one consumer with one filter; give this subscription its own name (or delete the \
-         consumer if it is stale)"
+        "consumer {name} already exists and reads {reads}, not {}: a name stands for one \
+         consumer with one set of filters; give this subscription its own name (or delete the \
+         consumer if it is stale)",
+        list(&wanted)
     )))
 }
 
@@ -679,13 +781,24 @@ impl Transport for JetStreamTransport {
             inner.check_open()?;
             let defaults = &inner.config.consumers;
             let name = options.get_durable_name().or(options.get_queue_group());
-            let filter = options.get_pattern().as_str();
+            if options.is_multi_pattern() && !inner.capabilities.multi_pattern {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "a consumer with several filters needs nats-server 2.10 or later (the server runs {}.{}.{}, which would ignore them)",
+                        inner.server_version.0, inner.server_version.1, inner.server_version.2
+                    ),
+                ));
+            }
+            let filters: Vec<&str> = options.get_patterns().map(SubjectPattern::as_str).collect();
+            let filter = filters.join(", ");
+            let filter = filter.as_str();
             let consumer = match name {
-                Some(name) if defaults.bind_existing => inner.bind_consumer(name, filter).await?,
-                Some(name) => inner.named_consumer(name, filter, &options).await?,
+                Some(name) if defaults.bind_existing => inner.bind_consumer(name, &filters).await?,
+                Some(name) => inner.named_consumer(name, &filters, &options).await?,
                 None => inner
                     .stream
-                    .create_consumer(defaults.pull_config(None, filter, &options))
+                    .create_consumer(inner.consumer_config(None, &options))
                     .await
                     .map_err(|e| inner.consumer_error(filter, e))?,
             };

@@ -175,11 +175,17 @@ struct Group {
 
 struct Sub {
     id: u64,
-    pattern: SubjectPattern,
+    patterns: Vec<SubjectPattern>,
     group: Option<String>,
     tx: mpsc::Sender<Queued>,
     /// Where a leaving member of its group hands it work.
     redeliveries: Arc<Redeliveries>,
+}
+
+impl Sub {
+    fn matches(&self, subject: &Subject) -> bool {
+        self.patterns.iter().any(|p| p.matches(subject))
+    }
 }
 
 struct Queued {
@@ -320,6 +326,7 @@ impl MemoryTransport {
         capabilities.ordered_per_publisher = true;
         capabilities.queue_groups = true;
         capabilities.wildcards = true;
+        capabilities.multi_pattern = true;
         capabilities.max_message_size = config.max_message_size;
         MemoryTransport {
             shared: Arc::new(Shared {
@@ -405,12 +412,11 @@ impl Shared {
         let mut out: Vec<Arc<Sub>> = routes
             .plain
             .iter()
-            .filter(|s| s.pattern.matches(&message.subject))
+            .filter(|s| s.matches(&message.subject))
             .cloned()
             .collect();
         for group in &routes.groups {
-            if let Some(member) = Self::pick_member(group, |s| s.pattern.matches(&message.subject))
-            {
+            if let Some(member) = Self::pick_member(group, |s| s.matches(&message.subject)) {
                 out.push(member);
             }
         }
@@ -442,7 +448,7 @@ impl Shared {
             .groups
             .iter()
             .find(|g| g.name == group)
-            .and_then(|g| Self::pick_member(g, |s| s.pattern.matches(subject)))
+            .and_then(|g| Self::pick_member(g, |s| s.matches(subject)))
     }
 
     /// A subscription stops: out of the routing table, and its timer
@@ -574,7 +580,7 @@ impl Transport for MemoryTransport {
             let redeliveries = Arc::new(Redeliveries::new(shared.config.max_waiting_redeliveries));
             let sub = Arc::new(Sub {
                 id: shared.next_id.fetch_add(1, Ordering::Relaxed),
-                pattern: options.get_pattern().clone(),
+                patterns: options.get_patterns().cloned().collect(),
                 group: options.get_queue_group().map(str::to_owned),
                 tx,
                 redeliveries: redeliveries.clone(),

@@ -206,6 +206,12 @@ impl Transport for NatsTransport {
                     "core nats has no durable subscriptions; use the jetstream transport",
                 ));
             }
+            if options.is_multi_pattern() {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "core nats delivers each subscription's messages on its own; subscribe once per pattern",
+                ));
+            }
             let pattern = options.get_pattern().as_str().to_owned();
             let subscriber = match options.get_queue_group() {
                 Some(group) => {
