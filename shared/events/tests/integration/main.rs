@@ -17,3 +17,4 @@ mod nats;
 mod props;
 mod runtime;
 mod support;
+mod wire_fidelity;
