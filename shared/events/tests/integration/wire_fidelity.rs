@@ -1,10 +1,12 @@
 //! Wire fidelity: what goes in comes out. Every finite `f64` keeps its
 //! bits through encode -> decode in both content modes and through the
-//! in-memory bus.
+//! in-memory bus; double-quoted binary-mode header values are read as the
+//! NATS binding says.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use events::transport::{Message, Subject};
 use events::versioning::{Upcasters, VersionPolicy};
 use events::wire::{self, Codec, ContentMode};
 use events::{Bus, Event, EventPayload};
@@ -266,4 +268,96 @@ async fn the_floats_a_default_serde_json_misreads_arrive_unchanged() {
             .await
             .unwrap_or_else(|e| panic!("{f:e}: {e}"));
     }
+}
+
+/// A binary-mode message with these headers and a JSON body, as another
+/// client publishes it.
+fn binary_message(subject: &str, headers: &[(&str, &str)], body: &'static [u8]) -> Message {
+    let mut m = Message::new(Subject::parse(subject).unwrap(), body);
+    for (name, value) in headers {
+        m.headers
+            .append(name.to_string(), value.to_string())
+            .unwrap();
+    }
+    m
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Greeting {
+    text: String,
+}
+
+impl EventPayload for Greeting {
+    const TYPE: &'static str = "fidelity.greeting";
+}
+
+/// The issue's event: a subject sent as a double-quoted string.
+fn quoted_greeting(subject: &str) -> Message {
+    binary_message(
+        subject,
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "\"q-1\""),
+            ("ce-source", "\"/python sdk\""),
+            ("ce-type", "fidelity.greeting.v1"),
+            ("ce-subject", "\"hello world\""),
+            ("ce-tenant", "\"a \\\"quoted\\\" name\""),
+            ("content-type", "application/json"),
+        ],
+        br#"{"text":"hi"}"#,
+    )
+}
+
+fn check_quoted_greeting(event: &Event<Greeting>) {
+    assert_eq!(event.metadata.id(), "q-1");
+    assert_eq!(event.metadata.source(), "/python sdk");
+    assert_eq!(event.metadata.subject(), Some("hello world"));
+    assert_eq!(
+        event
+            .metadata
+            .extensions()
+            .get("tenant")
+            .map(|v| v.to_string()),
+        Some("a \"quoted\" name".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn a_double_quoted_header_value_is_read_without_its_quotes_on_the_memory_bus() {
+    let bus = Bus::memory("fidelity");
+    let mut sub = bus.subscribe::<Greeting>().await.unwrap();
+    bus.transport()
+        .publish(quoted_greeting("events.fidelity.greeting"))
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("delivered")
+        .unwrap()
+        .unwrap();
+    check_quoted_greeting(delivery.event());
+    delivery.ack().await.unwrap();
+}
+
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn a_double_quoted_header_value_is_read_without_its_quotes_over_nats() {
+    use events::backend::nats::NatsTransport;
+    use events::testing::NatsServer;
+
+    let server = NatsServer::core();
+    let transport = NatsTransport::connect(crate::nats::config(&server))
+        .await
+        .unwrap();
+    let bus = Bus::builder(transport).source("fidelity").build().unwrap();
+    let mut sub = bus.subscribe::<Greeting>().await.unwrap();
+    // Written on the wire as another client would, quotes and all.
+    crate::nats::raw_publish(&server, &quoted_greeting("events.fidelity.greeting"), "").await;
+    let delivery = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("delivered")
+        .unwrap()
+        .unwrap();
+    check_quoted_greeting(delivery.event());
+    bus.close().await.unwrap();
 }
