@@ -730,3 +730,126 @@ fn the_encoder_never_quotes_and_every_value_it_writes_reads_back() {
         e.metadata.subject()
     );
 }
+
+/// A structured or binary event from another producer, of type `ce_type`.
+fn foreign(ce_type: &str, mode: ContentMode) -> Message {
+    let subject = Subject::parse("events.interop.fromsdk").unwrap();
+    match mode {
+        ContentMode::Structured => {
+            let body = json!({"specversion": "1.0", "id": "sdk-1", "source": "/python",
+                "type": ce_type, "data": {"n": 7}});
+            Message::new(subject, serde_json::to_vec(&body).unwrap())
+        }
+        ContentMode::Binary => {
+            let mut m = Message::new(subject, &br#"{"n":7}"#[..]);
+            for (name, value) in [
+                ("ce-specversion", "1.0"),
+                ("ce-id", "sdk-1"),
+                ("ce-source", "/python"),
+                ("ce-type", ce_type),
+            ] {
+                m.headers.append(name, value.to_owned()).unwrap();
+            }
+            m
+        }
+    }
+}
+
+/// The `type` attribute exactly as a message carries it.
+fn wire_type(m: &Message) -> String {
+    match m.headers.get("ce-type") {
+        Some(t) => t.to_owned(),
+        None => {
+            let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            body["type"].as_str().unwrap().to_owned()
+        }
+    }
+}
+
+const MODES: [ContentMode; 2] = [ContentMode::Structured, ContentMode::Binary];
+
+#[test]
+fn a_received_type_is_re_encoded_byte_for_byte() {
+    for ce_type in [
+        "interop.fromsdk",
+        "interop.fromsdk.v1",
+        "interop.fromsdk.v7",
+        "com.example.someevent",
+        // Not version suffixes: part of the name.
+        "interop.fromsdk.v0",
+        "interop.fromsdk.v01",
+        "interop.fromsdk.v4294967296",
+    ] {
+        for arrive in MODES {
+            let received = decode(&foreign(ce_type, arrive)).unwrap();
+            assert_eq!(received.metadata.cloudevents_type(), ce_type);
+            for leave in MODES {
+                let again = Codec::default().encode_raw(&received, leave).unwrap();
+                let case = format!("{ce_type} {arrive:?} -> {leave:?}");
+                assert_eq!(wire_type(&again), ce_type, "{case}");
+                assert_eq!(decode(&again).unwrap(), received, "{case}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_typed_event_keeps_a_received_type_and_ours_carry_their_version() {
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct FromSdk {
+        n: u32,
+    }
+    impl EventPayload for FromSdk {
+        const TYPE: &'static str = "interop.fromsdk";
+    }
+    for arrive in MODES {
+        let m = foreign("interop.fromsdk", arrive);
+        let one_pass = decode_event::<FromSdk>(&m, &Upcasters::new(), VersionPolicy::Reject)
+            .unwrap()
+            .event;
+        let general = decode_typed_as::<FromSdk>(&m).event;
+        assert_eq!(one_pass, general);
+        for leave in MODES {
+            let again = Codec::default().encode(&one_pass, leave).unwrap();
+            assert_eq!(
+                wire_type(&again),
+                "interop.fromsdk",
+                "{arrive:?} -> {leave:?}"
+            );
+        }
+    }
+    // An event made here, even with a received event's payload, is ours.
+    let ours = Event::new("relay", FromSdk { n: 1 });
+    for mode in MODES {
+        let m = Codec::default().encode(&ours, mode).unwrap();
+        assert_eq!(wire_type(&m), "interop.fromsdk.v1", "{mode:?}");
+    }
+    // Upcast to version 2, the payload has the v2 shape: the type says so.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct FromSdkV2 {
+        n: u32,
+    }
+    impl EventPayload for FromSdkV2 {
+        const TYPE: &'static str = "interop.fromsdk";
+        const VERSION: u32 = 2;
+    }
+    let upcasters = Upcasters::new().register("interop.fromsdk", 1, Ok);
+    let up = decode_event::<FromSdkV2>(
+        &foreign("interop.fromsdk", ContentMode::Structured),
+        &upcasters,
+        VersionPolicy::Reject,
+    )
+    .unwrap();
+    assert_eq!(up.wire_version, 1);
+    let m = Codec::default()
+        .encode(&up.event, ContentMode::Structured)
+        .unwrap();
+    assert_eq!(wire_type(&m), "interop.fromsdk.v2");
+}
+
+fn decode_typed_as<T: EventPayload>(message: &Message) -> Decoded<T> {
+    decode(message)
+        .unwrap()
+        .into_event::<T>(&Upcasters::new(), VersionPolicy::Reject)
+        .unwrap()
+}

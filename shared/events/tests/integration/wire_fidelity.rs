@@ -1,12 +1,14 @@
 //! Wire fidelity: what goes in comes out. Every finite `f64` keeps its
 //! bits through encode -> decode in both content modes and through the
 //! in-memory bus; double-quoted binary-mode header values are read as the
-//! NATS binding says.
+//! NATS binding says; a type received from another producer is
+//! republished byte for byte.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use events::transport::{Message, Subject};
+use events::consumer::{replay, DeadLetter, Reason};
+use events::transport::{Message, Subject, SubjectPattern, SubscribeOptions};
 use events::versioning::{Upcasters, VersionPolicy};
 use events::wire::{self, Codec, ContentMode};
 use events::{Bus, Event, EventPayload};
@@ -360,4 +362,238 @@ async fn a_double_quoted_header_value_is_read_without_its_quotes_over_nats() {
         .unwrap();
     check_quoted_greeting(delivery.event());
     bus.close().await.unwrap();
+}
+
+/// A payload type named like another producer's events, without a version
+/// suffix (version 1 here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct FromSdk {
+    n: u32,
+}
+
+impl EventPayload for FromSdk {
+    const TYPE: &'static str = "interop.fromsdk";
+}
+
+/// An event as the Python SDK publishes it, type `ce_type`.
+fn foreign(ce_type: &str, mode: ContentMode) -> Message {
+    let subject = Subject::parse("events.interop.fromsdk").unwrap();
+    match mode {
+        ContentMode::Structured => {
+            let body = serde_json::json!({
+                "specversion": "1.0", "id": "sdk-1", "source": "/python",
+                "type": ce_type, "time": "2024-05-01T12:00:00+02:00",
+                "datacontenttype": "application/json", "data": {"n": 7},
+            });
+            let mut m = Message::new(subject, serde_json::to_vec(&body).unwrap());
+            m.headers
+                .append("content-type", "application/cloudevents+json")
+                .unwrap();
+            m
+        }
+        ContentMode::Binary => {
+            let mut m = Message::new(subject, &br#"{"n":7}"#[..]);
+            for (name, value) in [
+                ("ce-specversion", "1.0"),
+                ("ce-id", "sdk-1"),
+                ("ce-source", "/python"),
+                ("ce-type", ce_type),
+                ("ce-time", "2024-05-01T12:00:00+02:00"),
+                ("content-type", "application/json"),
+            ] {
+                m.headers.append(name, value.to_owned()).unwrap();
+            }
+            m
+        }
+    }
+}
+
+/// The CloudEvents `type` exactly as a message carries it.
+fn wire_type(m: &Message) -> String {
+    match m.headers.get("ce-type") {
+        Some(t) => t.to_owned(),
+        None => {
+            let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            body["type"].as_str().unwrap().to_owned()
+        }
+    }
+}
+
+/// A bus on the same transport whose subjects start with `mirror`: where a
+/// relay forwards what it receives (the same subject would loop).
+fn mirror(bus: &Bus, mode: ContentMode) -> Bus {
+    Bus::builder_shared(bus.transport().clone())
+        .source("relay")
+        .prefix("mirror")
+        .content_mode(mode)
+        .build()
+        .unwrap()
+}
+
+async fn next_message(sub: &mut events::transport::Subscription) -> Message {
+    let delivery = tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("delivered")
+        .expect("subscribed")
+        .unwrap();
+    let message = delivery.message().clone();
+    delivery.ack().await.unwrap();
+    message
+}
+
+async fn mirror_subscription(bus: &Bus) -> events::transport::Subscription {
+    bus.transport()
+        .subscribe(SubscribeOptions::new(
+            SubjectPattern::parse("mirror.>").unwrap(),
+        ))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_relay_forwards_another_producers_type_byte_for_byte_raw_and_typed() {
+    for ce_type in ["interop.fromsdk", "interop.fromsdk.v1"] {
+        for arrive in MODES {
+            for leave in MODES {
+                let bus = Bus::memory("relay");
+                let relay = mirror(&bus, leave);
+                let mut out = mirror_subscription(&bus).await;
+                let mut raw = bus.subscribe_raw("interop.>").await.unwrap();
+                let mut typed = bus.subscribe::<FromSdk>().await.unwrap();
+                bus.transport()
+                    .publish(foreign(ce_type, arrive))
+                    .await
+                    .unwrap();
+
+                // Untyped: a handler re-encoding the received event.
+                let received = tokio::time::timeout(WAIT, raw.next())
+                    .await
+                    .expect("delivered")
+                    .unwrap()
+                    .unwrap();
+                let again = relay.codec().encode_raw(received.event(), leave).unwrap();
+                relay.transport().publish(again).await.unwrap();
+                let forwarded = next_message(&mut out).await;
+                let case = format!("{ce_type} {arrive:?} -> raw {leave:?}");
+                assert_eq!(wire_type(&forwarded), ce_type, "{case}");
+                assert_eq!(
+                    wire::decode(&forwarded).unwrap().metadata,
+                    received.event().metadata,
+                    "{case}"
+                );
+                received.ack().await.unwrap();
+
+                // Typed: a handler publishing the event it received.
+                let delivery = tokio::time::timeout(WAIT, typed.next())
+                    .await
+                    .expect("delivered")
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(delivery.payload(), &FromSdk { n: 7 });
+                relay.publish(delivery.event()).await.unwrap();
+                let forwarded = next_message(&mut out).await;
+                let case = format!("{ce_type} {arrive:?} -> typed {leave:?}");
+                assert_eq!(wire_type(&forwarded), ce_type, "{case}");
+                delivery.ack().await.unwrap();
+
+                // An event this crate creates carries its version.
+                relay.publish(&relay.event(FromSdk { n: 8 })).await.unwrap();
+                assert_eq!(
+                    wire_type(&next_message(&mut out).await),
+                    "interop.fromsdk.v1"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_upcast_event_is_forwarded_with_the_version_it_now_has() {
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct FromSdkV2 {
+        n: u32,
+        doubled: u32,
+    }
+    impl EventPayload for FromSdkV2 {
+        const TYPE: &'static str = "interop.fromsdk";
+        const VERSION: u32 = 2;
+    }
+    let upcasters = Upcasters::new().register(FromSdkV2::TYPE, 1, |mut v| {
+        let n = v["n"].as_u64().ok_or("n missing")?;
+        v["doubled"] = serde_json::json!(n * 2);
+        Ok(v)
+    });
+    let bus = Bus::builder(events::backend::memory::MemoryTransport::new())
+        .source("relay")
+        .upcasters(upcasters)
+        .build()
+        .unwrap();
+    let relay = mirror(&bus, ContentMode::Structured);
+    let mut out = mirror_subscription(&bus).await;
+    let mut typed = bus.subscribe::<FromSdkV2>().await.unwrap();
+    bus.transport()
+        .publish(foreign("interop.fromsdk", ContentMode::Structured))
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(WAIT, typed.next())
+        .await
+        .expect("delivered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivery.wire_version(), 1);
+    relay.publish(delivery.event()).await.unwrap();
+    // The payload has the v2 shape now: the unsuffixed type would say v1.
+    assert_eq!(
+        wire_type(&next_message(&mut out).await),
+        "interop.fromsdk.v2"
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_dead_letter_keeps_another_producers_type() {
+    for mode in MODES {
+        let bus = Bus::memory("relay");
+        let original = foreign("interop.fromsdk", mode);
+        let letter = DeadLetter {
+            original: original.clone(),
+            reason: Reason::Rejected,
+            error: "rejected".into(),
+            attempts: 1,
+            consumer: "worker".into(),
+            time: chrono::Utc::now(),
+            stream_sequence: None,
+            body_omitted: None,
+        };
+        let mut letters = bus
+            .transport()
+            .subscribe(SubscribeOptions::new(
+                SubjectPattern::parse("deadletter.events.worker").unwrap(),
+            ))
+            .await
+            .unwrap();
+        let mut originals = bus
+            .transport()
+            .subscribe(SubscribeOptions::new(
+                SubjectPattern::parse("events.interop.>").unwrap(),
+            ))
+            .await
+            .unwrap();
+        bus.transport()
+            .publish(letter.to_message(Subject::parse("deadletter.events.worker").unwrap()))
+            .await
+            .unwrap();
+        let report = replay(
+            bus.transport().as_ref(),
+            &mut letters,
+            1,
+            Duration::from_secs(5),
+            |_| true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.replayed, 1);
+        let replayed = next_message(&mut originals).await;
+        assert_eq!(wire_type(&replayed), "interop.fromsdk", "{mode:?}");
+        assert_eq!(replayed.payload, original.payload, "{mode:?}");
+    }
 }
