@@ -75,6 +75,19 @@ pub struct EventMetadata {
     data_schema: Option<String>,
     #[serde(default, skip_serializing_if = "Extensions::is_empty")]
     extensions: Extensions,
+    /// The event came from another producer whose `type` has no `.v<N>`
+    /// suffix: it is written back as received (`event_type` alone), so
+    /// forwarding an event does not change its type.
+    #[serde(
+        default,
+        rename = "typewithoutversion",
+        skip_serializing_if = "is_false"
+    )]
+    type_without_version: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl EventMetadata {
@@ -100,6 +113,7 @@ impl EventMetadata {
             data_content_type: Some(Cow::Borrowed(JSON_CONTENT_TYPE)),
             data_schema: None,
             extensions: Extensions::default(),
+            type_without_version: false,
         }
     }
 
@@ -118,8 +132,24 @@ impl EventMetadata {
     }
     /// The CloudEvents `type`: the type name with its version suffix, e.g.
     /// `orders.order_placed.v2`.
+    ///
+    /// An event received from another producer keeps the `type` it came
+    /// with: one without a version suffix (`com.example.someevent`, read as
+    /// version 1) is written back without one, unless an upcaster changed
+    /// its version.
     pub fn cloudevents_type(&self) -> String {
-        format!("{}.v{}", self.event_type, self.version)
+        if self.type_without_version {
+            self.event_type.clone().into_owned()
+        } else {
+            format!("{}.v{}", self.event_type, self.version)
+        }
+    }
+
+    /// Whether the CloudEvents `type` carries a version suffix: false only
+    /// for an event received without one (see
+    /// [`cloudevents_type`](Self::cloudevents_type)).
+    pub(crate) fn type_has_version(&self) -> bool {
+        !self.type_without_version
     }
     /// The producing service (CloudEvents `source`).
     pub fn source(&self) -> &str {
@@ -259,12 +289,14 @@ impl EventMetadata {
     }
 
     /// Builds metadata from decoded attributes. The caller has checked the
-    /// required ones.
+    /// required ones; `type_has_version` says whether the received `type`
+    /// ended in the version suffix.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_wire(
         id: String,
         event_type: String,
         version: u32,
+        type_has_version: bool,
         source: String,
         time: Option<DateTime<Utc>>,
         subject: Option<String>,
@@ -284,10 +316,17 @@ impl EventMetadata {
             data_content_type,
             data_schema,
             extensions: Extensions::default(),
+            type_without_version: !type_has_version,
         }
     }
 
+    /// Sets the version a decoded event now has. An upcast event's payload
+    /// has the new version's shape, so its type names that version even if
+    /// it arrived without a suffix.
     pub(crate) fn set_version(&mut self, version: u32) {
+        if version != self.version {
+            self.type_without_version = false;
+        }
         self.version = version;
     }
 
@@ -589,5 +628,30 @@ mod tests {
         assert_eq!(json["extensions"]["tenant"], "acme");
         let back: EventMetadata = serde_json::from_value(json).unwrap();
         assert_eq!(back, m);
+        assert!(back.type_has_version());
+    }
+
+    #[test]
+    fn a_received_type_without_version_survives_serde_and_ends_with_an_upcast() {
+        let mut m = EventMetadata::from_wire(
+            "sdk-1".into(),
+            "com.example.someevent".into(),
+            1,
+            false,
+            "/sdk".into(),
+            None,
+            None,
+            None,
+            None,
+        );
+        assert_eq!(m.cloudevents_type(), "com.example.someevent");
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["typewithoutversion"], true);
+        let back: EventMetadata = serde_json::from_value(json).unwrap();
+        assert_eq!(back.cloudevents_type(), "com.example.someevent");
+        m.set_version(1);
+        assert_eq!(m.cloudevents_type(), "com.example.someevent");
+        m.set_version(2);
+        assert_eq!(m.cloudevents_type(), "com.example.someevent.v2");
     }
 }

@@ -98,7 +98,7 @@ pub(super) fn decode(message: &Message) -> Result<RawEvent> {
         else {
             continue;
         };
-        let value = percent::decode(name, value)?;
+        let value = percent::decode_attribute(name, value)?;
         let slot = match attribute.as_str() {
             "specversion" => &mut specversion,
             "id" => &mut id,

@@ -559,6 +559,8 @@ pub(crate) fn metadata_from_attributes(
         return Err(Error::decode("attribute subject is empty"));
     }
     let (base, version) = split_versioned_type(&ce_type);
+    // Without a suffix the base is the whole type, written back as it came.
+    let type_has_version = base.len() < ce_type.len();
     let data_content_type = data_content_type.map(|ct| {
         // Nearly every event is JSON: share the constant instead of allocating.
         if ct == crate::envelope::JSON_CONTENT_TYPE {
@@ -571,6 +573,7 @@ pub(crate) fn metadata_from_attributes(
         id,
         base.to_owned(),
         version,
+        type_has_version,
         source,
         time,
         subject.map(Cow::into_owned),

@@ -94,9 +94,11 @@ fn write_attributes(out: &mut Vec<u8>, m: &EventMetadata) -> Result<()> {
     field(out, "source", m.source());
     out.extend_from_slice(b",\"type\":");
     let _ = serde_json::to_writer(&mut *out, m.event_type());
-    // The version suffix is digits: safe to splice in before the closing quote.
-    out.pop();
-    let _ = write!(out, ".v{}\"", m.version());
+    if m.type_has_version() {
+        // The version suffix is digits: safe to splice in before the closing quote.
+        out.pop();
+        let _ = write!(out, ".v{}\"", m.version());
+    }
     if let Some(time) = m.time() {
         field(out, "time", &format_time(time));
     }

@@ -619,3 +619,237 @@ fn a_payload_without_fields_round_trips_and_one_with_fields_needs_data() {
     assert_eq!(error.kind(), ErrorKind::Decode);
     assert!(error.to_string().contains("does not match"), "{error}");
 }
+
+/// A binary-mode message carrying exactly these headers and a JSON body.
+fn binary_message(headers: &[(&str, &str)]) -> Message {
+    let mut m = Message::new(
+        Subject::parse("events.x").unwrap(),
+        &br#"{"order_id":"o-1","total_cents":5}"#[..],
+    );
+    for (name, value) in headers {
+        m.headers
+            .append(name.to_string(), value.to_string())
+            .unwrap();
+    }
+    m
+}
+
+/// The example message of the NATS binding (main branch, 3.1.4).
+const BINDING_EXAMPLE: [(&str, &str); 6] = [
+    ("ce-specversion", "1.0"),
+    ("ce-type", "com.example.someevent"),
+    ("ce-time", "2018-04-05T03:56:24Z"),
+    ("ce-id", "1234-1234-1234"),
+    ("ce-source", "/mycontext/subcontext"),
+    ("ce-datacontenttype", "application/json"),
+];
+
+#[test]
+fn the_binding_example_reads_the_same_with_every_value_double_quoted() {
+    let plain = decode(&binary_message(&BINDING_EXAMPLE)).unwrap();
+    assert_eq!(plain.metadata.id(), "1234-1234-1234");
+    assert_eq!(plain.metadata.source(), "/mycontext/subcontext");
+    assert_eq!(plain.metadata.event_type(), "com.example.someevent");
+    // Section 3.1.3.2: a value MUST first be unescaped with respect to
+    // double-quoted strings, for encoders that quoted instead of
+    // percent-encoding.
+    let quoted: Vec<(&str, String)> = BINDING_EXAMPLE
+        .iter()
+        .map(|(name, value)| (*name, format!("\"{value}\"")))
+        .collect();
+    let quoted: Vec<(&str, &str)> = quoted.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    assert_eq!(decode(&binary_message(&quoted)).unwrap(), plain);
+}
+
+#[test]
+fn header_values_are_unquoted_then_percent_decoded_once() {
+    for (header, subject) in [
+        // The issue's case.
+        ("\"hello world\"", "hello world"),
+        // The binding's percent-encoding vector, bare and quoted.
+        ("Euro%20%E2%82%AC%20%F0%9F%98%80", "Euro € 😀"),
+        ("\"Euro%20%E2%82%AC%20%F0%9F%98%80\"", "Euro € 😀"),
+        // Lower-case hex and needless encoding MUST be accepted.
+        ("Euro%20%e2%82%ac", "Euro €"),
+        ("%41%42", "AB"),
+        // Backslash escapes inside quotes; outside them a backslash is text.
+        (r#""a \"b\" c""#, r#"a "b" c"#),
+        (r#""a\\b""#, r"a\b"),
+        (r#""\x""#, "x"),
+        (r"a\b", r"a\b"),
+        // A quoted part within a value.
+        ("x\"y z\"w", "xy zw"),
+        ("\"\u{e9}t\u{e9}\"", "\u{e9}t\u{e9}"),
+        // Percent-encoded quotes are text (what our encoder writes), and
+        // one round of percent-decoding follows the unquoting.
+        ("%22hello%20world%22", "\"hello world\""),
+        ("\"100%25\"", "100%"),
+        ("\"%2522\"", "%22"),
+    ] {
+        let mut headers = BINDING_EXAMPLE.to_vec();
+        headers.push(("ce-subject", header));
+        let raw = decode(&binary_message(&headers)).unwrap_or_else(|e| panic!("{header}: {e}"));
+        assert_eq!(raw.metadata.subject(), Some(subject), "{header}");
+    }
+}
+
+#[test]
+fn header_values_the_binding_refuses_stay_refused() {
+    for header in [
+        // Invalid UTF-8 after percent-decoding (an overlong space), quoted
+        // or not.
+        "%C0%A0",
+        "\"%C0%A0\"",
+        "%FF",
+        // Not a quoted string: unterminated, or ending inside an escape.
+        "\"unterminated",
+        "\"ends in an escape\\",
+        "a\"b",
+        // Empty once unquoted (an empty subject).
+        "\"\"",
+    ] {
+        let mut headers = BINDING_EXAMPLE.to_vec();
+        headers.push(("ce-subject", header));
+        let err = decode(&binary_message(&headers)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode, "{header}");
+    }
+}
+
+#[test]
+fn the_encoder_never_quotes_and_every_value_it_writes_reads_back() {
+    // Percent-encoding space and `"` leaves nothing to quote (3.1.3.2: the
+    // result SHOULD NOT be further encoded).
+    let mut e = full_event();
+    e.metadata.set_subject(Some("\"quoted\" \\ \"half".into()));
+    let m = Codec::default().encode(&e, ContentMode::Binary).unwrap();
+    for (name, value) in m.headers.iter() {
+        assert!(!value.contains('"'), "{name}: {value}");
+    }
+    assert_eq!(
+        decode_typed(&m).unwrap().event.metadata.subject(),
+        e.metadata.subject()
+    );
+}
+
+/// A structured or binary event from another producer, of type `ce_type`.
+fn foreign(ce_type: &str, mode: ContentMode) -> Message {
+    let subject = Subject::parse("events.interop.fromsdk").unwrap();
+    match mode {
+        ContentMode::Structured => {
+            let body = json!({"specversion": "1.0", "id": "sdk-1", "source": "/python",
+                "type": ce_type, "data": {"n": 7}});
+            Message::new(subject, serde_json::to_vec(&body).unwrap())
+        }
+        ContentMode::Binary => {
+            let mut m = Message::new(subject, &br#"{"n":7}"#[..]);
+            for (name, value) in [
+                ("ce-specversion", "1.0"),
+                ("ce-id", "sdk-1"),
+                ("ce-source", "/python"),
+                ("ce-type", ce_type),
+            ] {
+                m.headers.append(name, value.to_owned()).unwrap();
+            }
+            m
+        }
+    }
+}
+
+/// The `type` attribute exactly as a message carries it.
+fn wire_type(m: &Message) -> String {
+    match m.headers.get("ce-type") {
+        Some(t) => t.to_owned(),
+        None => {
+            let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            body["type"].as_str().unwrap().to_owned()
+        }
+    }
+}
+
+const MODES: [ContentMode; 2] = [ContentMode::Structured, ContentMode::Binary];
+
+#[test]
+fn a_received_type_is_re_encoded_byte_for_byte() {
+    for ce_type in [
+        "interop.fromsdk",
+        "interop.fromsdk.v1",
+        "interop.fromsdk.v7",
+        "com.example.someevent",
+        // Not version suffixes: part of the name.
+        "interop.fromsdk.v0",
+        "interop.fromsdk.v01",
+        "interop.fromsdk.v4294967296",
+    ] {
+        for arrive in MODES {
+            let received = decode(&foreign(ce_type, arrive)).unwrap();
+            assert_eq!(received.metadata.cloudevents_type(), ce_type);
+            for leave in MODES {
+                let again = Codec::default().encode_raw(&received, leave).unwrap();
+                let case = format!("{ce_type} {arrive:?} -> {leave:?}");
+                assert_eq!(wire_type(&again), ce_type, "{case}");
+                assert_eq!(decode(&again).unwrap(), received, "{case}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_typed_event_keeps_a_received_type_and_ours_carry_their_version() {
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct FromSdk {
+        n: u32,
+    }
+    impl EventPayload for FromSdk {
+        const TYPE: &'static str = "interop.fromsdk";
+    }
+    for arrive in MODES {
+        let m = foreign("interop.fromsdk", arrive);
+        let one_pass = decode_event::<FromSdk>(&m, &Upcasters::new(), VersionPolicy::Reject)
+            .unwrap()
+            .event;
+        let general = decode_typed_as::<FromSdk>(&m).event;
+        assert_eq!(one_pass, general);
+        for leave in MODES {
+            let again = Codec::default().encode(&one_pass, leave).unwrap();
+            assert_eq!(
+                wire_type(&again),
+                "interop.fromsdk",
+                "{arrive:?} -> {leave:?}"
+            );
+        }
+    }
+    // An event made here, even with a received event's payload, is ours.
+    let ours = Event::new("relay", FromSdk { n: 1 });
+    for mode in MODES {
+        let m = Codec::default().encode(&ours, mode).unwrap();
+        assert_eq!(wire_type(&m), "interop.fromsdk.v1", "{mode:?}");
+    }
+    // Upcast to version 2, the payload has the v2 shape: the type says so.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct FromSdkV2 {
+        n: u32,
+    }
+    impl EventPayload for FromSdkV2 {
+        const TYPE: &'static str = "interop.fromsdk";
+        const VERSION: u32 = 2;
+    }
+    let upcasters = Upcasters::new().register("interop.fromsdk", 1, Ok);
+    let up = decode_event::<FromSdkV2>(
+        &foreign("interop.fromsdk", ContentMode::Structured),
+        &upcasters,
+        VersionPolicy::Reject,
+    )
+    .unwrap();
+    assert_eq!(up.wire_version, 1);
+    let m = Codec::default()
+        .encode(&up.event, ContentMode::Structured)
+        .unwrap();
+    assert_eq!(wire_type(&m), "interop.fromsdk.v2");
+}
+
+fn decode_typed_as<T: EventPayload>(message: &Message) -> Decoded<T> {
+    decode(message)
+        .unwrap()
+        .into_event::<T>(&Upcasters::new(), VersionPolicy::Reject)
+        .unwrap()
+}

@@ -21,3 +21,4 @@ mod props;
 mod runtime;
 mod settings;
 mod support;
+mod wire_fidelity;
