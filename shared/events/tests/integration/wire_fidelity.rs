@@ -405,6 +405,7 @@ fn foreign(ce_type: &str, mode: ContentMode) -> Message {
             }
             m
         }
+        other => panic!("no foreign message for {other:?}"),
     }
 }
 
@@ -554,16 +555,7 @@ async fn a_replayed_dead_letter_keeps_another_producers_type() {
     for mode in MODES {
         let bus = Bus::memory("relay");
         let original = foreign("interop.fromsdk", mode);
-        let letter = DeadLetter {
-            original: original.clone(),
-            reason: Reason::Rejected,
-            error: "rejected".into(),
-            attempts: 1,
-            consumer: "worker".into(),
-            time: chrono::Utc::now(),
-            stream_sequence: None,
-            body_omitted: None,
-        };
+        let letter = DeadLetter::new(original.clone(), Reason::Rejected, "rejected", "worker");
         let mut letters = bus
             .transport()
             .subscribe(SubscribeOptions::new(
