@@ -15,5 +15,7 @@ mod jetstream;
 #[cfg(feature = "nats")]
 mod nats;
 mod props;
+#[cfg(feature = "jetstream")]
+mod publish;
 mod runtime;
 mod support;
