@@ -558,3 +558,37 @@ async fn a_publish_timeout_too_large_for_an_instant_waits_out_an_outage() {
     core_bus.close().await.unwrap();
     js_bus.close().await.unwrap();
 }
+
+/// A core `publish_all` during an outage: every publish waited the whole
+/// `publish_timeout` again, so a batch of n took n timeouts. It stops at
+/// the first one that gives up on the server.
+#[tokio::test]
+async fn a_core_publish_all_during_an_outage_gives_up_once() {
+    let mut server = NatsServer::core();
+    let limit = Duration::from_secs(1);
+    let t = NatsTransport::connect(config(&server).publish_timeout(limit))
+        .await
+        .unwrap();
+    let bus = Bus::builder(t.clone())
+        .source("t")
+        .prefix("core")
+        .build()
+        .unwrap();
+    server.kill();
+    wait_state(t.watch_state(), ConnectionState::Disconnected).await;
+    let batch: Vec<_> = (0..5).map(|seq| ping(&bus, seq)).collect();
+    let started = Instant::now();
+    let results = tokio::time::timeout(WAIT, bus.publish_all(&batch))
+        .await
+        .expect("publish_all returns");
+    let took = started.elapsed();
+    assert!(
+        took < limit + Duration::from_millis(500),
+        "publish_all gave up after {took:?} for a publish timeout of {limit:?}"
+    );
+    for r in &results {
+        let e = r.as_ref().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    }
+    drop(server);
+}
