@@ -3,11 +3,27 @@
 //! Semantics (the DESIGN table's "JetStream" column):
 //! - **publish returns once stored**: the PubAck has been received. Every
 //!   publish carries `Nats-Msg-Id` = [`Message::dedup_id`] (the event id on
-//!   the typed bus); when an ack does not come in time the publish is sent
-//!   again with the same id, and a message that was stored after all is
-//!   answered as a duplicate, never stored twice (within the stream's
-//!   duplicate window). [`publish_batch`](Transport::publish_batch)
-//!   pipelines: it sends a window of messages, then awaits their acks.
+//!   the typed bus); when an ack does not come (within
+//!   [`ack_timeout`](JetStreamConfig::ack_timeout), or it was lost with the
+//!   connection) the message is sent again with the same id, and a message
+//!   that was stored after all is answered as a duplicate, never stored
+//!   twice (within the stream's duplicate window).
+//! - **one deadline**: a publish gives up
+//!   [`publish_timeout`](crate::backend::nats::NatsConfig::publish_timeout)
+//!   after it was called, whatever it was waiting for (the connection, room
+//!   in the client, an ack, the pause before a resend); its error says how
+//!   long it took and how many attempts it made.
+//! - **batches**: [`publish_batch`](Transport::publish_batch) pipelines
+//!   windows of 256 messages: a window is sent whole, its acks are awaited
+//!   together, and what they do not confirm is sent again together, in
+//!   order, within `publish_timeout` per window. A window with a message
+//!   that could not be stored for want of the server ends the batch: the
+//!   later messages fail without being sent.
+//! - **publish order**: messages published one after the other are stored
+//!   in that order, and so are those of a batch that it reports `Ok`. A
+//!   batch message whose resend was stored behind later messages of its
+//!   window fails with [`ErrorKind::Backend`] saying so (it is stored, out
+//!   of order).
 //! - **consumers are pull consumers**: durable when the subscription has a
 //!   durable name, shared by every instance with the same queue group
 //!   (competing consumers), ephemeral otherwise. Filters use the singular
@@ -840,6 +856,74 @@ fn publish_error(subject: &Subject, e: jetstream::context::PublishError) -> Erro
         K::Other => (ErrorKind::Backend, format!("publish to `{subject}` failed")),
     };
     Error::new(kind, detail).with_source(e)
+}
+
+#[cfg(test)]
+mod publish_tests {
+    use super::*;
+
+    fn stored(stream: &str, sequence: u64, resent: bool) -> Slot {
+        Slot::Stored {
+            stream: stream.to_owned(),
+            sequence,
+            resent,
+        }
+    }
+
+    fn verdicts(slots: Vec<Slot>) -> Vec<bool> {
+        let window: Vec<Message> = (0..slots.len())
+            .map(|_| Message::new(Subject::received("s".to_owned()), bytes::Bytes::new()))
+            .collect();
+        let mut slots = slots;
+        out_of_order(&window, &mut slots);
+        slots
+            .iter()
+            .map(|s| matches!(s, Slot::Stored { .. }))
+            .collect()
+    }
+
+    #[test]
+    fn only_a_resend_stored_behind_a_later_message_of_its_stream_is_out_of_order() {
+        // 0 was resent and stored behind 1 and 2; 3, resent too, is last.
+        assert_eq!(
+            verdicts(vec![
+                stored("A", 10, true),
+                stored("A", 8, false),
+                stored("A", 9, false),
+                stored("A", 11, true),
+            ]),
+            [false, true, true, true]
+        );
+        // Another stream's sequences say nothing about this one's order.
+        assert_eq!(
+            verdicts(vec![stored("A", 10, true), stored("B", 3, false)]),
+            [true, true]
+        );
+        // Stored before this call (a batch published again): its old place
+        // is not this call's reordering, even behind a fresh message.
+        assert_eq!(
+            verdicts(vec![stored("A", 20, false), stored("A", 5, false)]),
+            [true, true]
+        );
+        // Resent in order after everything: nothing overtook them.
+        assert_eq!(
+            verdicts(vec![
+                stored("A", 1, false),
+                stored("A", 7, true),
+                stored("A", 8, true),
+            ]),
+            [true, true, true]
+        );
+        // A failure in between does not hide a later message.
+        assert_eq!(
+            verdicts(vec![
+                stored("A", 9, true),
+                Slot::Failed(Error::new(ErrorKind::Unavailable, "lost")),
+                stored("A", 4, false),
+            ]),
+            [false, false, true]
+        );
+    }
 }
 
 impl Transport for JetStreamTransport {
