@@ -256,22 +256,26 @@ async fn a_jetstream_publish_while_disconnected_gives_up_once_at_the_publish_tim
 async fn a_publish_all_in_flight_when_the_server_is_killed_resends_lost_acks_together() {
     let mut server = NatsServer::with_jetstream();
     let proxy = Proxy::start(&server, Arc::new(|_: &[u8]| false)).await;
+    // The defaults: 5 s for the publish and for an ack. An ack wait alone
+    // would use up the deadline, so the lost acks must be found at the
+    // reconnect.
     let limit = Duration::from_secs(5);
-    let t = js(JetStreamConfig::new(
-        NatsConfig::new(proxy.url())
-            .reconnect(
-                ReconnectPolicy::new()
-                    .min_delay(Duration::from_millis(50))
-                    .max_delay(Duration::from_millis(200)),
-            )
-            .publish_timeout(limit),
+    let config = JetStreamConfig::new(
+        NatsConfig::new(proxy.url()).reconnect(
+            ReconnectPolicy::new()
+                .min_delay(Duration::from_millis(50))
+                .max_delay(Duration::from_millis(200)),
+        ),
         stream(),
-    )
-    .ack_timeout(Duration::from_secs(2)))
-    .await;
+    );
+    assert_eq!(config.get_connection().get_publish_timeout(), limit);
+    assert_eq!(config.get_ack_timeout(), limit);
+    let t = js(config).await;
     let bus = bus(t.clone());
     const N: u64 = 5_000;
     let events: Arc<Vec<_>> = Arc::new((0..N).map(|seq| ping(&bus, seq)).collect());
+    // Mid-call, the server stops reading, then dies and comes back.
+    proxy.stall_after(2_000);
     let call = {
         let bus = bus.clone();
         let events = events.clone();
@@ -281,18 +285,6 @@ async fn a_publish_all_in_flight_when_the_server_is_killed_resends_lost_acks_tog
             (results, started.elapsed())
         })
     };
-    // Mid-call, the server stops reading, then dies and comes back.
-    tokio::time::timeout(WAIT, async {
-        loop {
-            let mut s = t.context().get_stream(t.stream_name()).await.unwrap();
-            if s.info().await.unwrap().state.messages >= 1_000 {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("publishing started");
-    proxy.stall(true);
     tokio::time::timeout(WAIT, async {
         while proxy.swallowed() < 20 {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -302,18 +294,33 @@ async fn a_publish_all_in_flight_when_the_server_is_killed_resends_lost_acks_tog
     .expect("publishes in flight");
     server.kill();
     let lost = proxy.swallowed();
-    proxy.stall(false);
+    proxy.resume();
     wait_state(t.watch_state(), ConnectionState::Disconnected).await;
     server.restart();
 
-    let (results, took) = tokio::time::timeout(limit * 3, call)
+    let (results, took) = tokio::time::timeout(limit * 2, call)
         .await
         .unwrap_or_else(|_| panic!("publish_all crawls after the restart ({lost} publishes lost)"))
         .unwrap();
-    eprintln!("publish_all of {N} with {lost} publishes lost in a kill took {took:?}");
-    for (i, r) in results.iter().enumerate() {
-        assert!(r.is_ok(), "event {i}: {}", r.as_ref().unwrap_err());
+    let out_of_order = results.iter().filter(|r| r.is_err()).count();
+    eprintln!(
+        "publish_all of {N} with {lost} publishes lost in a kill took {took:?}; \
+         {out_of_order} reported stored out of order"
+    );
+    for r in &results {
+        if let Err(e) = r {
+            // Publishes still queued in the client at the disconnect go out
+            // on the new connection before the resends, which then land
+            // behind them: stored, and reported out of order. Nothing fails
+            // for lack of time.
+            assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+            assert!(e.to_string().contains("publish order is not kept"), "{e}");
+        }
     }
+    assert!(
+        out_of_order <= lost,
+        "only lost publishes can be out of order"
+    );
     let stored = stored_ids(&t).await;
     assert_once_and_ok_in_order(&events, &results, &stored);
     bus.close().await.unwrap();
@@ -326,6 +333,7 @@ async fn a_publish_all_in_flight_when_the_server_is_killed_resends_lost_acks_tog
 struct Proxy {
     port: u16,
     stalled: Arc<AtomicBool>,
+    stall_after: Arc<AtomicUsize>,
     swallowed: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -344,9 +352,11 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let upstream = server.port();
         let stalled = Arc::new(AtomicBool::new(false));
+        let stall_after = Arc::new(AtomicUsize::new(usize::MAX));
         let swallowed = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn({
-            let (stalled, swallowed) = (stalled.clone(), swallowed.clone());
+            let (stalled, stall_after, swallowed) =
+                (stalled.clone(), stall_after.clone(), swallowed.clone());
             async move {
                 loop {
                     let Ok((client, _)) = listener.accept().await else {
@@ -357,6 +367,7 @@ impl Proxy {
                         upstream,
                         lose.clone(),
                         stalled.clone(),
+                        stall_after.clone(),
                         swallowed.clone(),
                     ));
                 }
@@ -365,6 +376,7 @@ impl Proxy {
         Proxy {
             port,
             stalled,
+            stall_after,
             swallowed,
             task,
         }
@@ -374,9 +386,16 @@ impl Proxy {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Stops (or resumes) forwarding what the client sends.
-    fn stall(&self, stalled: bool) {
-        self.stalled.store(stalled, Ordering::SeqCst);
+    /// Stops forwarding what the client sends once `publishes` more
+    /// publishes have gone through.
+    fn stall_after(&self, publishes: usize) {
+        self.stall_after.store(publishes, Ordering::SeqCst);
+    }
+
+    /// Forwards again.
+    fn resume(&self) {
+        self.stall_after.store(usize::MAX, Ordering::SeqCst);
+        self.stalled.store(false, Ordering::SeqCst);
     }
 
     /// Publishes swallowed while stalled.
@@ -393,6 +412,7 @@ async fn forward(
     upstream: u16,
     lose: Lose,
     stalled: Arc<AtomicBool>,
+    stall_after: Arc<AtomicUsize>,
     swallowed: Arc<AtomicUsize>,
 ) {
     let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
@@ -422,6 +442,13 @@ async fn forward(
             if from_client.read_exact(&mut frame).await.is_err() {
                 return;
             }
+        }
+        if publish
+            && stall_after
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
+        {
+            stalled.store(true, Ordering::SeqCst);
         }
         if stalled.load(Ordering::SeqCst) {
             if publish {

@@ -521,10 +521,10 @@ impl Inner {
         let mut round = 0u32;
         loop {
             round += 1;
-            let acks = self.send_round(window, &mut slots, round, deadline).await;
+            let (acks, mut state) = self.send_round(window, &mut slots, round, deadline).await;
             let waited = Instant::now();
             let interrupted = self
-                .await_acks(window, &mut slots, acks, round, deadline)
+                .await_acks(window, &mut slots, acks, &mut state, round, deadline)
                 .await;
             let mut waiting = 0;
             for (slot, message) in slots.iter_mut().zip(window) {
@@ -590,16 +590,32 @@ impl Inner {
     }
 
     /// Sends every waiting message of `window`, in order, and returns the
-    /// futures of their acks (with their index). A send that finds the
-    /// server unreachable ends the round: the rest would only wait too.
+    /// futures of their acks (with their index), and the connection state
+    /// as it was before the first send. A send that finds the server
+    /// unreachable ends the round: the rest would only wait too.
     async fn send_round(
         &self,
         window: &[Message],
         slots: &mut [Slot],
         round: u32,
         deadline: &Deadline,
-    ) -> Vec<(usize, jetstream::context::PublishAckFuture)> {
+    ) -> (
+        Vec<(usize, jetstream::context::PublishAckFuture)>,
+        watch::Receiver<ConnectionState>,
+    ) {
         let mut acks = Vec::with_capacity(if round == 1 { window.len() } else { 0 });
+        // Taken once the connection is up: a reconnect after this, even one
+        // a later send of the round waits for, may have taken earlier sends
+        // of the round with the lost connection.
+        if let Some(message) = window
+            .iter()
+            .zip(slots.iter())
+            .find_map(|(m, s)| matches!(s, Slot::Waiting { .. }).then_some(m))
+        {
+            // A failure here shows again at the first send.
+            let _ = self.connected(&message.subject, deadline).await;
+        }
+        let state = self.tracker.watch();
         for (i, (slot, message)) in slots.iter_mut().zip(window).enumerate() {
             let Slot::Waiting { headers, .. } = slot else {
                 continue;
@@ -634,33 +650,33 @@ impl Inner {
                 Err(e) => *slot = Slot::Failed(e),
             }
         }
-        acks
+        (acks, state)
     }
 
     /// Awaits the acks of one round, until every one is in, `ack_timeout`
     /// after the last send (or the deadline) passes, or the connection is
-    /// replaced: one wait for the whole round, so the acks that do not come
-    /// are found together. The acks that came in are recorded in `slots`;
-    /// the rest stay in flight.
+    /// replaced since `state` was taken (every ack in flight then counts as
+    /// lost: those that were not come back as duplicates of the resend):
+    /// one wait for the whole round, so the acks that do not come are found
+    /// together. The acks that came in are recorded in `slots`; the rest
+    /// stay in flight.
     async fn await_acks(
         &self,
         window: &[Message],
         slots: &mut [Slot],
         acks: Vec<(usize, jetstream::context::PublishAckFuture)>,
+        state: &mut watch::Receiver<ConnectionState>,
         round: u32,
         deadline: &Deadline,
     ) -> Option<Interrupted> {
         if acks.is_empty() {
             return None;
         }
-        // Subscribed after the sends: a reconnect during them already shows
-        // as acks that do not come; one after them loses every ack in flight.
-        let mut state = self.tracker.watch();
         let mut acks: Vec<_> = acks
             .into_iter()
             .map(|(i, ack)| (i, ack.into_future()))
             .collect();
-        let mut lost = std::pin::pin!(replaced(&mut state));
+        let mut lost = std::pin::pin!(replaced(state));
         let mut late = std::pin::pin!(core::sleep_until(deadline.within(self.config.ack_timeout)));
         // In publish order: by the time one is in, most after it are too, and
         // an ack future that is ready when first polled never arms its own
