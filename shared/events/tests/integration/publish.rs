@@ -537,7 +537,9 @@ async fn a_publish_timeout_too_large_for_an_instant_waits_out_an_outage() {
     let mut server = NatsServer::with_jetstream();
     let forever = config(&server).publish_timeout(Duration::MAX);
     let core = NatsTransport::connect(forever.clone()).await.unwrap();
-    let jet = js(JetStreamConfig::new(forever, stream())).await;
+    // Room for "no responders" while JetStream comes back after the
+    // restart (each is a send, 50 ms x attempt apart).
+    let jet = js(JetStreamConfig::new(forever, stream()).publish_attempts(20)).await;
     let core_bus = Bus::builder(core.clone())
         .source("t")
         .prefix("core")

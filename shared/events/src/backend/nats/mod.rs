@@ -148,8 +148,14 @@ impl Transport for NatsTransport {
             }
             check_size(&inner.client, &message)?;
             let headers = to_nats_headers(&message.headers)?;
-            let deadline = Deadline::after(inner.config.get_publish_timeout());
+            let limit = inner.config.get_publish_timeout();
+            // The clock is read only on the slow paths (waiting for the
+            // connection, a blocked send), for the error to say how long
+            // the publish waited.
+            let mut waiting = None;
             if inner.tracker.state() != ConnectionState::Connected {
+                let deadline = Deadline::after(limit);
+                waiting = Some(deadline);
                 wait_connected(&inner.tracker, &message.subject, &deadline).await?;
             }
             let subject = nats_subject(&message.subject);
@@ -169,10 +175,17 @@ impl Transport for NatsTransport {
             // unavailable (down for longer than the publish timeout): no
             // timer per publish, and a blocked publisher is registered once.
             let mut send = std::pin::pin!(send);
-            let result =
-                std::future::poll_fn(|cx| inner.tracker.poll_send(send.as_mut(), cx)).await;
+            let result = std::future::poll_fn(|cx| {
+                let polled = inner.tracker.poll_send(send.as_mut(), cx);
+                if polled.is_pending() {
+                    waiting.get_or_insert_with(|| Deadline::after(limit));
+                }
+                polled
+            })
+            .await;
             let Some(result) = result else {
-                return Err(unavailable(&inner.tracker, &message.subject, &deadline));
+                let waited = waiting.unwrap_or_else(|| Deadline::after(limit));
+                return Err(unavailable(&inner.tracker, &message.subject, &waited));
             };
             result.map_err(|e| {
                 if e.kind() == async_nats::client::PublishErrorKind::Send

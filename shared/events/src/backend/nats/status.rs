@@ -331,7 +331,18 @@ impl Tracker {
         send: impl Future<Output = T>,
         limit: Duration,
     ) -> Option<T> {
-        self.send_until(send, &Deadline::after(limit)).await
+        let mut send = std::pin::pin!(send);
+        let first = std::future::poll_fn(|cx| Poll::Ready(self.poll_send(send.as_mut(), cx))).await;
+        match first {
+            Poll::Ready(done) => done,
+            Poll::Pending => tokio::time::timeout(
+                limit,
+                std::future::poll_fn(|cx| self.poll_send(send.as_mut(), cx)),
+            )
+            .await
+            .ok()
+            .flatten(),
+        }
     }
 
     /// As [`bounded_send`](Self::bounded_send), until `deadline`.
