@@ -7,8 +7,9 @@
 //!   job.
 //! - **bounded publish.** While the connection is down a publish waits up to
 //!   [`NatsConfig::publish_timeout`] for it to come back, then fails with
-//!   [`ErrorKind::Unavailable`] (async-nats alone would queue until its
-//!   buffer is full and then block forever).
+//!   [`ErrorKind::Unavailable`] saying how long it waited (async-nats alone
+//!   would queue until its buffer is full and then block forever). A batch
+//!   stops at the first message that gives up: the rest fail unsent.
 //! - **no acknowledgements.** Deliveries are
 //!   [`Delivery::unacknowledged`]: `ack` and `term` do nothing, `nack` is
 //!   refused with [`ErrorKind::Unsupported`]. Durable names are refused.
