@@ -161,8 +161,19 @@ impl Bus {
     }
 
     /// Publishes many events, letting the transport pipeline them (JetStream
-    /// sends them all, then awaits the acks). One result per event, in order;
-    /// an event that fails to encode fails alone.
+    /// sends windows of 256, then awaits their acks together). One result
+    /// per event, in order; an event that fails to encode fails alone.
+    ///
+    /// The events reported `Ok` are stored (or queued, on core NATS) in the
+    /// slice's order. On JetStream an event whose first send was lost and
+    /// whose resend was stored behind later events of the call fails with
+    /// [`ErrorKind::Backend`]: it is stored, out of order. Once an event
+    /// cannot be published for want of the server, the rest of the call
+    /// fails without being sent ([`ErrorKind::Unavailable`]), so an outage
+    /// costs one `publish_timeout` (per window of 256 on JetStream), not
+    /// one per event. An event that failed may still be stored (its ack was
+    /// lost); published again, it is deduplicated on JetStream but lands
+    /// after the events that followed it.
     pub async fn publish_all<T: EventPayload>(&self, events: &[Event<T>]) -> Vec<Result<()>> {
         let mut results: Vec<Option<Result<()>>> = Vec::with_capacity(events.len());
         let mut messages = Vec::with_capacity(events.len());

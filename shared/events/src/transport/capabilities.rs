@@ -21,7 +21,11 @@ pub enum Capability {
     Persistent,
     /// Publishing the same dedup id twice within a window stores it once.
     PublishDedup,
-    /// Messages of one publisher on one subject arrive in publish order.
+    /// Messages of one publisher on one subject arrive in publish order:
+    /// those published one after the other (each publish awaited before
+    /// the next) and those of one batch (`publish_all`) that it reports
+    /// `Ok`. A batch message the transport could not keep in order is
+    /// reported as an error; concurrent publishes have no order.
     OrderedPerPublisher,
     /// Queue groups: each message goes to one member of a group.
     QueueGroups,

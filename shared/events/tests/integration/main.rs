@@ -18,6 +18,8 @@ mod lifecycle;
 #[cfg(feature = "nats")]
 mod nats;
 mod props;
+#[cfg(feature = "jetstream")]
+mod publish;
 mod runtime;
 mod settings;
 mod support;

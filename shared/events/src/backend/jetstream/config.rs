@@ -466,19 +466,44 @@ impl JetStreamConfig {
         self
     }
 
-    /// How many times one publish is sent when its ack does not come
-    /// (default 3). Retries carry the same `Nats-Msg-Id`, so a message that
-    /// was stored after all is answered as a duplicate, not stored twice.
-    /// Messages without a dedup id are never retried.
+    /// How many times one message is sent at most when its ack does not
+    /// come (default 3): no ack within [`ack_timeout`](Self::ack_timeout),
+    /// the ack lost with the connection, or no stream answering yet.
+    /// Resends carry the same `Nats-Msg-Id`, so a message that was stored
+    /// after all is answered as a duplicate, not stored twice. Messages
+    /// without a dedup id are never resent. All attempts share one
+    /// deadline, the connection's
+    /// [`publish_timeout`](crate::backend::nats::NatsConfig::publish_timeout)
+    /// (per window of 256 for a batch): a resend is made only while time is
+    /// left.
     pub fn publish_attempts(mut self, attempts: u32) -> Self {
         self.publish_attempts = attempts.max(1);
         self
     }
 
-    /// How long one publish attempt waits for its PubAck (default 5 s).
-    /// Stream and consumer management requests wait at least 10 s
-    /// whatever this says: a replicated stream on a busy cluster can take
-    /// longer to create a consumer than a publish should wait.
+    /// How long one send waits for its PubAck before the message is sent
+    /// again (default 5 s). The wait ends sooner at the publish's deadline
+    /// (the connection's
+    /// [`publish_timeout`](crate::backend::nats::NatsConfig::publish_timeout),
+    /// also 5 s by default), so a resend after a lost ack fits only when
+    /// this is shorter than that; an ack lost with a connection is noticed
+    /// at the reconnect and resent at once. Stream and consumer management
+    /// requests wait at least 10 s whatever this says: a replicated stream
+    /// on a busy cluster can take longer to create a consumer than a
+    /// publish should wait.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use events::backend::jetstream::{JetStreamConfig, StreamConfig};
+    /// use events::backend::nats::NatsConfig;
+    ///
+    /// // Up to three sends within the 5 s a publish may take.
+    /// let connection = NatsConfig::new("nats://127.0.0.1:4222").publish_timeout(Duration::from_secs(5));
+    /// let config = JetStreamConfig::new(connection, StreamConfig::new("EVENTS", ["events.>"]))
+    ///     .ack_timeout(Duration::from_millis(1500))
+    ///     .publish_attempts(3);
+    /// assert_eq!(config.get_ack_timeout(), Duration::from_millis(1500));
+    /// ```
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
         self.ack_timeout = timeout;
         self

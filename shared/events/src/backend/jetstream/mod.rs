@@ -4,11 +4,27 @@
 //! documentation):
 //! - **publish returns once stored**: the PubAck has been received. Every
 //!   publish carries `Nats-Msg-Id` = [`Message::dedup_id`] (the event id on
-//!   the typed bus); when an ack does not come in time the publish is sent
-//!   again with the same id, and a message that was stored after all is
-//!   answered as a duplicate, never stored twice (within the stream's
-//!   duplicate window). [`publish_batch`](Transport::publish_batch)
-//!   pipelines: it sends a window of messages, then awaits their acks.
+//!   the typed bus); when an ack does not come (within
+//!   [`ack_timeout`](JetStreamConfig::ack_timeout), or it was lost with the
+//!   connection) the message is sent again with the same id, and a message
+//!   that was stored after all is answered as a duplicate, never stored
+//!   twice (within the stream's duplicate window).
+//! - **one deadline**: a publish gives up
+//!   [`publish_timeout`](crate::backend::nats::NatsConfig::publish_timeout)
+//!   after it was called, whatever it was waiting for (the connection, room
+//!   in the client, an ack, the pause before a resend); its error says how
+//!   long it took and how many attempts it made.
+//! - **batches**: [`publish_batch`](Transport::publish_batch) pipelines
+//!   windows of 256 messages: a window is sent whole, its acks are awaited
+//!   together, and what they do not confirm is sent again together, in
+//!   order, within `publish_timeout` per window. A window with a message
+//!   that could not be stored for want of the server ends the batch: the
+//!   later messages fail without being sent.
+//! - **publish order**: messages published one after the other are stored
+//!   in that order, and so are those of a batch that it reports `Ok`. A
+//!   batch message whose resend was stored behind later messages of its
+//!   window fails with [`ErrorKind::Backend`] saying so (it is stored, out
+//!   of order).
 //! - **consumers are pull consumers**: durable when the subscription has a
 //!   durable name, shared by every instance with the same queue group
 //!   (competing consumers), ephemeral otherwise. Filters use the singular
@@ -29,14 +45,16 @@ mod config;
 mod idempotency;
 
 use std::fmt;
+use std::future::{Future as _, IntoFuture as _};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::consumer::PullConsumer;
 use futures_util::future::BoxFuture;
-use futures_util::StreamExt as _;
+use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::watch;
 
 pub use config::{
@@ -46,7 +64,7 @@ pub use config::{
 #[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
 pub use idempotency::KvIdempotencyStore;
 
-use crate::backend::nats::{self as core, ConnectionState, NatsStatus, Tracker};
+use crate::backend::nats::{self as core, ConnectionState, Deadline, NatsStatus, Tracker};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{
     Acker, Capabilities, Delivery, DeliveryInfo, Headers, Message, Subject, SubjectPattern,
@@ -331,11 +349,38 @@ struct Prepared {
     dedup: bool,
 }
 
-/// The first send of a publish: done already (the ack in flight), or still
-/// to do with these headers.
-enum FirstSend {
-    Sent(Result<jetstream::context::PublishAckFuture>),
-    Ready(Option<async_nats::HeaderMap>),
+/// Where one message of a batch window stands.
+enum Slot {
+    /// Not stored yet: to send (again).
+    Waiting {
+        /// The headers prepared for the first send (a resend prepares them
+        /// again).
+        headers: Option<Option<async_nats::HeaderMap>>,
+        dedup: bool,
+        /// Sent in this round, ack not in yet.
+        in_flight: bool,
+        sends: u32,
+        /// Why the last send did not store it.
+        last: Option<Error>,
+    },
+    /// Acknowledged.
+    Stored {
+        stream: String,
+        sequence: u64,
+        /// By a resend, not the first send.
+        resent: bool,
+    },
+    Failed(Error),
+}
+
+/// How a wait for acks ended early.
+#[derive(Clone, Copy)]
+enum Interrupted {
+    /// `ack_timeout` (or the deadline) passed.
+    Late,
+    /// The connection was lost and is back: acks of what was written on
+    /// the lost one never come.
+    Lost,
 }
 
 impl Inner {
@@ -368,27 +413,32 @@ impl Inner {
         })
     }
 
-    /// Sends once: waits (bounded) for the connection, hands the message to
-    /// the client and returns the future of its ack. A send that cannot
-    /// complete at once (a full client queue, no free ack permit) gives up
-    /// after the publish timeout, or sooner when the connection watchdog
-    /// declares the server unreachable; one that completes at once arms no
-    /// timer.
+    /// Waits (until `deadline`) for the connection when it is down.
+    async fn connected(&self, subject: &Subject, deadline: &Deadline) -> Result<()> {
+        if self.tracker.state() == ConnectionState::Connected {
+            return Ok(());
+        }
+        match core::wait_connected(&self.tracker, subject, deadline).await {
+            Err(e) if e.kind() != ErrorKind::Closed => {
+                let (kind, why) = core::unreachable(&self.tracker);
+                Err(Error::new(kind, why))
+            }
+            done => done,
+        }
+    }
+
+    /// Sends once: waits for the connection, hands the message to the
+    /// client and returns the future of its ack, all before `deadline`. A
+    /// send that cannot complete at once (a full client queue, no free ack
+    /// permit) also gives up when the connection watchdog declares the
+    /// server unreachable; one that completes at once arms no timer.
     async fn send(
         &self,
         message: &Message,
         headers: Option<async_nats::HeaderMap>,
+        deadline: &Deadline,
     ) -> Result<jetstream::context::PublishAckFuture> {
-        let limit = self.config.connection.get_publish_timeout();
-        if self.tracker.state() != ConnectionState::Connected {
-            core::wait_connected(
-                &self.tracker,
-                &message.subject,
-                Instant::now() + limit,
-                limit,
-            )
-            .await?;
-        }
+        self.connected(&message.subject, deadline).await?;
         let mut publish =
             jetstream::message::PublishMessage::build().payload(message.payload.clone());
         if let Some(headers) = headers {
@@ -397,7 +447,7 @@ impl Inner {
         let send = self
             .context
             .send_publish(core::nats_subject(&message.subject), publish);
-        match self.tracker.bounded_send(send, limit).await {
+        match self.tracker.send_until(send, deadline).await {
             Some(Ok(ack)) => Ok(ack),
             Some(Err(e)) => {
                 if !self.closed.load(Ordering::Acquire)
@@ -408,45 +458,69 @@ impl Inner {
                 }
                 Err(publish_error(&message.subject, e))
             }
-            None => Err(core::unavailable(&self.tracker, &message.subject, limit)),
+            None => {
+                let (kind, why) = core::unreachable(&self.tracker);
+                Err(Error::new(kind, why))
+            }
         }
     }
 
-    /// Publishes `message` (prepared as `dedup` says) with retries.
-    async fn publish_prepared(
-        &self,
-        message: &Message,
-        dedup: bool,
-        first: FirstSend,
-    ) -> Result<()> {
-        let attempts = self.config.publish_attempts;
-        let mut attempt = 1;
-        let mut first = Some(first);
+    /// Publishes one message: sends it, waits for its ack and sends it again
+    /// when none comes, all within one deadline (`publish_timeout` from the
+    /// call).
+    async fn publish_one(&self, message: &Message, prepared: Prepared) -> Result<()> {
+        let deadline = Deadline::after(self.config.connection.get_publish_timeout());
+        let Prepared { headers, dedup } = prepared;
+        let mut headers = Some(headers);
+        let mut attempt = 0;
         loop {
-            let sent = match first.take() {
-                Some(FirstSend::Sent(sent)) => sent,
-                Some(FirstSend::Ready(headers)) => self.send(message, headers).await,
-                // A retry: the headers went with the first send.
-                None => match self.prepare(message) {
-                    Ok(p) => self.send(message, p.headers).await,
-                    Err(e) => Err(e),
-                },
+            attempt += 1;
+            let headers = match headers.take() {
+                Some(headers) => headers,
+                None => self.prepare(message)?.headers,
             };
-            let outcome = match sent {
-                Ok(ack) => ack.await.map_err(|e| publish_error(&message.subject, e)),
-                Err(e) => Err(e),
-            };
+            let outcome = async {
+                self.connected(&message.subject, &deadline).await?;
+                // From here on, a reconnect means the send may have gone out
+                // on the lost connection.
+                let mut state = self.tracker.watch();
+                let ack = self.send(message, headers, &deadline).await?;
+                let mut ack = std::pin::pin!(ack.into_future());
+                let mut lost = std::pin::pin!(replaced(&mut state));
+                let mut late =
+                    std::pin::pin!(core::sleep_until(deadline.within(self.config.ack_timeout)));
+                let waited = Instant::now();
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(acked) = ack.as_mut().poll(cx) {
+                        return Poll::Ready(acked.map_err(|e| publish_error(&message.subject, e)));
+                    }
+                    if lost.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(no_ack(
+                            &message.subject,
+                            Interrupted::Lost,
+                            waited,
+                        )));
+                    }
+                    if late.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(no_ack(
+                            &message.subject,
+                            Interrupted::Late,
+                            waited,
+                        )));
+                    }
+                    Poll::Pending
+                })
+                .await
+            }
+            .await;
             match outcome {
                 Ok(_) => return Ok(()),
-                // Not stored for sure (no responder, full buffer) or maybe
-                // stored (ack lost): a retry with the same id is safe either
-                // way. Without an id a retry could store the message twice.
-                Err(e) if e.kind() == ErrorKind::Unavailable && attempt < attempts && dedup => {
+                Err(e) => {
+                    if !self.may_resend(&e, dedup, attempt, &deadline).await {
+                        return Err(gave_up(&message.subject, e, attempt, &deadline));
+                    }
                     tracing::warn!(subject = %message.subject, attempt, error = %e, "jetstream publish not acknowledged; sending again with the same Nats-Msg-Id");
-                    tokio::time::sleep(Duration::from_millis(50) * attempt).await;
-                    attempt += 1;
                 }
-                Err(e) => return Err(e),
             }
         }
     }
@@ -657,6 +731,238 @@ impl Inner {
         }
     }
 
+    /// Whether to send again after a failed attempt, after a short pause:
+    /// only when it failed for want of the server (`Unavailable`: not
+    /// stored, or the ack lost), with a dedup id (without one a resend
+    /// could store it twice), and with attempts and time left.
+    async fn may_resend(&self, e: &Error, dedup: bool, attempt: u32, deadline: &Deadline) -> bool {
+        if e.kind() != ErrorKind::Unavailable || !dedup || attempt >= self.config.publish_attempts {
+            return false;
+        }
+        let pause = (Duration::from_millis(50) * attempt).min(Duration::from_secs(1));
+        if deadline.left() <= pause {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        true
+    }
+
+    /// Publishes one window of a batch, all within `deadline`. Every message
+    /// is sent, then their acks are awaited together: the acks lost with a
+    /// connection (or not in within `ack_timeout`) are found together, and
+    /// their messages are sent again together, in order, with their
+    /// `Nats-Msg-Id` (the server answers those it stored as duplicates).
+    async fn publish_window(&self, window: &[Message], deadline: &Deadline) -> Vec<Result<()>> {
+        let mut slots: Vec<Slot> = window
+            .iter()
+            .map(
+                |message| match self.check_open().and_then(|()| self.prepare(message)) {
+                    Ok(p) => Slot::Waiting {
+                        headers: Some(p.headers),
+                        dedup: p.dedup,
+                        in_flight: false,
+                        sends: 0,
+                        last: None,
+                    },
+                    Err(e) => Slot::Failed(e),
+                },
+            )
+            .collect();
+        let mut round = 0u32;
+        loop {
+            round += 1;
+            let (acks, mut state) = self.send_round(window, &mut slots, round, deadline).await;
+            let waited = Instant::now();
+            let interrupted = self
+                .await_acks(window, &mut slots, acks, &mut state, round, deadline)
+                .await;
+            let mut waiting = 0;
+            for (slot, message) in slots.iter_mut().zip(window) {
+                if let Slot::Waiting {
+                    in_flight,
+                    last,
+                    dedup,
+                    ..
+                } = slot
+                {
+                    if std::mem::take(in_flight) {
+                        let e = no_ack(
+                            &message.subject,
+                            interrupted.unwrap_or(Interrupted::Late),
+                            waited,
+                        );
+                        if !*dedup {
+                            // A resend without a dedup id could store it twice.
+                            *slot = Slot::Failed(e);
+                            continue;
+                        }
+                        *last = Some(e);
+                    }
+                    waiting += 1;
+                }
+            }
+            if waiting == 0 {
+                break;
+            }
+            let pause = (Duration::from_millis(50) * round).min(Duration::from_secs(1));
+            if round >= self.config.publish_attempts || deadline.left() <= pause {
+                for (slot, message) in slots.iter_mut().zip(window) {
+                    if let Slot::Waiting { last, sends, .. } = slot {
+                        let last = last.take().unwrap_or_else(|| {
+                            let (kind, why) = core::unreachable(&self.tracker);
+                            Error::new(kind, why)
+                        });
+                        *slot = Slot::Failed(gave_up(
+                            &message.subject,
+                            last,
+                            (*sends).max(1),
+                            deadline,
+                        ));
+                    }
+                }
+                break;
+            }
+            tracing::warn!(waiting, round, "jetstream publish_all: messages not acknowledged; sending them again together with the same Nats-Msg-Id");
+            tokio::time::sleep(pause).await;
+        }
+        out_of_order(window, &mut slots);
+        slots
+            .into_iter()
+            .map(|slot| match slot {
+                Slot::Stored { .. } => Ok(()),
+                Slot::Failed(e) => Err(e),
+                Slot::Waiting { .. } => Err(Error::new(
+                    ErrorKind::Backend,
+                    "publish left unfinished (a bug in the jetstream transport)",
+                )),
+            })
+            .collect()
+    }
+
+    /// Sends every waiting message of `window`, in order, and returns the
+    /// futures of their acks (with their index), and the connection state
+    /// as it was before the first send. A send that finds the server
+    /// unreachable ends the round: the rest would only wait too.
+    async fn send_round(
+        &self,
+        window: &[Message],
+        slots: &mut [Slot],
+        round: u32,
+        deadline: &Deadline,
+    ) -> (
+        Vec<(usize, jetstream::context::PublishAckFuture)>,
+        watch::Receiver<ConnectionState>,
+    ) {
+        let mut acks = Vec::with_capacity(if round == 1 { window.len() } else { 0 });
+        // Taken once the connection is up: a reconnect after this, even one
+        // a later send of the round waits for, may have taken earlier sends
+        // of the round with the lost connection.
+        if let Some(message) = window
+            .iter()
+            .zip(slots.iter())
+            .find_map(|(m, s)| matches!(s, Slot::Waiting { .. }).then_some(m))
+        {
+            // A failure here shows again at the first send.
+            let _ = self.connected(&message.subject, deadline).await;
+        }
+        let state = self.tracker.watch();
+        for (i, (slot, message)) in slots.iter_mut().zip(window).enumerate() {
+            let Slot::Waiting { headers, .. } = slot else {
+                continue;
+            };
+            let headers = match headers.take() {
+                Some(headers) => Ok(headers),
+                None => self.prepare(message).map(|p| p.headers),
+            };
+            let sent = match headers {
+                Ok(headers) => self.send(message, headers, deadline).await,
+                Err(e) => Err(e),
+            };
+            let Slot::Waiting {
+                in_flight,
+                sends,
+                last,
+                ..
+            } = slot
+            else {
+                continue;
+            };
+            match sent {
+                Ok(ack) => {
+                    *in_flight = true;
+                    *sends += 1;
+                    acks.push((i, ack));
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::Unavailable | ErrorKind::Unauthorized) => {
+                    *last = Some(e);
+                    break;
+                }
+                Err(e) => *slot = Slot::Failed(e),
+            }
+        }
+        (acks, state)
+    }
+
+    /// Awaits the acks of one round, until every one is in, `ack_timeout`
+    /// after the last send (or the deadline) passes, or the connection is
+    /// replaced since `state` was taken (every ack in flight then counts as
+    /// lost: those that were not come back as duplicates of the resend):
+    /// one wait for the whole round, so the acks that do not come are found
+    /// together. The acks that came in are recorded in `slots`; the rest
+    /// stay in flight.
+    async fn await_acks(
+        &self,
+        window: &[Message],
+        slots: &mut [Slot],
+        acks: Vec<(usize, jetstream::context::PublishAckFuture)>,
+        state: &mut watch::Receiver<ConnectionState>,
+        round: u32,
+        deadline: &Deadline,
+    ) -> Option<Interrupted> {
+        if acks.is_empty() {
+            return None;
+        }
+        let mut acks: Vec<_> = acks
+            .into_iter()
+            .map(|(i, ack)| (i, ack.into_future()))
+            .collect();
+        let mut lost = std::pin::pin!(replaced(state));
+        let mut late = std::pin::pin!(core::sleep_until(deadline.within(self.config.ack_timeout)));
+        // In publish order: by the time one is in, most after it are too, and
+        // an ack future that is ready when first polled never arms its own
+        // timer (polling them all at once armed one per message, measurably).
+        let mut next = 0;
+        let interrupted = std::future::poll_fn(|cx| {
+            while let Some((i, ack)) = acks.get_mut(next) {
+                match ack.as_mut().poll(cx) {
+                    Poll::Ready(acked) => {
+                        record(&mut slots[*i], &window[*i].subject, acked, round);
+                        next += 1;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if next == acks.len() {
+                return Poll::Ready(None);
+            }
+            if lost.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Interrupted::Lost));
+            }
+            if late.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Some(Interrupted::Late));
+            }
+            Poll::Pending
+        })
+        .await;
+        // Acks behind the one that did not come may be in already.
+        for (i, ack) in acks.iter_mut().skip(next) {
+            if let Some(acked) = ack.as_mut().now_or_never() {
+                record(&mut slots[*i], &window[*i].subject, acked, round);
+            }
+        }
+        interrupted
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             Err(Error::closed("the jetstream transport is closed"))
@@ -703,6 +1009,139 @@ fn check_filter(name: &str, config: &jetstream::consumer::Config, wanted: &[&str
     )))
 }
 
+/// Records the ack (or the failure) of a message sent in `round`.
+fn record(
+    slot: &mut Slot,
+    subject: &Subject,
+    acked: std::result::Result<jetstream::publish::PublishAck, jetstream::context::PublishError>,
+    round: u32,
+) {
+    let Slot::Waiting {
+        in_flight,
+        dedup,
+        last,
+        ..
+    } = slot
+    else {
+        return;
+    };
+    *in_flight = false;
+    match acked {
+        Ok(ack) => {
+            *slot = Slot::Stored {
+                stream: ack.stream,
+                sequence: ack.sequence,
+                resent: round > 1,
+            }
+        }
+        Err(e) => {
+            let e = publish_error(subject, e);
+            if e.kind() == ErrorKind::Unavailable && *dedup {
+                *last = Some(e);
+            } else {
+                *slot = Slot::Failed(e);
+            }
+        }
+    }
+}
+
+/// Marks the messages a resend stored behind later messages of their
+/// window (in the same stream): stored, but not in publish order. What a
+/// batch reports `Ok` is stored in publish order, stream by stream.
+fn out_of_order(window: &[Message], slots: &mut [Slot]) {
+    if !slots
+        .iter()
+        .any(|s| matches!(s, Slot::Stored { resent: true, .. }))
+    {
+        return;
+    }
+    // The lowest sequence stored after the current position, per stream.
+    let mut lowest: Vec<(String, u64)> = Vec::new();
+    for (slot, message) in slots.iter_mut().zip(window).rev() {
+        let Slot::Stored {
+            stream,
+            sequence,
+            resent,
+        } = slot
+        else {
+            continue;
+        };
+        let sequence = *sequence;
+        let ahead = match lowest.iter_mut().find(|(s, _)| s == stream) {
+            Some((_, low)) => {
+                let ahead = *low < sequence;
+                *low = (*low).min(sequence);
+                ahead
+            }
+            None => {
+                lowest.push((stream.clone(), sequence));
+                false
+            }
+        };
+        if *resent && ahead {
+            let detail = format!(
+                "the message on `{}` is stored (stream {stream}, sequence {sequence}), but behind \
+                 later messages of the same batch: an earlier send of it was lost or not \
+                 acknowledged in time, and the resend landed after them; publish order is not \
+                 kept for it",
+                message.subject,
+            );
+            *slot = Slot::Failed(Error::new(ErrorKind::Backend, detail));
+        }
+    }
+}
+
+/// A send whose ack did not come.
+fn no_ack(subject: &Subject, why: Interrupted, since: Instant) -> Error {
+    let detail = match why {
+        Interrupted::Late => format!(
+            "no ack for the publish to `{subject}` within {:.2?}: it may or may not be stored",
+            since.elapsed()
+        ),
+        Interrupted::Lost => format!(
+            "the connection was lost before the ack for the publish to `{subject}` came: \
+             it may or may not be stored"
+        ),
+    };
+    Error::new(ErrorKind::Unavailable, detail)
+}
+
+/// The error of a publish that gave up for want of the server, with the
+/// time it really took and the attempts it made; any other error as it is.
+fn gave_up(subject: &Subject, last: Error, attempts: u32, deadline: &Deadline) -> Error {
+    if !matches!(
+        last.kind(),
+        ErrorKind::Unavailable | ErrorKind::Unauthorized
+    ) {
+        return last;
+    }
+    Error::new(
+        last.kind(),
+        format!(
+            "publish to `{subject}` gave up after {:.2?} and {attempts} {} (publish_timeout {:?})",
+            deadline.elapsed(),
+            if attempts == 1 { "attempt" } else { "attempts" },
+            deadline.limit(),
+        ),
+    )
+    .with_source(last)
+}
+
+/// Resolves once the connection is back after a loss this receiver had not
+/// seen: what was written to the lost connection gets no ack, ever (the
+/// reply would go to that connection). Never, once the connection is gone
+/// for good.
+async fn replaced(state: &mut watch::Receiver<ConnectionState>) {
+    loop {
+        if state.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        if *state.borrow_and_update() == ConnectionState::Connected {
+            return;
+        }
+    }
+}
+
 fn publish_error(subject: &Subject, e: jetstream::context::PublishError) -> Error {
     use jetstream::context::PublishErrorKind as K;
     let (kind, detail) = match e.kind() {
@@ -722,6 +1161,74 @@ fn publish_error(subject: &Subject, e: jetstream::context::PublishError) -> Erro
     Error::new(kind, detail).with_source(e)
 }
 
+#[cfg(test)]
+mod publish_tests {
+    use super::*;
+
+    fn stored(stream: &str, sequence: u64, resent: bool) -> Slot {
+        Slot::Stored {
+            stream: stream.to_owned(),
+            sequence,
+            resent,
+        }
+    }
+
+    fn verdicts(slots: Vec<Slot>) -> Vec<bool> {
+        let window: Vec<Message> = (0..slots.len())
+            .map(|_| Message::new(Subject::received("s".to_owned()), bytes::Bytes::new()))
+            .collect();
+        let mut slots = slots;
+        out_of_order(&window, &mut slots);
+        slots
+            .iter()
+            .map(|s| matches!(s, Slot::Stored { .. }))
+            .collect()
+    }
+
+    #[test]
+    fn only_a_resend_stored_behind_a_later_message_of_its_stream_is_out_of_order() {
+        // 0 was resent and stored behind 1 and 2; 3, resent too, is last.
+        assert_eq!(
+            verdicts(vec![
+                stored("A", 10, true),
+                stored("A", 8, false),
+                stored("A", 9, false),
+                stored("A", 11, true),
+            ]),
+            [false, true, true, true]
+        );
+        // Another stream's sequences say nothing about this one's order.
+        assert_eq!(
+            verdicts(vec![stored("A", 10, true), stored("B", 3, false)]),
+            [true, true]
+        );
+        // Stored before this call (a batch published again): its old place
+        // is not this call's reordering, even behind a fresh message.
+        assert_eq!(
+            verdicts(vec![stored("A", 20, false), stored("A", 5, false)]),
+            [true, true]
+        );
+        // Resent in order after everything: nothing overtook them.
+        assert_eq!(
+            verdicts(vec![
+                stored("A", 1, false),
+                stored("A", 7, true),
+                stored("A", 8, true),
+            ]),
+            [true, true, true]
+        );
+        // A failure in between does not hide a later message.
+        assert_eq!(
+            verdicts(vec![
+                stored("A", 9, true),
+                Slot::Failed(Error::new(ErrorKind::Unavailable, "lost")),
+                stored("A", 4, false),
+            ]),
+            [false, false, true]
+        );
+    }
+}
+
 impl Transport for JetStreamTransport {
     fn name(&self) -> &'static str {
         "jetstream"
@@ -735,12 +1242,17 @@ impl Transport for JetStreamTransport {
         Box::pin(async move {
             self.inner.check_open()?;
             let p = self.inner.prepare(&message)?;
-            self.inner
-                .publish_prepared(&message, p.dedup, FirstSend::Ready(p.headers))
-                .await
+            self.inner.publish_one(&message, p).await
         })
     }
 
+    /// Windows of up to 256 messages: each window is sent whole, then its
+    /// acks are awaited together, with a deadline of `publish_timeout` from
+    /// its first send. A window with a message that could not be stored for
+    /// want of the server ends the call: later windows are not sent (their
+    /// messages fail without being published), so an outage costs one
+    /// `publish_timeout`, and nothing is published far behind a failed
+    /// message.
     fn publish_batch(&self, messages: Vec<Message>) -> BoxFuture<'_, Vec<Result<()>>> {
         Box::pin(async move {
             let inner = &*self.inner;
@@ -749,27 +1261,26 @@ impl Transport for JetStreamTransport {
             // its sends would wait for permits only its own unawaited acks
             // hold.
             let window = PIPELINE_WINDOW.min(inner.config.max_ack_inflight).max(1);
+            let mut stop = None;
             for window in messages.chunks(window) {
-                // Send the whole window, then await the acks: one round trip
-                // per window instead of one per message.
-                let mut in_flight = Vec::with_capacity(window.len());
-                for message in window {
-                    let sent = match inner.check_open().and_then(|()| inner.prepare(message)) {
-                        Ok(p) => Ok((p.dedup, inner.send(message, p.headers).await)),
-                        Err(e) => Err(e),
-                    };
-                    in_flight.push(sent);
+                if let Some(kind) = stop {
+                    results.extend(window.iter().map(|m| Err(core::not_sent(kind, &m.subject))));
+                    continue;
                 }
-                for (message, sent) in window.iter().zip(in_flight) {
-                    results.push(match sent {
-                        Ok((dedup, ack)) => {
-                            inner
-                                .publish_prepared(message, dedup, FirstSend::Sent(ack))
-                                .await
-                        }
-                        Err(e) => Err(e),
-                    });
-                }
+                let deadline = Deadline::after(inner.config.connection.get_publish_timeout());
+                let outcome = inner.publish_window(window, &deadline).await;
+                stop = outcome.iter().find_map(|r| match r {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::Unavailable | ErrorKind::Unauthorized | ErrorKind::Closed
+                        ) =>
+                    {
+                        Some(e.kind())
+                    }
+                    _ => None,
+                });
+                results.extend(outcome);
             }
             results
         })

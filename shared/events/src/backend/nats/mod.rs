@@ -8,8 +8,9 @@
 //!   job.
 //! - **bounded publish.** While the connection is down a publish waits up to
 //!   [`NatsConfig::publish_timeout`] for it to come back, then fails with
-//!   [`ErrorKind::Unavailable`] (async-nats alone would queue until its
-//!   buffer is full and then block forever).
+//!   [`ErrorKind::Unavailable`] saying how long it waited (async-nats alone
+//!   would queue until its buffer is full and then block forever). A batch
+//!   stops at the first message that gives up: the rest fail unsent.
 //! - **no acknowledgements.** Deliveries are
 //!   [`Delivery::unacknowledged`]: `ack` and `term` do nothing, `nack` is
 //!   refused with [`ErrorKind::Unsupported`]. Durable names are refused.
@@ -29,7 +30,7 @@ mod status;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt as _;
@@ -38,7 +39,9 @@ use tokio::sync::watch;
 pub use config::{Auth, NatsConfig, ReconnectPolicy, DEFAULT_URL};
 pub use status::{ConnectionState, NatsStatus};
 
-pub(crate) use status::{Tracker, LOST};
+#[cfg(feature = "jetstream")]
+pub(crate) use status::sleep_until;
+pub(crate) use status::{Deadline, Tracker, LOST};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{
@@ -147,15 +150,15 @@ impl Transport for NatsTransport {
             }
             check_size(&inner.client, &message)?;
             let headers = to_nats_headers(&message.headers)?;
+            let limit = inner.config.get_publish_timeout();
+            // The clock is read only on the slow paths (waiting for the
+            // connection, a blocked send), for the error to say how long
+            // the publish waited.
+            let mut waiting = None;
             if inner.tracker.state() != ConnectionState::Connected {
-                let limit = inner.config.get_publish_timeout();
-                wait_connected(
-                    &inner.tracker,
-                    &message.subject,
-                    Instant::now() + limit,
-                    limit,
-                )
-                .await?;
+                let deadline = Deadline::after(limit);
+                waiting = Some(deadline);
+                wait_connected(&inner.tracker, &message.subject, &deadline).await?;
             }
             let subject = nats_subject(&message.subject);
             let send = async {
@@ -174,14 +177,17 @@ impl Transport for NatsTransport {
             // unavailable (down for longer than the publish timeout): no
             // timer per publish, and a blocked publisher is registered once.
             let mut send = std::pin::pin!(send);
-            let result =
-                std::future::poll_fn(|cx| inner.tracker.poll_send(send.as_mut(), cx)).await;
+            let result = std::future::poll_fn(|cx| {
+                let polled = inner.tracker.poll_send(send.as_mut(), cx);
+                if polled.is_pending() {
+                    waiting.get_or_insert_with(|| Deadline::after(limit));
+                }
+                polled
+            })
+            .await;
             let Some(result) = result else {
-                return Err(unavailable(
-                    &inner.tracker,
-                    &message.subject,
-                    inner.config.get_publish_timeout(),
-                ));
+                let waited = waiting.unwrap_or_else(|| Deadline::after(limit));
+                return Err(unavailable(&inner.tracker, &message.subject, &waited));
             };
             result.map_err(|e| {
                 if e.kind() == async_nats::client::PublishErrorKind::Send
@@ -191,6 +197,37 @@ impl Transport for NatsTransport {
                 }
                 publish_error(&message.subject, e)
             })
+        })
+    }
+
+    /// One publish after the other; once one gives up waiting for the
+    /// server (or the transport is closed), the rest fail without waiting
+    /// again: a batch costs at most one `publish_timeout` of an outage, not
+    /// one per message, and nothing is published behind an event that
+    /// failed.
+    fn publish_batch(&self, messages: Vec<Message>) -> BoxFuture<'_, Vec<Result<()>>> {
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(messages.len());
+            let mut stop: Option<ErrorKind> = None;
+            for message in messages {
+                if let Some(kind) = stop {
+                    results.push(Err(not_sent(kind, &message.subject)));
+                    continue;
+                }
+                let subject = message.subject.clone();
+                let result = self.publish(message).await;
+                if let Err(e) = &result {
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Unavailable | ErrorKind::Unauthorized | ErrorKind::Closed
+                    ) {
+                        stop = Some(e.kind());
+                        tracing::debug!(%subject, error = %e, "publish_all stops at an unavailable server");
+                    }
+                }
+                results.push(result);
+            }
+            results
         })
     }
 
@@ -457,22 +494,37 @@ pub(crate) async fn flush(client: &async_nats::Client, limit: Duration) -> Resul
 /// processed everything this client sent before (a subscription is live).
 /// `flush` is not enough: it only proves the bytes left the socket, and a
 /// publish from another connection could still overtake a fresh `SUB` (seen
-/// as a lost first event). The probe is a request to a subject nobody
-/// serves, which the server answers at once with "no responders".
+/// as a lost first event). The probe is a message to a private inbox this
+/// connection subscribes to for the purpose: the server handles one
+/// connection's operations in order, so the message coming back means the
+/// earlier ones are done. No other connection can keep it from coming back
+/// (a request to an unserved subject, answered with "no responders", is
+/// not answered at all while anyone subscribes to `>`).
 pub(crate) async fn round_trip(client: &async_nats::Client, limit: Duration) -> Result<()> {
-    use async_nats::RequestErrorKind as K;
-    let nobody = client.new_inbox();
-    match tokio::time::timeout(limit, client.request(nobody, bytes::Bytes::new())).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) if e.kind() == K::NoResponders => Ok(()),
-        Ok(Err(e)) if e.kind() == K::TimedOut => Err(Error::new(
-            ErrorKind::Unavailable,
-            "the nats server did not answer a round trip",
-        )
-        .with_source(e)),
-        Ok(Err(e)) => {
-            Err(Error::new(ErrorKind::Closed, "the nats connection is closed").with_source(e))
+    let closed = |e: Box<dyn std::error::Error + Send + Sync>| {
+        Error::new(ErrorKind::Closed, "the nats connection is closed").with_source(e)
+    };
+    let probe = async {
+        let inbox = client.new_inbox();
+        let mut echo = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| closed(e.into()))?;
+        client
+            .publish(inbox, bytes::Bytes::new())
+            .await
+            .map_err(|e| closed(e.into()))?;
+        // Dropping `echo` afterwards unsubscribes.
+        match echo.next().await {
+            Some(_) => Ok(()),
+            None => Err(Error::new(
+                ErrorKind::Closed,
+                "the nats connection is closed",
+            )),
         }
+    };
+    match tokio::time::timeout(limit, probe).await {
+        Ok(done) => done,
         Err(_) => Err(Error::new(
             ErrorKind::Unavailable,
             format!("the nats server did not answer within {limit:?}"),
@@ -484,16 +536,14 @@ pub(crate) async fn round_trip(client: &async_nats::Client, limit: Duration) -> 
 pub(crate) async fn wait_connected(
     tracker: &Tracker,
     subject: &Subject,
-    deadline: Instant,
-    limit: Duration,
+    deadline: &Deadline,
 ) -> Result<()> {
     match tracker.state() {
         ConnectionState::Connected => Ok(()),
         ConnectionState::Closed => Err(Error::closed("the nats connection is closed")),
         ConnectionState::Connecting | ConnectionState::Disconnected => {
-            let left = deadline.saturating_duration_since(Instant::now());
             if tracker
-                .wait_for(left, |s| {
+                .wait_for(deadline.left(), |s| {
                     matches!(s, ConnectionState::Connected | ConnectionState::Closed)
                 })
                 .await
@@ -503,29 +553,47 @@ pub(crate) async fn wait_connected(
                     _ => Ok(()),
                 }
             } else {
-                Err(unavailable(tracker, subject, limit))
+                Err(unavailable(tracker, subject, deadline))
             }
         }
     }
 }
 
-/// A publish that gave up waiting for the connection: `Unauthorized` when
-/// the server has been refusing the credentials since the connection
-/// dropped (they were revoked: waiting longer will not help), else
-/// `Unavailable`.
-pub(crate) fn unavailable(tracker: &Tracker, subject: &Subject, limit: Duration) -> Error {
+/// Why a publish that gave up waiting for the connection could not go:
+/// `Unauthorized` when the server has been refusing the credentials since
+/// the connection dropped (they were revoked: waiting longer will not
+/// help), else `Unavailable`.
+pub(crate) fn unreachable(tracker: &Tracker) -> (ErrorKind, &'static str) {
     if tracker.refused() {
-        return Error::new(
+        (
             ErrorKind::Unauthorized,
-            format!(
-                "publish to `{subject}` gave up after {limit:?}: the nats server refuses \
-                 the credentials since the connection dropped (authorization violation)"
-            ),
-        );
+            "the nats server refuses the credentials since the connection dropped \
+             (authorization violation)",
+        )
+    } else {
+        (ErrorKind::Unavailable, "the nats server is unreachable")
     }
+}
+
+/// A publish that gave up waiting for the connection, with the time it
+/// really waited.
+pub(crate) fn unavailable(tracker: &Tracker, subject: &Subject, deadline: &Deadline) -> Error {
+    let (kind, why) = unreachable(tracker);
     Error::new(
-        ErrorKind::Unavailable,
-        format!("publish to `{subject}` gave up after {limit:?}: the nats server is unreachable"),
+        kind,
+        format!(
+            "publish to `{subject}` gave up after {:.2?} (publish_timeout {:?}): {why}",
+            deadline.elapsed(),
+            deadline.limit()
+        ),
+    )
+}
+
+/// A message of a batch not sent because an earlier one failed with `kind`.
+pub(crate) fn not_sent(kind: ErrorKind, subject: &Subject) -> Error {
+    Error::new(
+        kind,
+        format!("publish to `{subject}` not sent: an earlier message of the batch could not be published"),
     )
 }
 

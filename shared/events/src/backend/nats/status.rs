@@ -49,6 +49,74 @@ pub(crate) const LOST: &str =
      or failed on something it could not handle); nothing more is received or sent: \
      connect a new transport";
 
+/// When a publish (or one window of a batch) gives up: `limit` after it
+/// started. A limit too large for an `Instant` (`Duration::MAX`, "wait as
+/// long as it takes") means no deadline, never an overflow.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    started: tokio::time::Instant,
+    limit: Duration,
+    at: Option<tokio::time::Instant>,
+}
+
+impl Deadline {
+    /// `limit` from now.
+    pub(crate) fn after(limit: Duration) -> Self {
+        let started = tokio::time::Instant::now();
+        Deadline {
+            started,
+            limit,
+            at: started.checked_add(limit),
+        }
+    }
+
+    /// The limit it was made with.
+    pub(crate) fn limit(&self) -> Duration {
+        self.limit
+    }
+
+    /// Time since it started.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Time left (`Duration::MAX` without a deadline).
+    pub(crate) fn left(&self) -> Duration {
+        self.at.map_or(Duration::MAX, |at| {
+            at.saturating_duration_since(tokio::time::Instant::now())
+        })
+    }
+
+    /// The earlier of the deadline and `wait` from now (`None`: neither
+    /// fits in an `Instant`).
+    #[cfg(feature = "jetstream")]
+    pub(crate) fn within(&self, wait: Duration) -> Option<tokio::time::Instant> {
+        let wait = tokio::time::Instant::now().checked_add(wait);
+        match (wait, self.at) {
+            (Some(w), Some(at)) => Some(w.min(at)),
+            (w, at) => w.or(at),
+        }
+    }
+
+    /// Runs `f` until the deadline: `None` if it passed first.
+    #[cfg(feature = "jetstream")]
+    pub(crate) async fn run<F: Future>(&self, f: F) -> Option<F::Output> {
+        match self.at {
+            Some(at) => tokio::time::timeout_at(at, f).await.ok(),
+            None => Some(f.await),
+        }
+    }
+}
+
+/// Sleeps until `until`; forever for `None`.
+#[cfg(feature = "jetstream")]
+pub(crate) async fn sleep_until(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Shared between the event callback and the transport.
 #[derive(Debug)]
 pub(crate) struct Tracker {
@@ -277,6 +345,24 @@ impl Tracker {
         }
     }
 
+    /// As [`bounded_send`](Self::bounded_send), until `deadline`.
+    #[cfg(feature = "jetstream")]
+    pub(crate) async fn send_until<T>(
+        &self,
+        send: impl Future<Output = T>,
+        deadline: &Deadline,
+    ) -> Option<T> {
+        let mut send = std::pin::pin!(send);
+        let first = std::future::poll_fn(|cx| Poll::Ready(self.poll_send(send.as_mut(), cx))).await;
+        match first {
+            Poll::Ready(done) => done,
+            Poll::Pending => deadline
+                .run(std::future::poll_fn(|cx| self.poll_send(send.as_mut(), cx)))
+                .await
+                .flatten(),
+        }
+    }
+
     /// Polls `send` (a publish into the client's queue); while it is blocked
     /// on a full queue, the task is registered to be woken if the watchdog
     /// declares the connection unavailable. `None` when that happened first.
@@ -442,6 +528,29 @@ mod tests {
         set.wake_all();
         assert_eq!(tasks[BlockedPublishers::MAX].0.load(Ordering::SeqCst), 1);
         assert!(set.wakers.lock().unwrap().is_empty());
+    }
+
+    #[cfg(feature = "jetstream")]
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_too_far_for_an_instant_is_no_deadline_not_a_panic() {
+        let forever = Deadline::after(Duration::MAX);
+        assert_eq!(forever.left(), Duration::MAX);
+        assert!(forever.within(Duration::MAX).is_none());
+        assert!(forever.within(Duration::from_secs(1)).is_some());
+        assert_eq!(forever.run(async { 7 }).await, Some(7));
+
+        let soon = Deadline::after(Duration::from_secs(2));
+        let first = soon.within(Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            soon.within(Duration::MAX),
+            soon.within(Duration::from_secs(5))
+        );
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert!(first < tokio::time::Instant::now());
+        assert_eq!(soon.left(), Duration::from_millis(500));
+        assert_eq!(soon.run(std::future::pending::<()>()).await, None);
+        assert_eq!(soon.left(), Duration::ZERO);
+        assert!(soon.elapsed() >= Duration::from_secs(2));
     }
 
     #[test]
