@@ -3,13 +3,13 @@
 //! Runs on the in-memory bus, no server needed:
 //!
 //! ```text
-//! cargo run --example quickstart
+//! cargo run -p quickstart
 //! ```
 //!
-//! With `NATS_URL` set (and the `nats` feature), the same code runs on NATS:
+//! With `NATS_URL` set, the same code runs on NATS:
 //!
 //! ```text
-//! NATS_URL=nats://127.0.0.1:4222 cargo run --example quickstart --features nats
+//! NATS_URL=nats://127.0.0.1:4222 cargo run -p quickstart
 //! ```
 
 use std::time::Duration;
@@ -113,15 +113,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 async fn transport_from_env(
 ) -> Result<std::sync::Arc<dyn events::transport::Transport>, Box<dyn std::error::Error>> {
     if std::env::var_os("NATS_URL").is_some() {
-        #[cfg(feature = "nats")]
-        {
-            let config = events::backend::nats::NatsConfig::from_env()?;
-            return Ok(std::sync::Arc::new(
-                events::backend::nats::NatsTransport::connect(config).await?,
-            ));
-        }
-        #[cfg(not(feature = "nats"))]
-        return Err("NATS_URL is set: run with `--features nats` to use it".into());
+        let config = events::backend::nats::NatsConfig::from_env()?;
+        return Ok(std::sync::Arc::new(
+            events::backend::nats::NatsTransport::connect(config).await?,
+        ));
     }
     Ok(std::sync::Arc::new(
         events::backend::memory::MemoryTransport::new(),
