@@ -17,6 +17,8 @@ mod jetstream;
 mod lifecycle;
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(all(feature = "postgres", feature = "jetstream"))]
+mod outbox;
 mod props;
 mod runtime;
 mod settings;
