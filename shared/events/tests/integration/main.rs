@@ -19,6 +19,8 @@ mod lifecycle;
 mod nats;
 #[cfg(all(feature = "postgres", feature = "jetstream"))]
 mod outbox;
+#[cfg(all(feature = "postgres", feature = "jetstream"))]
+mod outbox_faults;
 mod props;
 mod runtime;
 mod settings;

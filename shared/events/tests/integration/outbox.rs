@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use events::backend::jetstream::{JetStreamConfig, JetStreamTransport, StreamConfig};
-use events::outbox::{Outbox, RelaySummary};
+use events::consumer::{Consumer, Context, HandlerError, RetryPolicy};
+use events::outbox::{Inbox, Outbox, RelaySummary, Tx};
 use events::testing::NatsServer;
-use events::{Bus, EventPayload};
+use events::{Bus, Event, EventPayload};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
@@ -75,6 +76,16 @@ impl TestSchema {
             pool,
             name,
             url: url.to_owned(),
+        }
+    }
+
+    /// A schema that already exists (a child process's view of its
+    /// parent's); left in place on drop.
+    pub async fn existing(url: &str, name: &str) -> TestSchema {
+        TestSchema {
+            pool: pool(url, 8).await,
+            name: name.to_owned(),
+            url: String::new(),
         }
     }
 
@@ -187,7 +198,7 @@ pub async fn pool(url: &str, connections: u32) -> PgPool {
 pub fn js_config(server: &NatsServer) -> JetStreamConfig {
     JetStreamConfig::new(
         config(server).request_timeout(Duration::from_secs(2)),
-        StreamConfig::new("OUTBOX", ["outbox.>"]),
+        StreamConfig::new("OUTBOX", ["outbox.>", "deadletter.outbox.>"]),
     )
     .ack_timeout(Duration::from_secs(1))
     .publish_attempts(2)
@@ -548,9 +559,15 @@ pub fn produce(
                     if n >= transactions {
                         return failures;
                     }
+                    let deadline = Instant::now() + Duration::from_secs(60);
                     while let Err(e) = db.transact(&outbox, &bus, n, &key(n, keys)).await {
                         failures += 1;
-                        assert!(failures < 100, "transaction {n} keeps failing: {e}");
+                        assert!(
+                            Instant::now() < deadline,
+                            "transaction {n} keeps failing: {e}"
+                        );
+                        // A retry's pause (the database may be restarting).
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     done.fetch_add(1, Ordering::SeqCst);
                 }
@@ -693,4 +710,96 @@ async fn stored_count_local(db: &TestSchema) -> i64 {
     .fetch_one(&db.pool)
     .await
     .unwrap()
+}
+
+/// A handler for the inbox test: writes its effect, then fails on the
+/// first attempt of `n = 0` and panics on the first attempt of `n = 1`;
+/// the rest succeed.
+async fn apply(event: Event<Step>, ctx: Context<String>, mut tx: Tx) -> Result<(), HandlerError> {
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {}.effects (n, attempt) VALUES ($1, $2)",
+        ctx.state()
+    )))
+    .bind(event.payload.n)
+    .bind(i32::try_from(ctx.attempt()).unwrap())
+    .execute(&mut *tx)
+    .await?;
+    match (event.payload.n, ctx.attempt()) {
+        (0, 1) => Err(HandlerError::retry("fails after writing")),
+        (1, 1) => panic!("panics after writing"),
+        _ => Ok(()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_commits_effects_once_and_rolls_back_failed_and_panicking_attempts() {
+    let db = TestSchema::new("inbox").await;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE {}.effects (n bigint NOT NULL, attempt int NOT NULL)",
+        db.name
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let inbox = Inbox::new(db.pool.clone()).schema(db.name.clone()).unwrap();
+    inbox.migrate().await.unwrap();
+    let bus = Bus::memory("inbox-test");
+    let running = Consumer::new(&bus, "inventory")
+        .unwrap()
+        .state(db.name.clone())
+        .handle(inbox.handler(apply))
+        .retry(
+            RetryPolicy::exponential()
+                .max_attempts(3)
+                .initial_delay(Duration::from_millis(10)),
+        )
+        .start()
+        .await
+        .unwrap();
+    let events: Vec<_> = (0..3)
+        .map(|n| {
+            bus.event(Step {
+                key: "k".into(),
+                seq: n,
+                n,
+            })
+        })
+        .collect();
+    for event in &events {
+        bus.publish(event).await.unwrap();
+    }
+    // The same event again (a republish with the same id): no second effect.
+    bus.publish(&events[2]).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    let marks = format!("SELECT count(*) FROM {}.events_inbox", db.name);
+    loop {
+        let marked: i64 = sqlx::query_scalar(AssertSqlSafe(marks.clone()))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        if marked == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{marked} of 3 events handled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let summary = running.shutdown().await.unwrap();
+    let effects: Vec<(i64, i32)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT n, attempt FROM {}.effects ORDER BY n",
+        db.name
+    )))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    println!("inbox: effects {effects:?}, consumer {summary:?}");
+    // The failed and the panicking first attempts left nothing; each event
+    // has exactly one effect, from the attempt that committed.
+    assert_eq!(effects, [(0, 2), (1, 2), (2, 1)]);
+    assert_eq!(summary.handled, 4, "the duplicate was acknowledged too");
+    assert_eq!(summary.retried, 2);
+    assert_eq!(
+        inbox.purge(Duration::ZERO).await.unwrap(),
+        3,
+        "marks purged"
+    );
 }
