@@ -803,3 +803,175 @@ async fn the_inbox_commits_effects_once_and_rolls_back_failed_and_panicking_atte
         "marks purged"
     );
 }
+
+/// Records the outbox's gauges (every value set) and counters, for the
+/// status test: the only recorder of this test binary.
+#[cfg(feature = "metrics")]
+mod recorded {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use metrics::{
+        Counter, CounterFn, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder,
+        SharedString, Unit,
+    };
+
+    #[derive(Default)]
+    pub struct Recorded {
+        gauges: Mutex<HashMap<String, Arc<Values>>>,
+        counters: Mutex<HashMap<String, Arc<Count>>>,
+    }
+
+    #[derive(Default)]
+    pub struct Values(Mutex<Vec<f64>>);
+
+    impl GaugeFn for Values {
+        fn increment(&self, _: f64) {}
+        fn decrement(&self, _: f64) {}
+        fn set(&self, value: f64) {
+            self.0.lock().unwrap().push(value);
+        }
+    }
+
+    #[derive(Default)]
+    pub struct Count(AtomicU64);
+
+    impl CounterFn for Count {
+        fn increment(&self, value: u64) {
+            self.0.fetch_add(value, Ordering::Relaxed);
+        }
+        fn absolute(&self, value: u64) {
+            self.0.store(value, Ordering::Relaxed);
+        }
+    }
+
+    fn name(key: &Key) -> String {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        format!("{}{{{}}}", key.name(), labels.join(","))
+    }
+
+    impl Recorder for Recorded {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(
+                self.counters
+                    .lock()
+                    .unwrap()
+                    .entry(name(key))
+                    .or_default()
+                    .clone(),
+            )
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::from_arc(
+                self.gauges
+                    .lock()
+                    .unwrap()
+                    .entry(name(key))
+                    .or_default()
+                    .clone(),
+            )
+        }
+        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::noop()
+        }
+    }
+
+    pub fn recorder() -> &'static Recorded {
+        static RECORDER: OnceLock<&'static Recorded> = OnceLock::new();
+        RECORDER.get_or_init(|| {
+            let recorder: &'static Recorded = Box::leak(Box::default());
+            metrics::set_global_recorder(recorder).expect("the only recorder of this test binary");
+            recorder
+        })
+    }
+
+    impl Recorded {
+        pub fn gauge(&self, name: &str) -> Vec<f64> {
+            self.gauges
+                .lock()
+                .unwrap()
+                .get(name)
+                .map(|v| v.0.lock().unwrap().clone())
+                .unwrap_or_default()
+        }
+        pub fn counter(&self, name: &str) -> u64 {
+            self.counters
+                .lock()
+                .unwrap()
+                .get(name)
+                .map_or(0, |c| c.0.load(Ordering::Relaxed))
+        }
+    }
+}
+
+#[tokio::test]
+async fn status_and_gauges_report_the_backlog_and_published_rows_are_kept_for_their_retention() {
+    #[cfg(feature = "metrics")]
+    let recorder = recorded::recorder();
+    let db = TestSchema::new("status").await;
+    let server = NatsServer::with_jetstream();
+    let transport = connect(js_config(&server)).await;
+    let bus = bus(transport.clone());
+    let outbox = db.outbox(&bus);
+    outbox.migrate().await.unwrap();
+    assert_eq!(
+        outbox.migrate().await.unwrap(),
+        Vec::<i32>::new(),
+        "applied once"
+    );
+
+    let empty = outbox.status().await.unwrap();
+    assert_eq!((empty.pending, empty.oldest_pending_age), (0, None));
+    for n in 0..3 {
+        db.transact(&outbox, &bus, n, "k").await.unwrap();
+    }
+    let backlog = outbox.status().await.unwrap();
+    assert_eq!(backlog.pending, 3);
+    assert!(backlog.oldest_pending_age.is_some());
+
+    // Kept an hour: published, then still there.
+    let relay = outbox
+        .relay()
+        .keep_published(Duration::from_secs(3600))
+        .housekeeping_interval(Duration::from_millis(20))
+        .start();
+    wait_drained(&transport, &outbox, 3, WAIT).await;
+    let kept = outbox.status().await.unwrap();
+    assert_eq!((kept.pending, kept.published_retained), (0, 3));
+    #[cfg(feature = "metrics")]
+    {
+        let gauge = format!("events_outbox_pending{{schema={}}}", db.name);
+        let deadline = Instant::now() + WAIT;
+        // The first report (before the first claim) saw the backlog; a
+        // later one sees it gone.
+        while recorder.gauge(&gauge).last() != Some(&0.0) {
+            assert!(Instant::now() < deadline, "{:?}", recorder.gauge(&gauge));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(recorder.gauge(&gauge).first(), Some(&3.0));
+        let published = format!("events_outbox_published_total{{schema={}}}", db.name);
+        assert_eq!(recorder.counter(&published), 3);
+    }
+    relay.shutdown().await.unwrap();
+
+    // A retention that has passed: purged at the next housekeeping.
+    let relay = outbox
+        .relay()
+        .keep_published(Duration::ZERO)
+        .housekeeping_interval(Duration::from_millis(20))
+        .start();
+    let deadline = Instant::now() + WAIT;
+    while outbox.status().await.unwrap().published_retained > 0 {
+        assert!(Instant::now() < deadline, "published rows never purged");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.shutdown().await.unwrap();
+    assert_eq!(stored(&transport).await.len(), 3);
+}
