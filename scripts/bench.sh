@@ -19,6 +19,9 @@ cargo bench -p events --bench runtime 2>/dev/null >"$tmp/runtime.txt"
 echo "NATS and JetStream against hand-written async-nats..." >&2
 cargo bench -p events --features jetstream,testing --bench nats 2>/dev/null >"$tmp/nats.txt"
 
+echo "outbox on PostgreSQL (EVENTS_TEST_DATABASE_URL, default the local server)..." >&2
+cargo bench -p events --features jetstream,postgres,testing --bench outbox 2>/dev/null >"$tmp/outbox.txt"
+
 # "name  time: [low mid high]" -> "| name | mid |"
 criterion_rows() {
   awk '
@@ -43,6 +46,12 @@ criterion_rows() {
   grep '^|' "$tmp/nats.txt"
   echo
   echo "Reading the table: nats-server shares the two cores with the bench, so every CPU cycle the client spends is taken from the server, and run-to-run noise is about 10% per row even with both sides measured in one process (a row means something only if it repeats). \`perf\` profiles of the JetStream rows put the crate's own functions under 2% of the samples; the rest is serde_json (both sides), malloc, the kernel and the server. What the crate pays that the hand-written code does not: core publish checks the size and the connection state and registers a blocked send with the connection watchdog (so it can fail \`Unavailable\` instead of blocking forever); JetStream publish copies the message headers once to add the dedup id before converting them, and \`publish_all\` encodes a whole batch before sending it (the hand-written loop overlaps encoding with the server's work); a JetStream subscription hands each message from its puller task to the reader and books it for the buffer keep-alive; the consumer runtime (JetStream rows: first to last event handled, default prefetch 256) creates a tracing span, a handler context and the handler's boxed future per event, and polls it in place; a handling future is built and boxed only for an event that has to wait. Typed decoding (both crate rows) reads a structured event's data as the payload type in the same pass as its attributes, as the hand-written \`serde_json\` struct does."
+  echo
+  echo "## Outbox on PostgreSQL"
+  echo
+  echo "Command: \`cargo bench -p events --features jetstream,postgres,testing --bench outbox\` (PostgreSQL 15 on the same machine, default settings: each business commit waits for its WAL flush). Staging: one client, a transaction inserting an order row and staging a 256-byte event vs the same transaction inserting the same bytes (subject, headers, body, event id, key) into a plain table of the same columns; alternating rounds, median. Relay: events staged and committed first (untimed), then a relay started; time until the table is empty (every row confirmed by a PubAck), vs \`Bus::publish_all\` of as many events; keys spread over 1,000 subjects. Latency: one event at a time, from the return of \`commit\` to the relay's PubAck, after a pseudo-random pause."
+  echo
+  grep '^|' "$tmp/outbox.txt"
   echo
   echo "## Consumer runtime (memory bus, no-op handler)"
   echo

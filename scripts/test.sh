@@ -23,6 +23,29 @@ if ! command -v nats-server >/dev/null 2>&1; then
   fi
 fi
 
+# PostgreSQL for the outbox and inbox suites: EVENTS_TEST_DATABASE_URL, else
+# the local server on 127.0.0.1:5432 (trust auth, user postgres), started
+# (or installed, on Debian) if it is not answering. Each test works in a
+# schema of its own and drops it.
+export EVENTS_TEST_DATABASE_URL="${EVENTS_TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+if command -v pg_isready >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  echo "PostgreSQL not answering on 127.0.0.1:5432: starting it" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO pg_ctlcluster 15 main start 2>/dev/null || $SUDO service postgresql start || true
+  for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+if ! command -v pg_isready >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "PostgreSQL not found: installing it" >&2
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq postgresql
+  # The tests connect as postgres over 127.0.0.1 without a password.
+  for hba in /etc/postgresql/*/main/pg_hba.conf; do
+    $SUDO sed -i '1i host all postgres 127.0.0.1/32 trust' "$hba"
+  done
+  $SUDO service postgresql restart || true
+  for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+
 # The server matrix. The whole suite runs on the nats-server on PATH
 # (Debian's 2.9.10 here) and on the newest release; the conformance,
 # runtime, lifecycle and fault suites also on each earlier minor release

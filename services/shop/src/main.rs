@@ -6,8 +6,15 @@
 //!
 //! Run with `cargo run -p shop` (in-memory bus), or against NATS with
 //! `NATS_URL=nats://127.0.0.1:4222 cargo run -p shop --features nats`.
+//!
+//! With `DATABASE_URL` set (and `--features postgres`), orders are written
+//! to PostgreSQL with their `OrderPlaced` in one transaction (the outbox),
+//! a relay publishes them, and inventory applies them through the inbox:
+//! `DATABASE_URL=postgres://postgres@127.0.0.1/postgres cargo run -p shop --features postgres`.
 
 mod contracts;
+#[cfg(feature = "postgres")]
+mod durable;
 mod inventory;
 mod orders;
 
@@ -34,9 +41,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Watch the outcome before anything is published.
     let mut settled = orders_bus.subscribe::<OrderSettled>().await?;
 
+    #[cfg(feature = "postgres")]
+    let durable = match std::env::var("DATABASE_URL") {
+        Ok(url) => Some(durable::Durable::connect(&url, &orders_bus, "sku-42", 10).await?),
+        Err(_) => None,
+    };
+    #[cfg(not(feature = "postgres"))]
+    if std::env::var_os("DATABASE_URL").is_some() {
+        return Err("DATABASE_URL is set: run with `--features postgres` to use it".into());
+    }
+    #[cfg(feature = "postgres")]
+    println!(
+        "store: {}",
+        if durable.is_some() {
+            "postgres (outbox and inbox)"
+        } else {
+            "memory"
+        }
+    );
+
     let stock = Arc::new(Mutex::new(HashMap::from([("sku-42".to_owned(), 10)])));
     // `start` returns once each consumer is subscribed: nothing published
     // from here on is missed.
+    #[cfg(feature = "postgres")]
+    let (inventory, relay) = match &durable {
+        Some(d) => (d.inventory(&inventory_bus)?.start().await?, Some(d.relay())),
+        None => (
+            inventory::consumer(&inventory_bus, stock)?.start().await?,
+            None,
+        ),
+    };
+    #[cfg(not(feature = "postgres"))]
     let inventory = inventory::consumer(&inventory_bus, stock)?.start().await?;
     let orders = orders::consumer(&orders_bus)?.start().await?;
 
@@ -49,6 +84,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 quantity,
             })
             .with_subject(order_id);
+        #[cfg(feature = "postgres")]
+        match &durable {
+            // The order row and its event commit together, or neither.
+            Some(d) => d.place(&event).await?,
+            None => orders_bus.publish(&event).await?,
+        }
+        #[cfg(not(feature = "postgres"))]
         orders_bus.publish(&event).await?;
         println!(
             "orders     published OrderPlaced   {order_id} x{quantity} id={}",
@@ -74,6 +116,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!("inventory  {:?}", inventory.shutdown().await?);
+    #[cfg(feature = "postgres")]
+    if let Some(relay) = relay {
+        println!("relay      {:?}", relay.shutdown().await?);
+    }
     println!("orders     {:?}", orders.shutdown().await?);
     orders_bus.close().await?;
     Ok(())

@@ -77,6 +77,9 @@
 //!   and publishes stamp the current span's, through `tracing-opentelemetry`
 //!   (the service installs its own tracer provider and layer). Without it,
 //!   the trace context travels as data only.
+//! - `postgres`: the transactional outbox and inbox on PostgreSQL
+//!   ([`outbox`]): events staged in the business transaction and relayed
+//!   to any transport, handler writes committed with the "handled" mark.
 //! - `testing`: private `nats-server` processes and clusters for tests.
 //!
 //! # Minimum supported Rust version
@@ -93,6 +96,9 @@ pub mod envelope;
 mod error;
 #[cfg(feature = "opentelemetry")]
 mod otel;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod outbox;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

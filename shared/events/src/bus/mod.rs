@@ -107,6 +107,11 @@ impl Bus {
         &self.inner.codec
     }
 
+    /// The content mode [`publish`](Self::publish) uses.
+    pub fn content_mode(&self) -> ContentMode {
+        self.inner.mode
+    }
+
     /// The source this bus stamps on the events it creates.
     pub fn source(&self) -> &str {
         &self.inner.source

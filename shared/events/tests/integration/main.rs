@@ -17,6 +17,10 @@ mod jetstream;
 mod lifecycle;
 #[cfg(feature = "nats")]
 mod nats;
+#[cfg(all(feature = "postgres", feature = "jetstream"))]
+mod outbox;
+#[cfg(all(feature = "postgres", feature = "jetstream"))]
+mod outbox_kills;
 mod props;
 #[cfg(feature = "jetstream")]
 mod publish;

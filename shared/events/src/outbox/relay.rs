@@ -1,0 +1,649 @@
+//! The relay: publishes committed outbox rows through a transport.
+//!
+//! # Order across relays
+//! Any number of relays may run on one outbox; each claims a batch of the
+//! oldest rows with `FOR UPDATE SKIP LOCKED` in a transaction that lasts
+//! until the batch is settled. Skipping locked rows alone would break the
+//! order of a key: a relay could take a key's row 7 while another still
+//! holds its row 6. So the claim also reports, for each key of the batch,
+//! whether an older row of that key is still in the table (held by another
+//! relay, or published and not yet deleted by it); such a key's rows are
+//! left alone this round. And within a batch, a key's rows are published
+//! in waves, one row per key per wave, each wave sent pipelined and its
+//! acks awaited before the next: a key's next event goes out only once its
+//! previous one is stored, so neither a retry nor a reconnect that loses
+//! an earlier publish while a later one gets through can reorder a key.
+//! Together with the staging lock (per key, row order is commit order),
+//! every relay publishes a key's events in commit order, whoever holds
+//! which rows. A relay that dies mid-batch leaves its rows to the next
+//! claim (its connection's locks go with it); what it had published is
+//! published again with the same `Nats-Msg-Id`, which JetStream drops
+//! within its duplicate window.
+//!
+//! This was chosen over a single leader elected by an advisory lock: no
+//! fail-over delay, no idle standbys, and several relays share the work of
+//! different keys.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sqlx::postgres::PgListener;
+use sqlx::Row as _;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use super::{db_error, Outbox};
+use crate::error::{Error, ErrorKind, Result};
+use crate::transport::{Headers, Message, Subject, Transport};
+
+/// The most rows a relay claims at once ([`Relay::batch_size`] is capped to
+/// it): a claim holds its rows' locks and their messages in memory until
+/// they are settled.
+pub const MAX_BATCH: usize = 65_536;
+
+/// Builds and starts a relay ([`Outbox::relay`]).
+///
+/// ```no_run
+/// # async fn example(outbox: events::outbox::Outbox) -> Result<(), events::Error> {
+/// use std::time::Duration;
+///
+/// let relay = outbox
+///     .relay()
+///     .batch_size(512)
+///     .poll_interval(Duration::from_secs(1))          // when no NOTIFY comes
+///     .keep_published(Duration::from_secs(24 * 3600)) // default: delete once published
+///     .start();
+/// // ...
+/// let summary = relay.shutdown().await?;
+/// println!("{summary:?}");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Relay {
+    outbox: Outbox,
+    transport: Arc<dyn Transport>,
+    batch_size: usize,
+    poll_interval: Duration,
+    listen: bool,
+    keep_published: Option<Duration>,
+    housekeeping_interval: Duration,
+    max_backoff: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl Relay {
+    pub(crate) fn new(outbox: Outbox) -> Self {
+        Relay {
+            transport: outbox.bus().transport().clone(),
+            outbox,
+            batch_size: 256,
+            poll_interval: Duration::from_secs(1),
+            listen: true,
+            keep_published: None,
+            housekeeping_interval: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(2),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Publish through `transport` instead of the outbox's bus's transport.
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// How many rows a round claims (default 256, at least 1, at most
+    /// [`MAX_BATCH`]).
+    pub fn batch_size(mut self, rows: usize) -> Self {
+        self.batch_size = rows.clamp(1, MAX_BATCH);
+        self
+    }
+
+    /// How long an idle relay waits for a notification before it looks
+    /// anyway (default 1 s): the latency when NOTIFY is off or lost (a
+    /// notification sent while the relay's listening connection was down).
+    /// At least 1 ms.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Whether to `LISTEN` for the staging transactions' notifications
+    /// (default `true`); without, the relay polls only.
+    pub fn listen(mut self, listen: bool) -> Self {
+        self.listen = listen;
+        self
+    }
+
+    /// Keep published rows in `events_outbox_published` for `retention`
+    /// (purged every [`housekeeping_interval`](Self::housekeeping_interval)),
+    /// instead of deleting them once published (the default). For audits
+    /// and replays; costs a copy per event.
+    pub fn keep_published(mut self, retention: Duration) -> Self {
+        self.keep_published = Some(retention);
+        self
+    }
+
+    /// How often the relay reports its backlog (the `metrics` gauges) and
+    /// purges published rows past their retention (default 10 s, at least
+    /// 10 ms).
+    pub fn housekeeping_interval(mut self, interval: Duration) -> Self {
+        self.housekeeping_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The longest pause between rounds after a failure (default 2 s): the
+    /// database or the transport unreachable, or a publish not confirmed.
+    /// Pauses start at 50 ms and double up to it.
+    pub fn max_backoff(mut self, backoff: Duration) -> Self {
+        self.max_backoff = backoff.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long [`RunningRelay::shutdown`] lets the round in progress
+    /// finish (default 10 s) before it drops it: its rows roll back to the
+    /// queue, and what it had published goes again (with the same dedup
+    /// id) on the next claim.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Starts the relay in a task of its own.
+    pub fn start(self) -> RunningRelay {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let shutdown_timeout = self.shutdown_timeout;
+        let handle = tokio::spawn(self.run_loop(stop_rx));
+        RunningRelay {
+            stop: stop_tx,
+            handle: Some(handle),
+            shutdown_timeout,
+        }
+    }
+
+    /// Runs until `signal` resolves, then shuts down as
+    /// [`RunningRelay::shutdown`] does.
+    pub async fn run(self, signal: impl std::future::Future<Output = ()>) -> Result<RelaySummary> {
+        let mut running = self.start();
+        let handle = running.handle.as_mut().expect("just started");
+        tokio::select! {
+            () = signal => running.shutdown().await,
+            ended = handle => {
+                running.handle = None;
+                ended.map_err(join_error)?
+            }
+        }
+    }
+
+    async fn run_loop(self, mut stop: watch::Receiver<bool>) -> Result<RelaySummary> {
+        let wake = Arc::new(Notify::new());
+        let _listener = self.listen.then(|| {
+            AbortOnDrop(tokio::spawn(listen(
+                self.outbox.clone(),
+                wake.clone(),
+                self.max_backoff,
+            )))
+        });
+        let mut summary = RelaySummary::default();
+        let mut backoff = Backoff::new(self.max_backoff);
+        let mut next_housekeeping = Instant::now();
+        let mut last_warning: Option<Instant> = None;
+        loop {
+            if *stop.borrow() {
+                return Ok(summary);
+            }
+            if Instant::now() >= next_housekeeping {
+                self.housekeeping().await;
+                next_housekeeping = Instant::now() + self.housekeeping_interval;
+            }
+            // What to wait for before the next round: `None` goes at once;
+            // `Some((delay, wakeable))` sleeps, cut short by a notification
+            // if `wakeable`.
+            let pause = match self.round().await {
+                Ok(round) => {
+                    summary.rounds += 1;
+                    summary.published += round.published;
+                    summary.failed += round.failed;
+                    if let Some(error) = round.closed {
+                        return Err(error);
+                    }
+                    if let Some(error) = round.unconfirmed {
+                        warn_limited(&mut last_warning, "publish not confirmed; retrying", &error);
+                        Some((backoff.next(), false))
+                    } else if round.progress() && round.claimed == self.batch_size {
+                        backoff.reset();
+                        None
+                    } else if round.blocked > 0 && !round.progress() {
+                        // Another relay holds older rows of these keys: look
+                        // again soon, it settles within a round.
+                        Some((self.poll_interval.min(Duration::from_millis(20)), true))
+                    } else {
+                        backoff.reset();
+                        Some((self.poll_interval, true))
+                    }
+                }
+                Err(error) => {
+                    warn_limited(&mut last_warning, "outbox round failed; retrying", &error);
+                    Some((backoff.next(), false))
+                }
+            };
+            let Some((delay, wakeable)) = pause else {
+                continue;
+            };
+            let woken = async {
+                if wakeable {
+                    wake.notified().await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                _ = stop.changed() => return Ok(summary),
+                () = woken => {}
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// One claim: publish what can go, settle it, commit.
+    async fn round(&self) -> Result<Round> {
+        let statements = self.outbox.statements();
+        // Losing this commit in a crash only means publishing the batch
+        // again, which the dedup id absorbs: no need to wait for its flush.
+        let mut tx = self
+            .outbox
+            .pool()
+            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .await
+            .map_err(|e| db_error("claim", e))?;
+        let rows = sqlx::query(statements.claim.clone())
+            .bind(i64::try_from(self.batch_size).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| db_error("claim", e))?;
+        let mut round = Round {
+            claimed: rows.len(),
+            ..Round::default()
+        };
+        if rows.is_empty() {
+            tx.rollback().await.map_err(|e| db_error("claim", e))?;
+            return Ok(round);
+        }
+
+        let mut failed: Vec<(i64, String)> = Vec::new();
+        // Waves: the n-th valid row of each key goes in wave n; rows
+        // without a key are not ordered and all go in the first.
+        let mut waves: Vec<Vec<Pending>> = Vec::new();
+        let mut per_key: HashMap<i32, usize> = HashMap::new();
+        for row in &rows {
+            let id: i64 = row.try_get(0).map_err(|e| db_error("claim", e))?;
+            let lock_key: Option<i32> = row.try_get(1).map_err(|e| db_error("claim", e))?;
+            let blocked: bool = row.try_get(6).map_err(|e| db_error("claim", e))?;
+            if blocked {
+                round.blocked += 1;
+                continue;
+            }
+            let message = match to_message(row) {
+                Ok(message) => message,
+                Err(reason) => {
+                    tracing::error!(row = id, %reason, "outbox row cannot be published; kept as failed");
+                    failed.push((id, reason));
+                    continue;
+                }
+            };
+            let wave = match lock_key {
+                Some(key) => {
+                    let n = per_key.entry(key).or_insert(0);
+                    *n += 1;
+                    *n - 1
+                }
+                None => 0,
+            };
+            if waves.len() <= wave {
+                waves.resize_with(wave + 1, Vec::new);
+            }
+            waves[wave].push(Pending {
+                id,
+                lock_key,
+                message,
+            });
+        }
+
+        let mut published: Vec<i64> = Vec::new();
+        // Keys whose event did not go this round: their later ones wait.
+        let mut stalled: HashSet<i32> = HashSet::new();
+        for wave in waves {
+            let (ids, messages): (Vec<(i64, Option<i32>)>, Vec<Message>) = wave
+                .into_iter()
+                .filter(|p| p.lock_key.is_none_or(|k| !stalled.contains(&k)))
+                .map(|p| ((p.id, p.lock_key), p.message))
+                .unzip();
+            if messages.is_empty() {
+                continue;
+            }
+            let results = self.transport.publish_batch(messages).await;
+            for ((id, lock_key), result) in ids.into_iter().zip(results) {
+                match result {
+                    Ok(()) => published.push(id),
+                    Err(e) if e.is_retryable() || e.kind() == ErrorKind::Closed => {
+                        if let Some(key) = lock_key {
+                            stalled.insert(key);
+                        }
+                        if e.kind() == ErrorKind::Closed {
+                            round.closed.get_or_insert(e);
+                        } else {
+                            round.unconfirmed.get_or_insert(e);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(row = id, error = %e, "publish refused; outbox row kept as failed");
+                        failed.push((id, refusal(&e)));
+                    }
+                }
+            }
+        }
+
+        let (failed_ids, reasons): (Vec<i64>, Vec<String>) = failed.into_iter().unzip();
+        let finish = if self.keep_published.is_some() {
+            statements.finish_keep.clone()
+        } else {
+            statements.finish_delete.clone()
+        };
+        sqlx::query(finish)
+            .bind(&published)
+            .bind(&failed_ids)
+            .bind(&reasons)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| db_error("settle", e))?;
+        tx.commit().await.map_err(|e| db_error("settle", e))?;
+        round.published = published.len() as u64;
+        round.failed = failed_ids.len() as u64;
+        #[cfg(feature = "metrics")]
+        {
+            let schema = self.outbox.get_schema().to_owned();
+            metrics::counter!("events_outbox_published_total", "schema" => schema.clone())
+                .increment(round.published);
+            metrics::counter!("events_outbox_failed_total", "schema" => schema)
+                .increment(round.failed);
+        }
+        Ok(round)
+    }
+
+    /// Reports the backlog and purges published rows past retention;
+    /// failures are logged, never fatal.
+    async fn housekeeping(&self) {
+        match self.outbox.status().await {
+            Ok(_status) => {
+                #[cfg(feature = "metrics")]
+                {
+                    let schema = self.outbox.get_schema().to_owned();
+                    metrics::gauge!("events_outbox_pending", "schema" => schema.clone())
+                        .set(_status.pending as f64);
+                    metrics::gauge!("events_outbox_oldest_pending_seconds", "schema" => schema.clone())
+                        .set(_status.oldest_pending_age.map_or(0.0, |a| a.as_secs_f64()));
+                    metrics::gauge!("events_outbox_failed", "schema" => schema)
+                        .set(_status.failed as f64);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "outbox status unavailable"),
+        }
+        if let Some(retention) = self.keep_published {
+            const SLICE: i64 = 10_000;
+            let interval = sqlx::postgres::types::PgInterval::try_from(retention).unwrap_or(
+                sqlx::postgres::types::PgInterval {
+                    months: 0,
+                    days: i32::MAX,
+                    microseconds: 0,
+                },
+            );
+            loop {
+                match sqlx::query(self.outbox.statements().purge_published.clone())
+                    .bind(interval)
+                    .bind(SLICE)
+                    .execute(self.outbox.pool())
+                    .await
+                {
+                    Ok(done) if done.rows_affected() == SLICE as u64 => continue,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "purging published outbox rows failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("outbox", &self.outbox)
+            .field("transport", &self.transport.name())
+            .field("batch_size", &self.batch_size)
+            .field("poll_interval", &self.poll_interval)
+            .field("listen", &self.listen)
+            .field("keep_published", &self.keep_published)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Pending {
+    id: i64,
+    lock_key: Option<i32>,
+    message: Message,
+}
+
+/// What one round did.
+#[derive(Debug, Default)]
+struct Round {
+    claimed: usize,
+    blocked: usize,
+    published: u64,
+    failed: u64,
+    /// A publish that may succeed later (the broker unreachable, no ack).
+    unconfirmed: Option<Error>,
+    /// The transport is closed: the relay stops with this.
+    closed: Option<Error>,
+}
+
+impl Round {
+    fn progress(&self) -> bool {
+        self.published + self.failed > 0
+    }
+}
+
+/// A row back into the message it was staged as, checked: a row written by
+/// hand, or damaged, becomes a failed row with the reason instead of
+/// something published that no consumer can read.
+fn to_message(row: &sqlx::postgres::PgRow) -> std::result::Result<Message, String> {
+    let subject: String = row
+        .try_get(2)
+        .map_err(|e| format!("unreadable subject: {e}"))?;
+    let headers: Vec<String> = row
+        .try_get(3)
+        .map_err(|e| format!("unreadable headers: {e}"))?;
+    let body: Vec<u8> = row
+        .try_get(4)
+        .map_err(|e| format!("unreadable body: {e}"))?;
+    let event_id: String = row
+        .try_get(5)
+        .map_err(|e| format!("unreadable event id: {e}"))?;
+    let subject = Subject::parse(&subject).map_err(|e| format!("corrupt subject: {e}"))?;
+    if !headers.len().is_multiple_of(2) {
+        return Err(format!(
+            "corrupt headers: {} values, not name/value pairs",
+            headers.len()
+        ));
+    }
+    let mut message = Message::new(subject, Bytes::from(body));
+    let mut pairs = headers.into_iter();
+    message.headers = Headers::with_capacity(pairs.len() / 2);
+    while let (Some(name), Some(value)) = (pairs.next(), pairs.next()) {
+        message
+            .headers
+            .append(name, value)
+            .map_err(|e| format!("corrupt headers: {e}"))?;
+    }
+    let event = crate::wire::decode(&message).map_err(|e| format!("corrupt event: {e}"))?;
+    if event.metadata.id() != event_id {
+        return Err(format!(
+            "corrupt row: the event's id {:?} is not the row's {event_id:?}",
+            event.metadata.id()
+        ));
+    }
+    message.dedup_id = Some(event_id);
+    Ok(message)
+}
+
+/// The reason kept with a refused row: the error and its causes.
+fn refusal(error: &Error) -> String {
+    let mut reason = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        reason.push_str(": ");
+        reason.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    reason
+}
+
+fn warn_limited(last: &mut Option<Instant>, what: &str, error: &Error) {
+    if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+        tracing::warn!(error = %error, "{what}");
+        *last = Some(Instant::now());
+    } else {
+        tracing::debug!(error = %error, "{what}");
+    }
+}
+
+/// Listens for the staging transactions' notifications and wakes the
+/// relay; wakes it too on every (re)connect, for what committed while it
+/// was not listening.
+async fn listen(outbox: Outbox, wake: Arc<Notify>, max_backoff: Duration) {
+    let mut backoff = Backoff::new(max_backoff);
+    loop {
+        match PgListener::connect_with(outbox.pool()).await {
+            Ok(mut listener) => {
+                listener.eager_reconnect(false);
+                match listener.listen(outbox.channel()).await {
+                    Ok(()) => {
+                        backoff.reset();
+                        wake.notify_one();
+                        loop {
+                            match listener.try_recv().await {
+                                Ok(Some(_)) => wake.notify_one(),
+                                Ok(None) => break,
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "outbox listener lost");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "outbox LISTEN failed"),
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "outbox listener cannot connect"),
+        }
+        wake.notify_one();
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+
+    fn new(max: Duration) -> Self {
+        Backoff {
+            next: Self::FIRST.min(max),
+            max,
+        }
+    }
+
+    fn next(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(self.max);
+        now
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::FIRST.min(self.max);
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A relay running in its own task ([`Relay::start`]). Dropping it stops
+/// the relay after its current round, in the background.
+#[derive(Debug)]
+pub struct RunningRelay {
+    stop: watch::Sender<bool>,
+    handle: Option<JoinHandle<Result<RelaySummary>>>,
+    shutdown_timeout: Duration,
+}
+
+impl RunningRelay {
+    /// Stops the relay: the round in progress finishes (within the
+    /// shutdown timeout; past it, it is dropped and its rows go back to the
+    /// queue), then the counts. An error if the relay had stopped on its
+    /// own because its transport was closed.
+    pub async fn shutdown(mut self) -> Result<RelaySummary> {
+        let _ = self.stop.send(true);
+        let mut handle = self.handle.take().expect("present until shutdown");
+        match tokio::time::timeout(self.shutdown_timeout, &mut handle).await {
+            Ok(ended) => ended.map_err(join_error)?,
+            Err(_) => {
+                handle.abort();
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "the relay's round did not finish within the shutdown timeout; its rows \
+                     went back to the queue",
+                ))
+            }
+        }
+    }
+
+    /// Whether the relay has stopped on its own (its transport closed, or
+    /// it panicked).
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+impl Drop for RunningRelay {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> Error {
+    Error::new(ErrorKind::Backend, "the relay's task failed").with_source(e)
+}
+
+/// What a relay did ([`RunningRelay::shutdown`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelaySummary {
+    /// Events published and confirmed.
+    pub published: u64,
+    /// Rows moved to the failed table.
+    pub failed: u64,
+    /// Claims made.
+    pub rounds: u64,
+}
