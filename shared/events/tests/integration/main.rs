@@ -19,5 +19,7 @@ mod lifecycle;
 mod nats;
 mod props;
 mod runtime;
+#[cfg(feature = "jetstream")]
+mod server_features;
 mod settings;
 mod support;

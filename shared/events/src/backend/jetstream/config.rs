@@ -44,9 +44,18 @@ pub enum Retention {
     WorkQueue,
 }
 
-/// A stream the transport creates or updates at connect
-/// (`create_or_update_stream`, so a changed setting is applied to an
-/// existing stream rather than silently ignored).
+/// A stream the transport creates or updates at connect.
+///
+/// The fields it models are *managed*: subjects, storage, retention, max
+/// age, max bytes, max messages, duplicate window and replicas are set to
+/// what this says (a setter not called means its default, e.g. no byte
+/// limit), so a changed setting is applied to an existing stream rather
+/// than silently ignored. Metadata entries are merged: this config's keys
+/// are set, others kept. Everything else an existing stream has (an
+/// operator's compression, description, limits per subject, and flags such
+/// as `allow_msg_ttl`, `allow_atomic`, `allow_batched`, counters,
+/// schedules, subject delete markers) is left as it is, and a flag is only
+/// ever turned on, never off. A stream that already matches gets no update.
 ///
 /// ```
 /// use std::time::Duration;
@@ -70,6 +79,7 @@ pub struct StreamConfig {
     duplicate_window: Duration,
     replicas: usize,
     metadata: BTreeMap<String, String>,
+    atomic_publish: bool,
 }
 
 impl StreamConfig {
@@ -91,6 +101,7 @@ impl StreamConfig {
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
             metadata: BTreeMap::new(),
+            atomic_publish: false,
         }
     }
 
@@ -142,6 +153,17 @@ impl StreamConfig {
         self
     }
 
+    /// Allow all-or-nothing batches
+    /// ([`publish_atomic`](crate::transport::Transport::publish_atomic);
+    /// the stream's `allow_atomic`). Needs nats-server 2.12.1 or later
+    /// (2.12.0 refuses dedup ids in a batch): connecting to an older one
+    /// fails instead. Provisioning only ever turns it on: `false` leaves
+    /// the stream as it is.
+    pub fn atomic_publish(mut self, allow: bool) -> Self {
+        self.atomic_publish = allow;
+        self
+    }
+
     /// The stream's name.
     pub fn get_name(&self) -> &str {
         &self.name
@@ -169,6 +191,14 @@ impl StreamConfig {
     /// Replicas (default 1).
     pub fn get_replicas(&self) -> usize {
         self.replicas
+    }
+    /// Whether the stream is made to allow atomic batches (default no).
+    pub fn get_atomic_publish(&self) -> bool {
+        self.atomic_publish
+    }
+    /// The metadata entries the crate sets.
+    pub fn get_metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
@@ -214,6 +244,7 @@ impl StreamConfig {
             duplicate_window: self.duplicate_window,
             num_replicas: self.replicas,
             metadata: self.metadata.clone().into_iter().collect(),
+            allow_atomic_publish: self.atomic_publish,
             ..Default::default()
         }
     }

@@ -18,8 +18,13 @@
 //!   delivery count as the attempt, with stream and consumer sequences.
 //! - **server compatibility**: the server's version is read at connect;
 //!   options an older server would silently ignore (stream or consumer
-//!   metadata before 2.10, per-message TTL before 2.11) are refused with
-//!   [`ErrorKind::Unsupported`] instead.
+//!   metadata before 2.10, per-message TTL before 2.11, atomic batches
+//!   before 2.12.1) are refused with [`ErrorKind::Unsupported`] instead.
+//!   The stream's answered configuration is checked too: a stream leader
+//!   older than the node connected to (a cluster being upgraded) drops a
+//!   field it does not know, and that is refused the same way.
+//! - **provisioning** updates only the fields [`StreamConfig`] manages and
+//!   never turns a stream flag off (see there).
 //! - **close** refuses new work, flushes, confirms the acks sent so far with
 //!   a server round trip, and lets open subscriptions deliver what is still
 //!   pending for them before they end.
@@ -27,6 +32,7 @@
 mod config;
 #[cfg(feature = "runtime")]
 mod idempotency;
+mod provision;
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -172,8 +178,29 @@ impl JetStreamTransport {
         if !config.consumers.metadata.is_empty() {
             refuse("consumer metadata", (2, 10))?;
         }
+        // Stream flags the configured features need: turned on when the
+        // transport provisions the stream, required of a bound one.
+        let mut flags = Vec::new();
         if config.message_ttl.is_some() {
             refuse("a per-message TTL (Nats-TTL)", (2, 11))?;
+            flags.push(provision::MSG_TTL);
+        }
+        if matches!(&config.stream, StreamSetup::Provision(s) if s.get_atomic_publish()) {
+            let needs = provision::ATOMIC.needs;
+            if server_version < needs {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{} needs nats-server {}.{}.{} or later, but the server runs {:?}",
+                        provision::ATOMIC.what,
+                        needs.0,
+                        needs.1,
+                        needs.2,
+                        info.version
+                    ),
+                ));
+            }
+            flags.push(provision::ATOMIC);
         }
         if server_version < REDELIVERY_REWIND_FIXED {
             // Measured on 2.9.10 (tests/integration/jetstream.rs): once per
@@ -198,21 +225,29 @@ impl JetStreamTransport {
         let admin = jetstream::ContextBuilder::new()
             .timeout(config.ack_timeout.max(API_TIMEOUT))
             .build(client.clone());
-        let stream = match &config.stream {
+        let name = match &config.stream {
             StreamSetup::Provision(stream) => {
-                let info = admin
-                    .create_or_update_stream(stream.to_nats())
-                    .await
-                    .map_err(|e| {
-                        Error::new(ErrorKind::Backend, format!("creating or updating stream {} failed", stream.get_name()))
-                            .with_source(e)
-                    })?;
-                tracing::debug!(stream = %info.config.name, subjects = ?info.config.subjects, "jetstream stream provisioned");
-                admin.get_stream(&info.config.name).await
+                let provisioned = provision::provision(&admin, stream, &flags).await?;
+                tracing::debug!(
+                    stream = %stream.get_name(),
+                    changed = provisioned.changed,
+                    "jetstream stream provisioned"
+                );
+                stream.get_name()
             }
-            StreamSetup::Bind(name) => admin.get_stream(name).await,
+            StreamSetup::Bind(name) => name,
+        };
+        let stream = admin.get_stream(name).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Backend,
+                format!("the jetstream stream {name} is not available"),
+            )
+            .with_source(e)
+        })?;
+        if let StreamSetup::Bind(name) = &config.stream {
+            let bound = serde_json::to_value(&stream.cached_info().config).unwrap_or_default();
+            provision::check_flags(name, &bound, &flags)?;
         }
-        .map_err(|e| Error::new(ErrorKind::Backend, "the jetstream stream is not available").with_source(e))?;
 
         let mut capabilities = Capabilities::none();
         capabilities.redelivery = true;
