@@ -190,3 +190,79 @@ async fn provisioning_updates_only_managed_fields_and_never_turns_a_flag_off() {
         t.close().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn bind_compares_the_whole_filter_set_of_an_existing_consumer() {
+    use async_nats::jetstream::consumer::pull;
+    use events::backend::jetstream::ConsumerDefaults;
+    use events::transport::{SubjectPattern, SubscribeOptions};
+
+    let server = NatsServer::with_jetstream();
+    let version = version_of(&server).await;
+    let stream_config = || StreamConfig::new("BIND", ["bind.>"]);
+    let managing =
+        JetStreamTransport::connect(JetStreamConfig::new(config(&server), stream_config()))
+            .await
+            .unwrap();
+    let stream = managing.context().get_stream("BIND").await.unwrap();
+    let create = |name: &str, single: &str, plural: &[&str]| {
+        stream.create_consumer(pull::Config {
+            durable_name: Some(name.to_owned()),
+            filter_subject: single.to_owned(),
+            filter_subjects: plural.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        })
+    };
+    create("other", "bind.b", &[]).await.unwrap();
+    create("same", "bind.a", &[]).await.unwrap();
+    // `filter_subjects` is 2.10's: 2.9 would create these reading the
+    // whole stream.
+    let plural = version >= (2, 10, 0);
+    if plural {
+        create("multi", "", &["bind.a", "bind.b"]).await.unwrap();
+        create("one", "", &["bind.a"]).await.unwrap();
+    }
+
+    let binding = JetStreamTransport::connect(
+        JetStreamConfig::new(config(&server), stream_config()).consumers(
+            ConsumerDefaults::new()
+                .expires(Duration::from_secs(1))
+                .bind_existing(true),
+        ),
+    )
+    .await
+    .unwrap();
+    let options = |name: &str| {
+        SubscribeOptions::new(SubjectPattern::parse("bind.a").unwrap())
+            .durable_name(name)
+            .unwrap()
+    };
+    let mut refused = vec!["other"];
+    let mut accepted = vec!["same"];
+    if plural {
+        refused.push("multi");
+        accepted.push("one");
+    }
+    for name in refused {
+        let err = binding.subscribe(options(name)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{name}: {err}");
+        assert!(err.to_string().contains("bind.b"), "{name}: {err}");
+    }
+    managing.publish(message("bind.b", "b-1")).await.unwrap();
+    managing.publish(message("bind.a", "a-1")).await.unwrap();
+    for name in accepted {
+        let mut sub = binding
+            .subscribe(options(name))
+            .await
+            .unwrap_or_else(|e| panic!("{name} reads exactly bind.a: {e:?}"));
+        let delivery = tokio::time::timeout(WAIT, sub.next())
+            .await
+            .expect("a delivery in time")
+            .expect("open")
+            .unwrap();
+        assert_eq!(delivery.message().subject.as_str(), "bind.a", "{name}");
+        delivery.ack().await.unwrap();
+    }
+    binding.close().await.unwrap();
+    managing.close().await.unwrap();
+}
