@@ -27,11 +27,15 @@ pub enum Capability {
     QueueGroups,
     /// Subscriptions with `*` and `>` wildcards.
     Wildcards,
+    /// All-or-nothing batches
+    /// ([`Transport::publish_atomic`](crate::transport::Transport::publish_atomic)):
+    /// every message of a batch is stored, or none is.
+    AtomicPublish,
 }
 
 impl Capability {
     /// Every capability, for tests that check each declaration.
-    pub const ALL: [Capability; 8] = [
+    pub const ALL: [Capability; 9] = [
         Capability::Redelivery,
         Capability::DelayedRedelivery,
         Capability::Durable,
@@ -40,6 +44,7 @@ impl Capability {
         Capability::OrderedPerPublisher,
         Capability::QueueGroups,
         Capability::Wildcards,
+        Capability::AtomicPublish,
     ];
 
     fn as_str(self) -> &'static str {
@@ -52,6 +57,7 @@ impl Capability {
             Capability::OrderedPerPublisher => "ordering per publisher",
             Capability::QueueGroups => "queue groups",
             Capability::Wildcards => "wildcard subscriptions",
+            Capability::AtomicPublish => "atomic batch publish",
         }
     }
 }
@@ -85,6 +91,8 @@ pub struct Capabilities {
     pub queue_groups: bool,
     /// See [`Capability::Wildcards`].
     pub wildcards: bool,
+    /// See [`Capability::AtomicPublish`].
+    pub atomic_publish: bool,
     /// The largest message (headers and body on the wire) accepted.
     pub max_message_size: usize,
 }
@@ -101,6 +109,7 @@ impl Capabilities {
             ordered_per_publisher: false,
             queue_groups: false,
             wildcards: false,
+            atomic_publish: false,
             max_message_size: 1024 * 1024,
         }
     }
@@ -116,6 +125,7 @@ impl Capabilities {
             Capability::OrderedPerPublisher => self.ordered_per_publisher,
             Capability::QueueGroups => self.queue_groups,
             Capability::Wildcards => self.wildcards,
+            Capability::AtomicPublish => self.atomic_publish,
         }
     }
 

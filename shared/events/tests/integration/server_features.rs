@@ -266,3 +266,112 @@ async fn bind_compares_the_whole_filter_set_of_an_existing_consumer() {
     binding.close().await.unwrap();
     managing.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn atomic_batches_store_all_or_nothing_on_2_12_1_and_are_refused_before() {
+    use events::backend::jetstream::MAX_ATOMIC_BATCH;
+    use events::transport::Capability;
+    use events::Bus;
+
+    use crate::support::Ping;
+
+    let server = NatsServer::with_jetstream();
+    let plain = JetStreamTransport::connect(JetStreamConfig::new(
+        config(&server),
+        StreamConfig::new("PLAIN", ["plain.>"]),
+    ))
+    .await
+    .unwrap();
+    let version = plain.server_version();
+    // A stream without allow_atomic, on any version, and every older
+    // server: refused before anything is sent.
+    assert!(!plain.capabilities().supports(Capability::AtomicPublish));
+    let err = plain
+        .publish_atomic(vec![message("plain.a", "p-1")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert_eq!(stored(&plain).await, 0);
+
+    let connected = JetStreamTransport::connect(JetStreamConfig::new(
+        config(&server),
+        StreamConfig::new("ATOMIC", ["atomic.>"]).atomic_publish(true),
+    ))
+    .await;
+    if version < (2, 12, 1) {
+        let err = connected.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(err.to_string().contains("2.12.1"), "{err}");
+        return;
+    }
+    let t = connected.unwrap_or_else(|e| panic!("atomic batches on {version:?}: {e:?}"));
+    assert!(t.capabilities().supports(Capability::AtomicPublish));
+
+    let batch: Vec<Message> = (0..3)
+        .map(|i| message(&format!("atomic.{i}"), &format!("a-{i}")))
+        .collect();
+    t.publish_atomic(batch).await.unwrap();
+    assert_eq!(stored(&t).await, 3);
+
+    // The middle message's dedup id is stored already: the server refuses
+    // the batch at its commit, and the first message, staged, is not kept.
+    let err = t
+        .publish_atomic(vec![
+            message("atomic.x", "fresh-1"),
+            message("atomic.x", "a-1"),
+            message("atomic.x", "fresh-2"),
+        ])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
+    assert!(err.to_string().contains("10201"), "{err}");
+    assert_eq!(stored(&t).await, 3, "nothing of a refused batch is stored");
+
+    // Refused before sending: too many, or a subject of another stream.
+    let too_many: Vec<Message> = (0..=MAX_ATOMIC_BATCH)
+        .map(|i| message("atomic.many", &format!("m-{i}")))
+        .collect();
+    let err = t.publish_atomic(too_many).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let err = t
+        .publish_atomic(vec![message("atomic.a", "o-1"), message("plain.a", "o-2")])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert_eq!(stored(&t).await, 3);
+
+    // The largest batch the server takes, through the typed bus.
+    let bus = Bus::builder(t.clone())
+        .source("atomic-tests")
+        .prefix("atomic")
+        .build()
+        .unwrap();
+    let events: Vec<_> = (0..MAX_ATOMIC_BATCH as u64)
+        .map(|seq| {
+            bus.event(Ping {
+                seq,
+                note: String::new(),
+            })
+        })
+        .collect();
+    bus.publish_atomic(&events).await.unwrap();
+    assert_eq!(stored(&t).await, 3 + MAX_ATOMIC_BATCH as u64);
+    // The same events again: each is a duplicate, so the batch is refused
+    // whole (a retry after a lost commit answer reads this as success).
+    let err = bus.publish_atomic(&events).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Backend, "{err}");
+    assert_eq!(stored(&t).await, 3 + MAX_ATOMIC_BATCH as u64);
+    t.close().await.unwrap();
+    plain.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_memory_bus_refuses_atomic_batches() {
+    let bus = events::Bus::memory("atomic-tests");
+    let event = bus.event(crate::support::Ping {
+        seq: 1,
+        note: String::new(),
+    });
+    let err = bus.publish_atomic(&[event]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+}

@@ -29,6 +29,7 @@
 //!   a server round trip, and lets open subscriptions deliver what is still
 //!   pending for them before they end.
 
+mod batch;
 mod config;
 #[cfg(feature = "runtime")]
 mod idempotency;
@@ -45,6 +46,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt as _;
 use tokio::sync::watch;
 
+pub use batch::MAX_ATOMIC_BATCH;
 pub use config::{
     ConsumerDefaults, DeliverPolicy, JetStreamConfig, Retention, Storage, StreamConfig, StreamSetup,
 };
@@ -258,6 +260,11 @@ impl JetStreamTransport {
         capabilities.ordered_per_publisher = true;
         capabilities.queue_groups = true;
         capabilities.wildcards = true;
+        // From the stream's configuration as its leader answered it: an
+        // older leader does not report `allow_atomic`, and would store a
+        // batch's messages one by one.
+        capabilities.atomic_publish = server_version >= provision::ATOMIC.needs
+            && stream.cached_info().config.allow_atomic_publish;
         // Room for the Nats-Msg-Id header the transport adds (name, a
         // UUID-sized value, separators) is kept out of the advertised
         // limit, so the bus's size check stays exact.
@@ -706,6 +713,10 @@ impl Transport for JetStreamTransport {
             }
             results
         })
+    }
+
+    fn publish_atomic(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.inner.publish_atomic(messages))
     }
 
     fn subscribe(&self, options: SubscribeOptions) -> BoxFuture<'_, Result<Subscription>> {
