@@ -375,3 +375,130 @@ async fn the_memory_bus_refuses_atomic_batches() {
     let err = bus.publish_atomic(&[event]).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
 }
+
+/// One run of [`failover_stall_is_the_reconnect_or_the_stream_leader_election`]:
+/// a producer connected to one node of a fresh 3-node cluster, an R3
+/// stream, the producer's node SIGKILLed mid-run, publishes waiting
+/// `ack_timeout` for their ack. Returns the longest gap
+/// between acknowledged publishes and the publishes sent again.
+async fn failover_stall(kill_the_leader: bool, ack_timeout: Duration) -> (Duration, u32, String) {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use events::backend::nats::{NatsConfig, ReconnectPolicy};
+    use events::testing::NatsCluster;
+
+    use crate::faults::{bus, connect, js_config, spawn_producer, stream};
+
+    const EVENTS: u32 = 600;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut cluster = NatsCluster::start(3);
+    let connection = |urls: String| {
+        NatsConfig::new(urls)
+            .name("events-failover-tests")
+            .reconnect(
+                ReconnectPolicy::new()
+                    .min_delay(Duration::from_millis(50))
+                    .max_delay(Duration::from_millis(200)),
+            )
+            .publish_timeout(Duration::from_secs(1))
+    };
+    let setup = connect(js_config(
+        connection(cluster.urls().join(",")),
+        stream().replicas(3),
+    ))
+    .await;
+    let info = setup
+        .context()
+        .get_stream("FAULTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    let leader = info
+        .cluster
+        .and_then(|c| c.leader)
+        .expect("a stream leader");
+    let leader = cluster.index_of(&leader).expect("a node of the cluster");
+    let victim = if kill_the_leader {
+        leader
+    } else {
+        (0..cluster.len()).find(|i| *i != leader).unwrap()
+    };
+    // Only the victim's URL: the client fails over to the nodes the
+    // server announces.
+    let producer = connect(
+        js_config(connection(cluster.url(victim)), stream().replicas(3)).ack_timeout(ack_timeout),
+    )
+    .await;
+    let victim_name = cluster.server_name(victim).to_owned();
+    assert_eq!(
+        producer.context().client().server_info().server_name,
+        victim_name
+    );
+
+    let published = Arc::new(AtomicU32::new(0));
+    let run = spawn_producer(bus(producer.clone()), EVENTS, published.clone(), deadline);
+    while published.load(Ordering::SeqCst) < EVENTS / 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        published.load(Ordering::SeqCst) < EVENTS,
+        "the kill comes mid-run"
+    );
+    cluster.kill(victim);
+    let produced = tokio::time::timeout_at(deadline.into(), run)
+        .await
+        .expect("the producer finished within the budget")
+        .unwrap();
+    let stored = setup
+        .context()
+        .get_stream("FAULTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(stored, u64::from(EVENTS), "every event stored once");
+    let now_on = producer.context().client().server_info().server_name;
+    assert_ne!(now_on, victim_name, "the client failed over");
+    producer.close().await.unwrap();
+    setup.close().await.unwrap();
+    (produced.max_gap, produced.retries, victim_name)
+}
+
+/// Publishing stalls for the ack timeout of the publish in flight when the
+/// killed node does not lead the stream (its ack died with the node; the
+/// retry goes to the node the client reconnected to), and for the remaining
+/// replicas' leader election (nats-server's Raft election timeout, 4 to 9 s,
+/// randomized, not configurable) when it does. Run with `--nocapture` for
+/// the numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_stall_is_the_ack_timeout_or_the_stream_leader_election() {
+    for ack_timeout in [Duration::from_secs(1), Duration::from_millis(250)] {
+        let (stall, retries, node) = failover_stall(false, ack_timeout).await;
+        println!(
+            "failover, killed {node} (not the stream leader), ack timeout {ack_timeout:?}: \
+             publishing stalled {stall:?}, {retries} publishes failed and were sent again"
+        );
+        // The ack timeout, the first retry's pause and a margin: nothing
+        // waits for an election (4 s at least).
+        assert!(
+            stall < ack_timeout + Duration::from_millis(750),
+            "{stall:?}"
+        );
+    }
+    let (stall, retries, node) = failover_stall(true, Duration::from_secs(1)).await;
+    println!(
+        "failover, killed {node} (the stream leader), ack timeout 1s: publishing stalled \
+         {stall:?}, {retries} publishes failed and were sent again"
+    );
+    // The longest election timeout, the detection before it and a margin
+    // for a loaded machine.
+    assert!(stall < Duration::from_secs(20), "{stall:?}");
+}

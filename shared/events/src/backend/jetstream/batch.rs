@@ -246,14 +246,16 @@ impl Inner {
                     Answer::Staged => {}
                     // Stored as a plain message: the stream's leader does not
                     // know batches. It cannot be taken back.
-                    Answer::Ack(_) => return Err(Failure::sure(Error::new(
-                        ErrorKind::Unsupported,
-                        format!(
+                    Answer::Ack(_) => {
+                        return Err(Failure::sure(Error::new(
+                            ErrorKind::Unsupported,
+                            format!(
                             "the first message of an atomic batch on `{}` was stored on its own: \
                                  the stream's leader runs a server older than 2.12",
                             message.subject
                         ),
-                    ))),
+                        )))
+                    }
                     Answer::Refused(code, error) => return Err(self.refused(code, error)),
                 }
                 continue;
