@@ -502,3 +502,122 @@ async fn failover_stall_is_the_ack_timeout_or_the_stream_leader_election() {
     // for a loaded machine.
     assert!(stall < Duration::from_secs(20), "{stall:?}");
 }
+
+/// One run of [`a_server_sigkill_can_forget_the_latest_acks_whatever_the_sync_interval`]:
+/// a consumer acking as fast as it can, the server SIGKILLed once the
+/// server reports `ACKED` acks applied, then restarted. Returns the ack
+/// floor the server reported before the kill and after the restart, and
+/// how long the acks before the kill took.
+async fn ack_floor_across_a_kill(sync_always: bool) -> (u64, u64, Duration) {
+    use async_nats::jetstream::consumer::{pull, AckPolicy};
+    use futures_util::StreamExt as _;
+
+    const STORED: u64 = 10_000;
+    const ACKED: u64 = 3_000;
+    let mut builder = NatsServer::builder().jetstream();
+    if sync_always {
+        builder = builder.config("jetstream {\n  sync_interval: always\n}\n");
+    }
+    let mut server = builder.start();
+    let t = JetStreamTransport::connect(JetStreamConfig::new(
+        config(&server),
+        StreamConfig::new("DUPS", ["dups.>"]),
+    ))
+    .await
+    .unwrap();
+    let batch: Vec<Message> = (0..STORED)
+        .map(|i| message("dups.a", &format!("d-{i}")))
+        .collect();
+    assert!(t.publish_batch(batch).await.iter().all(Result::is_ok));
+    let stream = t.context().get_stream("DUPS").await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("c".into()),
+            ack_policy: AckPolicy::Explicit,
+            max_ack_pending: -1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let acker = {
+        let consumer = consumer.clone();
+        tokio::spawn(async move {
+            let Ok(mut messages) = consumer.messages().await else {
+                return;
+            };
+            while let Some(Ok(message)) = messages.next().await {
+                if message.ack().await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let began = std::time::Instant::now();
+    let mut info_source = consumer.clone();
+    let mut before = 0;
+    let reached = tokio::time::timeout(WAIT, async {
+        loop {
+            before = info_source.info().await.unwrap().ack_floor.stream_sequence;
+            if before >= ACKED {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(reached.is_ok(), "{ACKED} acks applied in time");
+    let acking = began.elapsed();
+    server.kill();
+    acker.abort();
+    t.close().await.ok();
+    server.restart();
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("DUPS").await.unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        STORED,
+        "nothing stored is lost"
+    );
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("DUPS")
+        .await
+        .unwrap()
+        .get_consumer("c")
+        .await
+        .unwrap();
+    let after = consumer.info().await.unwrap().ack_floor.stream_sequence;
+    (before, after, acking)
+}
+
+/// A SIGKILLed server comes back with an older ack floor for a busy
+/// consumer: nats-server writes a consumer's state asynchronously,
+/// coalescing updates (at most about ten writes a second), so the latest
+/// acks it had applied are forgotten and those events are delivered again,
+/// on every version. `sync_interval` decides when written data is fsynced,
+/// which matters when the machine goes down, not the process: `always`
+/// does not prevent this. Run with `--nocapture` for the numbers.
+#[tokio::test]
+async fn a_server_sigkill_can_forget_the_latest_acks_whatever_the_sync_interval() {
+    let version = version_of(&NatsServer::with_jetstream()).await;
+    let mut runs = vec![false];
+    // `sync_interval` is a 2.10 setting.
+    if version >= (2, 10, 0) {
+        runs.push(true);
+    }
+    for sync_always in runs {
+        let (before, after, acking) = ack_floor_across_a_kill(sync_always).await;
+        let forgotten = before.saturating_sub(after);
+        let mode = if sync_always {
+            "always"
+        } else {
+            "default (2 min)"
+        };
+        println!(
+            "server SIGKILL on {version:?}, sync_interval {mode}: ack floor {before} after \
+             {acking:?} of acking, {after} after the restart: {forgotten} applied acks \
+             forgotten, the last {:?} of acks",
+            acking.mul_f64(forgotten as f64 / before.max(1) as f64)
+        );
+    }
+}
