@@ -214,9 +214,9 @@ impl Bus {
     /// fails the whole call before anything is sent.
     ///
     /// Needs a transport declaring
-    /// [`Capability::AtomicPublish`](crate::transport::Capability::AtomicPublish)
+    /// [`Capability::AtomicPublish`]
     /// (JetStream on nats-server 2.12.1 or later, with a stream that allows
-    /// it: [`StreamConfig::atomic_publish`](crate::backend::jetstream::StreamConfig::atomic_publish));
+    /// it: `StreamConfig::atomic_publish` in `backend::jetstream`);
     /// others refuse with [`ErrorKind::Unsupported`]. At most
     /// 1,000 events per call on JetStream. Events of several types go
     /// through [`Bus::encode`] and the transport's
