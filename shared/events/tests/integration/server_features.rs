@@ -76,6 +76,22 @@ async fn a_message_ttl_expires_messages_on_2_11_and_is_refused_at_connect_before
     })
     .await;
     t.close().await.unwrap();
+
+    // A bound stream is not changed: it must allow TTLs already.
+    let bind = |name: &str| {
+        JetStreamTransport::connect(
+            JetStreamConfig::bind(config(&server), name).message_ttl(Duration::from_secs(1)),
+        )
+    };
+    let err = bind("PROBE").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("allow_msg_ttl"), "{err}");
+    bind("TTL")
+        .await
+        .unwrap_or_else(|e| panic!("TTL allows TTLs on {version:?}: {e:?}"))
+        .close()
+        .await
+        .unwrap();
 }
 
 /// The stream as the server has it now.
