@@ -637,3 +637,59 @@ async fn a_server_sigkill_can_forget_the_latest_acks_whatever_the_sync_interval(
         );
     }
 }
+
+#[tokio::test]
+async fn stream_and_consumer_metadata_reach_the_server_on_2_10_and_are_refused_before() {
+    use events::backend::jetstream::ConsumerDefaults;
+    use events::transport::{SubjectPattern, SubscribeOptions};
+
+    let server = NatsServer::with_jetstream();
+    let version = version_of(&server).await;
+    let connected = JetStreamTransport::connect(
+        JetStreamConfig::new(
+            config(&server),
+            StreamConfig::new("META", ["meta.>"]).metadata("owner", "orders"),
+        )
+        .consumers(
+            ConsumerDefaults::new()
+                .metadata("team", "billing")
+                .expires(Duration::from_secs(1)),
+        ),
+    )
+    .await;
+    if version < (2, 10, 0) {
+        let err = connected.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+        assert!(err.to_string().contains("2.10"), "{err}");
+        return;
+    }
+    let t = connected.unwrap_or_else(|e| panic!("metadata on {version:?}: {e:?}"));
+    let stream = stream_config(&t, "META").await;
+    assert_eq!(
+        stream.metadata.get("owner").map(String::as_str),
+        Some("orders")
+    );
+    let sub = t
+        .subscribe(
+            SubscribeOptions::new(SubjectPattern::parse("meta.a").unwrap())
+                .durable_name("meta-reader")
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = t
+        .context()
+        .get_stream("META")
+        .await
+        .unwrap()
+        .get_consumer("meta-reader")
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(
+        info.config.metadata.get("team").map(String::as_str),
+        Some("billing")
+    );
+    drop(sub);
+    t.close().await.unwrap();
+}
