@@ -105,7 +105,7 @@ async fn stream_config(
 
 #[tokio::test]
 async fn provisioning_updates_only_managed_fields_and_never_turns_a_flag_off() {
-    use async_nats::jetstream::stream::{Compression, Config};
+    use async_nats::jetstream::stream::{Compression, Config, StorageType};
 
     let server = NatsServer::with_jetstream();
     let version = version_of(&server).await;
@@ -118,6 +118,9 @@ async fn provisioning_updates_only_managed_fields_and_never_turns_a_flag_off() {
         description: Some("owned by the platform team".into()),
         max_messages_per_subject: 5,
         deny_delete: true,
+        // Fields the crate models but this service does not set.
+        storage: StorageType::Memory,
+        max_bytes: 1 << 20,
         ..Default::default()
     };
     if version >= (2, 10, 0) {
@@ -159,6 +162,11 @@ async fn provisioning_updates_only_managed_fields_and_never_turns_a_flag_off() {
     );
     assert_eq!(after.max_messages_per_subject, 5);
     assert!(after.deny_delete);
+    assert_eq!(
+        (after.storage, after.max_bytes),
+        (StorageType::Memory, 1 << 20),
+        "a modelled field the service leaves at its default is not managed"
+    );
     if version >= (2, 10, 0) {
         assert_eq!(after.compression, Some(Compression::S2));
         assert_eq!(

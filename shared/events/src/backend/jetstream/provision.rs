@@ -12,19 +12,6 @@ use serde_json::{Map, Value};
 use super::config::StreamConfig;
 use crate::error::{Error, ErrorKind, Result};
 
-/// Fields the crate manages: each is set to what [`StreamConfig`] says
-/// (its default when not set), whatever the stream had.
-const MANAGED: [&str; 8] = [
-    "subjects",
-    "storage",
-    "retention",
-    "max_age",
-    "max_bytes",
-    "max_msgs",
-    "duplicate_window",
-    "num_replicas",
-];
-
 /// Metadata keys the server owns (ADR-44 versioning: `_nats.ver`,
 /// `_nats.level`, `_nats.req.level`): never sent back.
 const SERVER_METADATA: &str = "_nats.";
@@ -68,8 +55,9 @@ pub(super) struct Provisioned {
 }
 
 /// Creates the stream, or brings an existing one to `stream` for the
-/// managed fields, merges the crate's metadata into the stream's, and
-/// turns `flags` on; everything else stays as the stream has it. No
+/// fields it manages ([`StreamConfig::managed_fields`]), merges the
+/// crate's metadata into the stream's, and turns `flags` on; everything
+/// else stays as the stream has it. No
 /// request changes anything when the stream already matches. Then checks
 /// that the server kept every flag and metadata entry asked for: a server
 /// (or a stream leader, in a cluster being upgraded) too old for one
@@ -93,7 +81,7 @@ pub(super) async fn provision(
         {
             Ok(info) => {
                 let existing = info.get("config").cloned().unwrap_or(Value::Null);
-                let merged = merge(&existing, &want, flags);
+                let merged = merge(&existing, &want, stream, flags);
                 if strip_server_metadata(existing.clone()) == merged {
                     break Provisioned {
                         config: existing,
@@ -170,15 +158,15 @@ fn wanted(stream: &StreamConfig, flags: &[Flag]) -> Result<Value> {
     Ok(want)
 }
 
-/// `existing` with the managed fields from `want`, `want`'s metadata
-/// entries added (or changed), and `flags` on; the server's own metadata
-/// left out.
-fn merge(existing: &Value, want: &Value, flags: &[Flag]) -> Value {
+/// `existing` with the fields `stream` manages from `want`, `want`'s
+/// metadata entries added (or changed), and `flags` on; the server's own
+/// metadata left out.
+fn merge(existing: &Value, want: &Value, stream: &StreamConfig, flags: &[Flag]) -> Value {
     let mut merged = match strip_server_metadata(existing.clone()) {
         Value::Object(fields) => fields,
         _ => Map::new(),
     };
-    for key in MANAGED {
+    for key in stream.managed_fields() {
         match want.get(key) {
             Some(value) => merged.insert(key.to_owned(), value.clone()),
             // Not sent when default (a zero duplicate window): the server
@@ -296,13 +284,13 @@ mod tests {
         serde_json::json!({
             "name": "EVENTS",
             "subjects": ["old.>"],
-            "storage": "file",
+            "storage": "memory",
             "retention": "limits",
             "max_age": 0,
             "max_bytes": -1,
             "max_msgs": -1,
             "duplicate_window": nanos(Duration::from_secs(120)),
-            "num_replicas": 1,
+            "num_replicas": 3,
             "compression": "s2",
             "allow_msg_ttl": true,
             "allow_atomic": true,
@@ -317,9 +305,21 @@ mod tests {
             .max_age(Duration::from_secs(60))
             .metadata("service", "orders");
         let want = wanted(&stream, &[]).unwrap();
-        let merged = merge(&existing(), &want, &[]);
+        let merged = merge(&existing(), &want, &stream, &[]);
         assert_eq!(merged["subjects"], serde_json::json!(["events.>"]));
         assert_eq!(merged["max_age"], nanos(Duration::from_secs(60)));
+        assert_eq!(merged["storage"], "memory", "not set, so not managed");
+        assert_eq!(merged["num_replicas"], 3);
+        let set = stream
+            .clone()
+            .storage(crate::backend::jetstream::Storage::File)
+            .replicas(1);
+        let merged = merge(&existing(), &wanted(&set, &[]).unwrap(), &set, &[]);
+        assert_eq!(
+            (&merged["storage"], &merged["num_replicas"]),
+            (&Value::from("file"), &Value::from(1))
+        );
+        let merged = merge(&existing(), &want, &stream, &[]);
         assert_eq!(merged["compression"], "s2");
         assert_eq!(merged["allow_msg_ttl"], true);
         assert_eq!(merged["allow_atomic"], true);
@@ -334,11 +334,12 @@ mod tests {
     #[test]
     fn a_stream_that_matches_is_left_alone() {
         let stream = StreamConfig::new("EVENTS", ["old.>"]);
-        let merged = merge(&existing(), &wanted(&stream, &[]).unwrap(), &[]);
+        let merged = merge(&existing(), &wanted(&stream, &[]).unwrap(), &stream, &[]);
         assert_eq!(strip_server_metadata(existing()), merged);
         let with_ttl = merge(
             &existing(),
             &wanted(&stream, &[MSG_TTL]).unwrap(),
+            &stream,
             &[MSG_TTL],
         );
         assert_eq!(strip_server_metadata(existing()), with_ttl);
@@ -349,7 +350,12 @@ mod tests {
         let stream = StreamConfig::new("EVENTS", ["old.>"]);
         let mut plain = existing();
         plain["allow_msg_ttl"] = Value::Bool(false);
-        let merged = merge(&plain, &wanted(&stream, &[MSG_TTL]).unwrap(), &[MSG_TTL]);
+        let merged = merge(
+            &plain,
+            &wanted(&stream, &[MSG_TTL]).unwrap(),
+            &stream,
+            &[MSG_TTL],
+        );
         assert_eq!(merged["allow_msg_ttl"], true);
         let err = check_kept("EVENTS", &plain, &stream, &[MSG_TTL]).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unsupported);
