@@ -701,3 +701,191 @@ async fn stream_and_consumer_metadata_reach_the_server_on_2_10_and_are_refused_b
     drop(sub);
     t.close().await.unwrap();
 }
+
+/// A node of [`MixedCluster`]: killed on drop.
+struct MixedNode {
+    name: String,
+    client_port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for MixedNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A 3-node cluster being upgraded: two nodes run `new`, one (`old`,
+/// tagged `old`) runs `old`. Its directory goes on drop.
+struct MixedCluster {
+    nodes: Vec<MixedNode>,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for MixedCluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+impl MixedCluster {
+    fn start(new: &str, old: &str) -> MixedCluster {
+        let dir = std::env::temp_dir().join(format!("events-mixed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let mut nodes = Vec::new();
+        for (i, (client, route)) in ports.iter().enumerate() {
+            let name = if i == 2 {
+                "old".to_owned()
+            } else {
+                format!("new{i}")
+            };
+            let binary = if i == 2 { old } else { new };
+            let node_dir = dir.join(&name);
+            std::fs::create_dir_all(node_dir.join("store")).unwrap();
+            let routes: Vec<String> = ports
+                .iter()
+                .filter(|(_, r)| r != route)
+                .map(|(_, r)| format!("\"nats-route://127.0.0.1:{r}\""))
+                .collect();
+            let config = format!(
+                "server_name: {name}\nlisten: \"127.0.0.1:{client}\"\nserver_tags: [\"{name}\"]\n\
+                 jetstream {{\n  store_dir: {store:?}\n}}\n\
+                 cluster {{\n  name: mixed\n  listen: \"127.0.0.1:{route}\"\n  routes: [{routes}]\n}}\n",
+                store = node_dir.join("store").display().to_string(),
+                routes = routes.join(", "),
+            );
+            let path = node_dir.join("server.conf");
+            std::fs::write(&path, config).unwrap();
+            let log = std::fs::File::create(node_dir.join("server.log")).unwrap();
+            let child = std::process::Command::new(binary)
+                .arg("-c")
+                .arg(&path)
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+            nodes.push(MixedNode {
+                name,
+                client_port: *client,
+                child,
+            });
+        }
+        let cluster = MixedCluster { nodes, dir };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        for node in &cluster.nodes {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], node.client_port));
+            while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} listens within 10 s",
+                    node.name
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        cluster
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+    }
+}
+
+/// The version a `nats-server` binary reports (`nats-server: v2.9.10`).
+fn binary_version(binary: &str) -> (u64, u64, u64) {
+    let out = std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("running {binary} --version: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.trim().rsplit('v').next().unwrap_or_default();
+    let mut parts = version.split('.').map(|p| {
+        p.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or(0)
+    });
+    (
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+        parts.next().unwrap_or(0),
+    )
+}
+
+/// In a cluster being upgraded, the node a client reaches can be newer
+/// than the one leading its stream: a per-message TTL checked against the
+/// connected node alone would be accepted, and the old leader would keep
+/// every message forever. The stream's configuration as its leader
+/// answers it is checked instead, so connect refuses. The old node is
+/// `nats-server` on `PATH` (2.9.10 here), the new ones `NATS_SERVER_BIN`;
+/// with no newer server at hand, the connected node's own version refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_led_by_an_older_node_is_checked_per_stream() {
+    use async_nats::jetstream::stream::{Config, Placement};
+
+    // As the harness picks it.
+    let new = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned());
+    let old = "nats-server";
+    let (new_version, old_version) = (binary_version(&new), binary_version(old));
+    let cluster = MixedCluster::start(&new, old);
+    let connection = config_for(&cluster.url(0));
+    // The cluster is ready once it creates a stream placed on the old node.
+    let client = async_nats::connect(cluster.url(0)).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let created = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match js
+                .create_stream(Config {
+                    name: "UPG".into(),
+                    subjects: vec!["upg.>".into()],
+                    placement: Some(Placement {
+                        cluster: None,
+                        tags: vec!["old".into()],
+                    }),
+                    ..Default::default()
+                })
+                .await
+            {
+                Ok(stream) => return stream,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await
+    .expect("the mixed cluster creates a stream within 30 s");
+    let leader = created.cached_info().cluster.clone().and_then(|c| c.leader);
+    assert_eq!(leader.as_deref(), Some(cluster.nodes[2].name.as_str()));
+
+    let connected = JetStreamTransport::connect(
+        JetStreamConfig::new(connection, StreamConfig::new("UPG", ["upg.>"]))
+            .message_ttl(Duration::from_secs(60)),
+    )
+    .await;
+    let err = connected.expect_err("a TTL the stream's leader would ignore is refused");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err:?}");
+    println!(
+        "connected to {:?}, stream led by {:?}: {err}",
+        new_version, old_version
+    );
+    if (new_version.0, new_version.1) >= (2, 11) && (old_version.0, old_version.1) < (2, 11) {
+        assert!(err.to_string().contains("did not keep"), "{err}");
+    }
+}
+
+fn config_for(url: &str) -> events::backend::nats::NatsConfig {
+    events::backend::nats::NatsConfig::new(url)
+        .name("events-mixed-tests")
+        .publish_timeout(Duration::from_secs(1))
+}
