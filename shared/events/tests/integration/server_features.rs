@@ -879,9 +879,50 @@ async fn a_stream_led_by_an_older_node_is_checked_per_stream() {
         "connected to {:?}, stream led by {:?}: {err}",
         new_version, old_version
     );
-    if (new_version.0, new_version.1) >= (2, 11) && (old_version.0, old_version.1) < (2, 11) {
-        assert!(err.to_string().contains("did not keep"), "{err}");
+    let upgrading =
+        (new_version.0, new_version.1) >= (2, 11) && (old_version.0, old_version.1) < (2, 11);
+    if upgrading {
+        assert!(
+            err.to_string()
+                .contains("is led by a nats-server older than 2.11"),
+            "{err}"
+        );
     }
+    // The same for atomic batches, and for a bound stream.
+    let err = JetStreamTransport::connect(JetStreamConfig::new(
+        config_for(&cluster.url(0)),
+        StreamConfig::new("UPG", ["upg.>"]).atomic_publish(true),
+    ))
+    .await
+    .expect_err("atomic batches the stream's leader would store one by one are refused");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err:?}");
+    let err = JetStreamTransport::connect(
+        JetStreamConfig::bind(config_for(&cluster.url(1)), "UPG")
+            .message_ttl(Duration::from_secs(60)),
+    )
+    .await
+    .expect_err("a bound stream whose leader ignores TTLs is refused");
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err:?}");
+    // Nothing a feature needs: the service starts. While the leader is
+    // older than the node connected to, its answer lacks what it does not
+    // know, and the stream is left as it is rather than updated from it.
+    let t = JetStreamTransport::connect(JetStreamConfig::new(
+        config_for(&cluster.url(0)),
+        StreamConfig::new("UPG", ["upg.>"]).max_age(Duration::from_secs(3600)),
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("a plain service starts during the upgrade: {e:?}"));
+    let max_age = stream_config(&t, "UPG").await.max_age;
+    if upgrading {
+        assert_eq!(
+            max_age,
+            Duration::ZERO,
+            "not updated from the old leader's answer"
+        );
+    } else {
+        assert_eq!(max_age, Duration::from_secs(3600));
+    }
+    t.close().await.unwrap();
 }
 
 fn config_for(url: &str) -> events::backend::nats::NatsConfig {

@@ -229,7 +229,8 @@ impl JetStreamTransport {
             .build(client.clone());
         let name = match &config.stream {
             StreamSetup::Provision(stream) => {
-                let provisioned = provision::provision(&admin, stream, &flags).await?;
+                let provisioned =
+                    provision::provision(&admin, stream, &flags, server_version).await?;
                 tracing::debug!(
                     stream = %stream.get_name(),
                     changed = provisioned.changed,

@@ -15,6 +15,8 @@ use crate::error::{Error, ErrorKind, Result};
 /// Metadata keys the server owns (ADR-44 versioning: `_nats.ver`,
 /// `_nats.level`, `_nats.req.level`): never sent back.
 const SERVER_METADATA: &str = "_nats.";
+/// The answering server's version, in those (2.11+).
+const SERVER_VERSION: &str = "_nats.ver";
 
 /// A stream flag the crate turns on for a feature it uses, and never off:
 /// turning one off is refused by the server for some (`allow_msg_ttl`,
@@ -66,6 +68,7 @@ pub(super) async fn provision(
     admin: &jetstream::Context,
     stream: &StreamConfig,
     flags: &[Flag],
+    connected: (u64, u64, u64),
 ) -> Result<Provisioned> {
     let name = stream.get_name();
     let want = wanted(stream, flags)?;
@@ -81,8 +84,26 @@ pub(super) async fn provision(
         {
             Ok(info) => {
                 let existing = info.get("config").cloned().unwrap_or(Value::Null);
+                let leader = leader_version(&existing);
+                check_leader(name, leader, flags)?;
                 let merged = merge(&existing, &want, stream, flags);
                 if strip_server_metadata(existing.clone()) == merged {
+                    break Provisioned {
+                        config: existing,
+                        changed: false,
+                    };
+                }
+                if older(leader, connected) {
+                    // Its answer lacks what it does not know, and an update
+                    // built on it would turn that off (or be refused, for
+                    // `allow_msg_ttl`) where the newer nodes keep it.
+                    tracing::warn!(
+                        stream = name,
+                        leader = ?leader,
+                        connected = ?connected,
+                        "the stream's leader runs an older nats-server than the node connected to: \
+                         the stream is not updated until that node is upgraded"
+                    );
                     break Provisioned {
                         config: existing,
                         changed: false,
@@ -115,6 +136,50 @@ pub(super) async fn provision(
     };
     check_kept(name, &provisioned.config, stream, flags)?;
     Ok(provisioned)
+}
+
+/// The version of the server that answered `config` for its stream (its
+/// leader, in a cluster), from the metadata 2.11 and later add to every
+/// answer; `None`: older than 2.11.
+fn leader_version(config: &Value) -> Option<(u64, u64, u64)> {
+    config
+        .get("metadata")
+        .and_then(|m| m.get(SERVER_VERSION))
+        .and_then(Value::as_str)
+        .map(super::parse_version)
+}
+
+/// Whether the leader (see [`leader_version`]) runs an older minor
+/// release than the node connected to; unknown below 2.11.
+fn older(leader: Option<(u64, u64, u64)>, connected: (u64, u64, u64)) -> bool {
+    match leader {
+        Some(leader) => (leader.0, leader.1) < (connected.0, connected.1),
+        None => (connected.0, connected.1) >= (2, 11),
+    }
+}
+
+/// Refuses, before anything is sent, a flag the stream's leader would
+/// ignore: an update asking for it would be kept by newer nodes and
+/// dropped by the leader.
+fn check_leader(name: &str, leader: Option<(u64, u64, u64)>, flags: &[Flag]) -> Result<()> {
+    for flag in flags {
+        let kept = leader.map_or(flag.needs < (2, 11, 0), |v| v >= flag.needs);
+        if !kept {
+            let runs = leader.map_or_else(
+                || "a nats-server older than 2.11".to_owned(),
+                |v| format!("nats-server {}.{}.{}", v.0, v.1, v.2),
+            );
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "stream {name} is led by {runs}, which would silently ignore {} (needs \
+                     {}.{}.{}): upgrade the node leading it",
+                    flag.what, flag.needs.0, flag.needs.1, flag.needs.2
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a bound stream that lacks a flag a configured feature needs:
@@ -235,8 +300,9 @@ fn check_kept(name: &str, config: &Value, stream: &StreamConfig, flags: &[Flag])
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "stream {name} did not keep its metadata entry {key:?}: the server leading \
-                     it is older than 2.10 and would silently ignore it"
+                    "stream {name} does not have its metadata entry {key:?}: the server leading \
+                     it ignores stream metadata (older than 2.10), or is older than the node \
+                     connected to and the stream is not updated until it is upgraded"
                 ),
             ));
         }
@@ -343,6 +409,24 @@ mod tests {
             &[MSG_TTL],
         );
         assert_eq!(strip_server_metadata(existing()), with_ttl);
+    }
+
+    #[test]
+    fn the_leader_s_version_decides_per_stream() {
+        assert_eq!(leader_version(&existing()), Some((2, 12, 8)));
+        let mut old = existing();
+        old["metadata"] = serde_json::json!({"owner": "ops"});
+        assert_eq!(leader_version(&old), None);
+        assert!(check_leader("S", Some((2, 12, 8)), &[MSG_TTL, ATOMIC]).is_ok());
+        let err = check_leader("S", Some((2, 12, 0)), &[ATOMIC]).unwrap_err();
+        assert!(err.to_string().contains("nats-server 2.12.0"), "{err}");
+        let err = check_leader("S", None, &[MSG_TTL]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unsupported);
+        assert!(err.to_string().contains("older than 2.11"), "{err}");
+        assert!(check_leader("S", None, &[]).is_ok());
+        assert!(older(None, (2, 12, 8)) && !older(None, (2, 10, 26)));
+        assert!(older(Some((2, 11, 11)), (2, 12, 0)));
+        assert!(!older(Some((2, 12, 1)), (2, 12, 8)));
     }
 
     #[test]
