@@ -400,7 +400,24 @@ async fn the_memory_bus_refuses_atomic_batches() {
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
 }
 
-/// One run of [`failover_stall_is_the_reconnect_or_the_stream_leader_election`]:
+/// Connects, retrying for up to 30 s: a fresh cluster on a loaded machine
+/// can take longer than one management request's 10 s to place an R3
+/// stream or answer for it.
+async fn connect_within(config: JetStreamConfig) -> JetStreamTransport {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match JetStreamTransport::connect(config.clone()).await {
+            Ok(t) => return t,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("connect failed, retrying: {e:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("connect: {e:?}"),
+        }
+    }
+}
+
+/// One run of [`failover_stall_is_the_ack_timeout_or_the_stream_leader_election`]:
 /// a producer connected to one node of a fresh 3-node cluster, an R3
 /// stream, the producer's node SIGKILLed mid-run, publishes waiting
 /// `ack_timeout` for their ack. Returns the longest gap
@@ -413,10 +430,9 @@ async fn failover_stall(kill_the_leader: bool, ack_timeout: Duration) -> (Durati
     use events::backend::nats::{NatsConfig, ReconnectPolicy};
     use events::testing::NatsCluster;
 
-    use crate::faults::{bus, connect, js_config, spawn_producer, stream};
+    use crate::faults::{bus, js_config, spawn_producer, stream};
 
     const EVENTS: u32 = 600;
-    let deadline = Instant::now() + Duration::from_secs(40);
     let mut cluster = NatsCluster::start(3);
     let connection = |urls: String| {
         NatsConfig::new(urls)
@@ -428,7 +444,7 @@ async fn failover_stall(kill_the_leader: bool, ack_timeout: Duration) -> (Durati
             )
             .publish_timeout(Duration::from_secs(1))
     };
-    let setup = connect(js_config(
+    let setup = connect_within(js_config(
         connection(cluster.urls().join(",")),
         stream().replicas(3),
     ))
@@ -454,7 +470,7 @@ async fn failover_stall(kill_the_leader: bool, ack_timeout: Duration) -> (Durati
     };
     // Only the victim's URL: the client fails over to the nodes the
     // server announces.
-    let producer = connect(
+    let producer = connect_within(
         js_config(connection(cluster.url(victim)), stream().replicas(3)).ack_timeout(ack_timeout),
     )
     .await;
@@ -463,6 +479,7 @@ async fn failover_stall(kill_the_leader: bool, ack_timeout: Duration) -> (Durati
         producer.context().client().server_info().server_name,
         victim_name
     );
+    let deadline = Instant::now() + Duration::from_secs(40);
 
     let published = Arc::new(AtomicU32::new(0));
     let run = spawn_producer(bus(producer.clone()), EVENTS, published.clone(), deadline);

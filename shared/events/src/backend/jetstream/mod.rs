@@ -20,9 +20,10 @@
 //!   options an older server would silently ignore (stream or consumer
 //!   metadata before 2.10, per-message TTL before 2.11, atomic batches
 //!   before 2.12.1) are refused with [`ErrorKind::Unsupported`] instead.
-//!   The stream's answered configuration is checked too: a stream leader
-//!   older than the node connected to (a cluster being upgraded) drops a
-//!   field it does not know, and that is refused the same way.
+//!   In a cluster being upgraded the stream's leader can be older than the
+//!   node connected to: its version (reported by 2.11 and later) and the
+//!   configuration it answers are checked too, and what it would ignore is
+//!   refused the same way.
 //! - **provisioning** updates only the fields [`StreamConfig`] manages and
 //!   never turns a stream flag off (see there).
 //! - **close** refuses new work, flushes, confirms the acks sent so far with
