@@ -225,6 +225,51 @@ impl Bus {
             .collect()
     }
 
+    /// Publishes events all-or-nothing: when it returns `Ok`, every event
+    /// is stored; when it fails, none is. An event that fails to encode
+    /// fails the whole call before anything is sent.
+    ///
+    /// Needs a transport declaring
+    /// [`Capability::AtomicPublish`]
+    /// (JetStream on nats-server 2.12.1 or later, with a stream that allows
+    /// it: `StreamConfig::atomic_publish` in `backend::jetstream`);
+    /// others refuse with [`ErrorKind::Unsupported`]. At most
+    /// 1,000 events per call on JetStream. Events of several types go
+    /// through [`Bus::encode`] and the transport's
+    /// [`publish_atomic`](crate::transport::Transport::publish_atomic).
+    pub async fn publish_atomic<T: EventPayload>(&self, events: &[Event<T>]) -> Result<()> {
+        let span = tracing::debug_span!(
+            "events.publish_atomic",
+            event.r#type = T::TYPE,
+            count = events.len(),
+            otel.kind = tracing::field::Empty,
+        );
+        #[cfg(feature = "opentelemetry")]
+        let outgoing = crate::otel::Outgoing::producer(&span);
+        let mut messages = Vec::with_capacity(events.len());
+        for event in events {
+            #[cfg(feature = "opentelemetry")]
+            let message = outgoing.encode(self, event, self.inner.mode)?;
+            #[cfg(not(feature = "opentelemetry"))]
+            let message = self.encode(event, self.inner.mode)?;
+            messages.push(message);
+        }
+        let result = self
+            .inner
+            .transport
+            .publish_atomic(messages)
+            .instrument(span)
+            .await;
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            "events_published_total",
+            "type" => T::TYPE,
+            "outcome" => if result.is_ok() { "ok" } else { "error" }
+        )
+        .increment(events.len() as u64);
+        result
+    }
+
     /// Encodes an event into the message this bus would publish, checking
     /// it against the transport's size limit.
     pub fn encode<T: EventPayload>(&self, event: &Event<T>, mode: ContentMode) -> Result<Message> {

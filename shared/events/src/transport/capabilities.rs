@@ -36,11 +36,15 @@ pub enum Capability {
     /// delivered as one stream in the order the broker received the
     /// messages: what keeps one key's events of several types in order.
     MultiPattern,
+    /// All-or-nothing batches
+    /// ([`Transport::publish_atomic`](crate::transport::Transport::publish_atomic)):
+    /// every message of a batch is stored, or none is.
+    AtomicPublish,
 }
 
 impl Capability {
     /// Every capability, for tests that check each declaration.
-    pub const ALL: [Capability; 9] = [
+    pub const ALL: [Capability; 10] = [
         Capability::Redelivery,
         Capability::DelayedRedelivery,
         Capability::Durable,
@@ -50,6 +54,7 @@ impl Capability {
         Capability::QueueGroups,
         Capability::Wildcards,
         Capability::MultiPattern,
+        Capability::AtomicPublish,
     ];
 
     fn as_str(self) -> &'static str {
@@ -63,6 +68,7 @@ impl Capability {
             Capability::QueueGroups => "queue groups",
             Capability::Wildcards => "wildcard subscriptions",
             Capability::MultiPattern => "subscriptions to several patterns",
+            Capability::AtomicPublish => "atomic batch publish",
         }
     }
 }
@@ -98,6 +104,8 @@ pub struct Capabilities {
     pub wildcards: bool,
     /// See [`Capability::MultiPattern`].
     pub multi_pattern: bool,
+    /// See [`Capability::AtomicPublish`].
+    pub atomic_publish: bool,
     /// The largest message (headers and body on the wire) accepted.
     pub max_message_size: usize,
 }
@@ -115,6 +123,7 @@ impl Capabilities {
             queue_groups: false,
             wildcards: false,
             multi_pattern: false,
+            atomic_publish: false,
             max_message_size: 1024 * 1024,
         }
     }
@@ -131,6 +140,7 @@ impl Capabilities {
             Capability::QueueGroups => self.queue_groups,
             Capability::Wildcards => self.wildcards,
             Capability::MultiPattern => self.multi_pattern,
+            Capability::AtomicPublish => self.atomic_publish,
         }
     }
 

@@ -55,6 +55,25 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
         })
     }
 
+    /// Publishes `messages` all-or-nothing: when it returns `Ok`, every
+    /// message is stored; when it fails, none is (a failed batch is never
+    /// partly stored). Where [`Capabilities::atomic_publish`] is declared;
+    /// the default refuses with [`ErrorKind::Unsupported`], as a backend
+    /// without it must (a loop of publishes would not be atomic).
+    fn publish_atomic(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<()>> {
+        let _ = messages;
+        Box::pin(async move {
+            Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "the {} transport does not offer {}",
+                    self.name(),
+                    Capability::AtomicPublish
+                ),
+            ))
+        })
+    }
+
     /// Opens a subscription.
     fn subscribe(&self, options: SubscribeOptions) -> BoxFuture<'_, Result<Subscription>>;
 

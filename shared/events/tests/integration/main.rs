@@ -25,6 +25,8 @@ mod props;
 #[cfg(feature = "jetstream")]
 mod publish;
 mod runtime;
+#[cfg(feature = "jetstream")]
+mod server_features;
 mod settings;
 mod support;
 mod wire_fidelity;

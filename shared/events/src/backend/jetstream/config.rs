@@ -1,6 +1,6 @@
 //! Typed settings for streams and consumers, mapped onto async-nats's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -44,9 +44,21 @@ pub enum Retention {
     WorkQueue,
 }
 
-/// A stream the transport creates or updates at connect
-/// (`create_or_update_stream`, so a changed setting is applied to an
-/// existing stream rather than silently ignored).
+/// A stream the transport creates or updates at connect.
+///
+/// A new stream is created with everything this says, defaults included.
+/// On an existing stream the transport manages only what this sets
+/// explicitly: the subjects, and each field whose setter was called
+/// (storage, retention, max age, max bytes, max messages, duplicate
+/// window, replicas) is updated to its value, so a changed setting is
+/// applied rather than silently ignored; a field left at its default keeps
+/// what the stream has (an operator's R3 is not scaled down to the default
+/// single replica; to go back to a default, set it). Metadata entries are
+/// merged: this config's keys are set, others kept. Everything else (an
+/// operator's compression, description, limits per subject, and flags such
+/// as `allow_msg_ttl`, `allow_atomic`, `allow_batched`, counters,
+/// schedules, subject delete markers) is left as it is, and a flag is only
+/// ever turned on, never off. A stream that already matches gets no update.
 ///
 /// ```
 /// use std::time::Duration;
@@ -70,6 +82,10 @@ pub struct StreamConfig {
     duplicate_window: Duration,
     replicas: usize,
     metadata: BTreeMap<String, String>,
+    atomic_publish: bool,
+    /// The server's names of the fields a setter was called for: those an
+    /// existing stream is updated to (see the type's docs).
+    managed: BTreeSet<&'static str>,
 }
 
 impl StreamConfig {
@@ -91,23 +107,28 @@ impl StreamConfig {
             duplicate_window: Duration::from_secs(120),
             replicas: 1,
             metadata: BTreeMap::new(),
+            atomic_publish: false,
+            managed: BTreeSet::new(),
         }
     }
 
     /// File or memory storage.
     pub fn storage(mut self, storage: Storage) -> Self {
         self.storage = storage;
+        self.managed.insert("storage");
         self
     }
     /// The retention policy.
     pub fn retention(mut self, retention: Retention) -> Self {
         self.retention = retention;
+        self.managed.insert("retention");
         self
     }
     /// Drop messages older than this (zero: keep forever). Capped at about
     /// 292 years, the longest the server counts.
     pub fn max_age(mut self, age: Duration) -> Self {
         self.max_age = server_duration(age);
+        self.managed.insert("max_age");
         self
     }
     /// Drop the oldest messages beyond this many bytes (capped at
@@ -115,11 +136,13 @@ impl StreamConfig {
     /// and refuses, at connect, a stream larger than it has room for.
     pub fn max_bytes(mut self, bytes: u64) -> Self {
         self.max_bytes = Some(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.managed.insert("max_bytes");
         self
     }
     /// Drop the oldest messages beyond this many (capped at `i64::MAX`).
     pub fn max_messages(mut self, messages: u64) -> Self {
         self.max_messages = Some(i64::try_from(messages).unwrap_or(i64::MAX));
+        self.managed.insert("max_msgs");
         self
     }
     /// How long a `Nats-Msg-Id` is remembered for publish deduplication.
@@ -127,18 +150,31 @@ impl StreamConfig {
     /// `max_age` (the server refuses that). Capped at about 292 years.
     pub fn duplicate_window(mut self, window: Duration) -> Self {
         self.duplicate_window = server_duration(window);
+        self.managed.insert("duplicate_window");
         self
     }
     /// Copies kept in a cluster (1, 3 or 5; the server refuses others, and
     /// more than it has nodes).
     pub fn replicas(mut self, replicas: usize) -> Self {
         self.replicas = replicas.max(1);
+        self.managed.insert("num_replicas");
         self
     }
     /// A metadata entry. Needs nats-server 2.10 or later: an older server
     /// would silently drop it, so connecting to one fails instead.
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Allow all-or-nothing batches
+    /// ([`publish_atomic`](crate::transport::Transport::publish_atomic);
+    /// the stream's `allow_atomic`). Needs nats-server 2.12.1 or later
+    /// (2.12.0 refuses dedup ids in a batch): connecting to an older one
+    /// fails instead. Provisioning only ever turns it on: `false` leaves
+    /// the stream as it is.
+    pub fn atomic_publish(mut self, allow: bool) -> Self {
+        self.atomic_publish = allow;
         self
     }
 
@@ -169,6 +205,20 @@ impl StreamConfig {
     /// Replicas (default 1).
     pub fn get_replicas(&self) -> usize {
         self.replicas
+    }
+    /// Whether the stream is made to allow atomic batches (default no).
+    pub fn get_atomic_publish(&self) -> bool {
+        self.atomic_publish
+    }
+    /// The metadata entries the crate sets.
+    pub fn get_metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// The server's names of the fields an existing stream is updated to:
+    /// `subjects`, and each field whose setter was called.
+    pub(crate) fn managed_fields(&self) -> impl Iterator<Item = &'static str> + '_ {
+        std::iter::once("subjects").chain(self.managed.iter().copied())
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
@@ -214,6 +264,7 @@ impl StreamConfig {
             duplicate_window: self.duplicate_window,
             num_replicas: self.replicas,
             metadata: self.metadata.clone().into_iter().collect(),
+            allow_atomic_publish: self.atomic_publish,
             ..Default::default()
         }
     }

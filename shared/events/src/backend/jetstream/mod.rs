@@ -34,15 +34,23 @@
 //!   delivery count as the attempt, with stream and consumer sequences.
 //! - **server compatibility**: the server's version is read at connect;
 //!   options an older server would silently ignore (stream or consumer
-//!   metadata before 2.10, per-message TTL before 2.11) are refused with
-//!   [`ErrorKind::Unsupported`] instead.
+//!   metadata before 2.10, per-message TTL before 2.11, atomic batches
+//!   before 2.12.1) are refused with [`ErrorKind::Unsupported`] instead.
+//!   In a cluster being upgraded the stream's leader can be older than the
+//!   node connected to: its version (reported by 2.11 and later) and the
+//!   configuration it answers are checked too, and what it would ignore is
+//!   refused the same way.
+//! - **provisioning** updates only the fields [`StreamConfig`] manages and
+//!   never turns a stream flag off (see there).
 //! - **close** refuses new work, flushes, confirms the acks sent so far with
 //!   a server round trip, and lets open subscriptions deliver what is still
 //!   pending for them before they end.
 
+mod batch;
 mod config;
 #[cfg(feature = "runtime")]
 mod idempotency;
+mod provision;
 
 use std::fmt;
 use std::future::{Future as _, IntoFuture as _};
@@ -57,6 +65,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, StreamExt as _};
 use tokio::sync::watch;
 
+pub use batch::MAX_ATOMIC_BATCH;
 pub use config::{
     ConsumerDefaults, DeliverPolicy, JetStreamConfig, Retention, Storage, StreamConfig, StreamSetup,
 };
@@ -190,8 +199,29 @@ impl JetStreamTransport {
         if !config.consumers.metadata.is_empty() {
             refuse("consumer metadata", (2, 10))?;
         }
+        // Stream flags the configured features need: turned on when the
+        // transport provisions the stream, required of a bound one.
+        let mut flags = Vec::new();
         if config.message_ttl.is_some() {
             refuse("a per-message TTL (Nats-TTL)", (2, 11))?;
+            flags.push(provision::MSG_TTL);
+        }
+        if matches!(&config.stream, StreamSetup::Provision(s) if s.get_atomic_publish()) {
+            let needs = provision::ATOMIC.needs;
+            if server_version < needs {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "{} needs nats-server {}.{}.{} or later, but the server runs {:?}",
+                        provision::ATOMIC.what,
+                        needs.0,
+                        needs.1,
+                        needs.2,
+                        info.version
+                    ),
+                ));
+            }
+            flags.push(provision::ATOMIC);
         }
         if server_version < REDELIVERY_REWIND_FIXED {
             // Measured on 2.9.10 (tests/integration/jetstream.rs): once per
@@ -216,21 +246,30 @@ impl JetStreamTransport {
         let admin = jetstream::ContextBuilder::new()
             .timeout(config.ack_timeout.max(API_TIMEOUT))
             .build(client.clone());
-        let stream = match &config.stream {
+        let name = match &config.stream {
             StreamSetup::Provision(stream) => {
-                let info = admin
-                    .create_or_update_stream(stream.to_nats())
-                    .await
-                    .map_err(|e| {
-                        Error::new(ErrorKind::Backend, format!("creating or updating stream {} failed", stream.get_name()))
-                            .with_source(e)
-                    })?;
-                tracing::debug!(stream = %info.config.name, subjects = ?info.config.subjects, "jetstream stream provisioned");
-                admin.get_stream(&info.config.name).await
+                let provisioned =
+                    provision::provision(&admin, stream, &flags, server_version).await?;
+                tracing::debug!(
+                    stream = %stream.get_name(),
+                    changed = provisioned.changed,
+                    "jetstream stream provisioned"
+                );
+                stream.get_name()
             }
-            StreamSetup::Bind(name) => admin.get_stream(name).await,
+            StreamSetup::Bind(name) => name,
+        };
+        let stream = admin.get_stream(name).await.map_err(|e| {
+            Error::new(
+                ErrorKind::Backend,
+                format!("the jetstream stream {name} is not available"),
+            )
+            .with_source(e)
+        })?;
+        if let StreamSetup::Bind(name) = &config.stream {
+            let bound = serde_json::to_value(&stream.cached_info().config).unwrap_or_default();
+            provision::check_flags(name, &bound, &flags)?;
         }
-        .map_err(|e| Error::new(ErrorKind::Backend, "the jetstream stream is not available").with_source(e))?;
 
         let mut capabilities = Capabilities::none();
         capabilities.redelivery = true;
@@ -244,6 +283,11 @@ impl JetStreamTransport {
         // `filter_subjects`: 2.9 ignores it (the consumer would read the
         // whole stream).
         capabilities.multi_pattern = server_version >= (2, 10, 0);
+        // From the stream's configuration as its leader answered it: an
+        // older leader does not report `allow_atomic`, and would store a
+        // batch's messages one by one.
+        capabilities.atomic_publish = server_version >= provision::ATOMIC.needs
+            && stream.cached_info().config.allow_atomic_publish;
         // Room for the Nats-Msg-Id header the transport adds (name, a
         // UUID-sized value, separators) is kept out of the advertised
         // limit, so the bus's size check stays exact.
@@ -1284,6 +1328,10 @@ impl Transport for JetStreamTransport {
             }
             results
         })
+    }
+
+    fn publish_atomic(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.inner.publish_atomic(messages))
     }
 
     fn subscribe(&self, options: SubscribeOptions) -> BoxFuture<'_, Result<Subscription>> {
