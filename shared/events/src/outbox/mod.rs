@@ -86,6 +86,9 @@ struct Inner {
     /// The class of the staging locks on keys (the first of the two
     /// `int4` advisory lock keys; see [`Outbox::stage`]).
     key_lock_class: i32,
+    /// The advisory lock a relay holds for one round (claim, publish,
+    /// settle): relays of one outbox take turns.
+    relay_lock: i32,
     /// `LISTEN` / `NOTIFY` channel of this schema's outbox.
     channel: String,
 }
@@ -103,6 +106,7 @@ impl Outbox {
             inner: Arc::new(Inner {
                 statements: Statements::new(&schema, notify),
                 key_lock_class: fnv1a32(format!("events.outbox.key:{schema}").as_bytes()),
+                relay_lock: fnv1a32(format!("events.outbox.relay:{schema}").as_bytes()),
                 channel: format!("{schema}.events_outbox"),
                 pool,
                 bus,
@@ -361,6 +365,11 @@ impl Outbox {
 
     pub(crate) fn statements(&self) -> &Statements {
         &self.inner.statements
+    }
+
+    /// The `(class, key)` of the advisory lock relays take turns on.
+    pub(crate) fn relay_lock(&self) -> (i32, i32) {
+        (self.inner.key_lock_class, self.inner.relay_lock)
     }
 
     pub(crate) fn channel(&self) -> &str {
