@@ -425,6 +425,16 @@ impl Delivery {
         self,
         delay: Option<Duration>,
     ) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.hand_back(move |acker, message| acker.nack(message, delay))
+    }
+
+    /// Hands the message back to the broker through `send`; `Unsupported`
+    /// on a transport without acknowledgements. Not an `async fn`: that
+    /// would keep the delivery twice in its future (argument and local).
+    fn hand_back(
+        self,
+        send: impl FnOnce(Box<dyn Acker>, Message) -> BoxFuture<'static, Result<()>> + Send + 'static,
+    ) -> impl Future<Output = Result<()>> + Send + 'static {
         let mut delivery = self;
         async move {
             match delivery.acker.take() {
@@ -433,7 +443,7 @@ impl Delivery {
                         .message
                         .take()
                         .expect("message is present until settled");
-                    acker.nack(message, delay).await
+                    send(acker, message).await
                 }
                 None => Err(Error::new(
                     ErrorKind::Unsupported,
@@ -450,22 +460,7 @@ impl Delivery {
     /// [`ErrorKind::Unsupported`] without acknowledgements (the message is
     /// gone: at-most-once).
     pub fn release(self) -> impl Future<Output = Result<()>> + Send + 'static {
-        let mut delivery = self;
-        async move {
-            match delivery.acker.take() {
-                Some(acker) => {
-                    let message = delivery
-                        .message
-                        .take()
-                        .expect("message is present until settled");
-                    acker.release(message).await
-                }
-                None => Err(Error::new(
-                    ErrorKind::Unsupported,
-                    "this transport has no acknowledgements, so it cannot redeliver",
-                )),
-            }
-        }
+        self.hand_back(|acker, message| acker.release(message))
     }
 
     /// Marks the message as never deliverable again.
