@@ -433,11 +433,16 @@ impl PrivatePostgres {
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Below the kernel's ephemeral range (32768 and up here): the
+        // port is free while the server restarts, and a port from
+        // `bind(0)` (every private nats-server of the suite) or an outgoing
+        // connection could otherwise take it (seen once in a full run:
+        // the restarted server never came back).
+        let start = 20_000 + (std::process::id() % 10_000) as u16;
+        let port = (0..10_000u16)
+            .map(|i| 20_000 + (start - 20_000 + i) % 12_000)
+            .find(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok())
+            .expect("a free port below the ephemeral range");
         let pg = PrivatePostgres { dir, port, bin };
         if is_root() {
             let status = Command::new("chown")
