@@ -561,7 +561,12 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+// Run alone by scripts/test.sh (`--ignored --exact`): beside the rest of
+// the suite's parallel load, producers twice failed for 60 s after the
+// restart ("broker unavailable: test database"), a cause not yet found;
+// alone it passed every run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run alone by scripts/test.sh: restarts a private PostgreSQL"]
 async fn postgres_restarted_under_the_relay_it_resumes_by_itself_and_nothing_is_lost() {
     const EVENTS: i64 = 2000;
     const RESTARTS: i64 = 2;
