@@ -322,11 +322,7 @@ impl Bus {
     /// # Ok(()) }
     /// ```
     pub fn subscribe<T: EventPayload>(&self) -> Subscribe<T> {
-        let pattern = self
-            .inner
-            .codec
-            .subject_for(T::TYPE)
-            .map(|subject| SubjectPattern::exact(&subject));
+        let pattern = self.inner.codec.pattern_for(T::TYPE);
         Subscribe {
             bus: self.clone(),
             options: pattern.map(SubscribeOptions::new),
@@ -337,10 +333,13 @@ impl Bus {
     }
 
     /// Subscribes to every event whose type matches `type_pattern`, relative
-    /// to the prefix (`orders.>` listens on `<prefix>.orders.>`), with the
-    /// payload left undecoded.
+    /// to the prefix (`orders.>` listens on `<prefix>.orders.>`, or on
+    /// `<prefix>.*.orders.>` with keys in subjects), with the payload left
+    /// undecoded.
     pub async fn subscribe_raw(&self, type_pattern: &str) -> Result<RawSubscriber> {
-        let full = format!("{}.{type_pattern}", self.inner.codec.prefix());
+        let codec = &self.inner.codec;
+        let keys = if codec.keys_in_subjects() { "*." } else { "" };
+        let full = format!("{}.{keys}{type_pattern}", codec.prefix());
         let options = SubscribeOptions::new(SubjectPattern::parse(&full)?);
         self.subscribe_raw_with(options).await
     }
@@ -384,6 +383,7 @@ pub struct BusBuilder {
     mode: ContentMode,
     upcasters: Upcasters,
     version_policy: VersionPolicy,
+    keys_in_subjects: Option<bool>,
 }
 
 impl BusBuilder {
@@ -395,7 +395,19 @@ impl BusBuilder {
             mode: ContentMode::Structured,
             upcasters: Upcasters::new(),
             version_policy: VersionPolicy::Reject,
+            keys_in_subjects: None,
         }
+    }
+
+    /// Whether subjects carry the event's key,
+    /// `<prefix>.<key token>.<type>` (see
+    /// [`Codec::with_keys_in_subjects`](crate::wire::Codec::with_keys_in_subjects)).
+    /// Defaults to whether the transport's stream is partitioned by key;
+    /// set it for a bus on another transport whose events reach such a
+    /// stream (core NATS publishers of a partitioned JetStream stream).
+    pub fn keys_in_subjects(mut self, keyed: bool) -> Self {
+        self.keys_in_subjects = Some(keyed);
+        self
     }
 
     /// The CloudEvents `source` of events this bus creates: the service's
@@ -435,8 +447,11 @@ impl BusBuilder {
 
     /// Builds the bus; fails if the prefix or source is invalid.
     pub fn build(self) -> Result<Bus> {
-        let dedup = self.transport.capabilities().publish_dedup;
-        let codec = Codec::new(&self.prefix)?.with_dedup_ids(dedup);
+        let caps = self.transport.capabilities();
+        let keyed = self.keys_in_subjects.unwrap_or(caps.key_partitions > 0);
+        let codec = Codec::new(&self.prefix)?
+            .with_dedup_ids(caps.publish_dedup)
+            .with_keys_in_subjects(keyed);
         let source = match self.source {
             Some(source) => source,
             None => default_source(),

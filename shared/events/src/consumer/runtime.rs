@@ -631,11 +631,27 @@ impl<S: Send + Sync + 'static> Consumer<S> {
         };
         let mut patterns = Vec::with_capacity(routes.len());
         for (event_type, _) in &routes {
-            patterns.push(SubjectPattern::exact(
-                &self.bus.codec().subject_for(event_type)?,
-            ));
+            patterns.push(self.bus.codec().pattern_for(event_type)?);
         }
-        if caps.supports(Capability::MultiPattern) {
+        if self.ordered_by_key && caps.supports(Capability::OrderedAcrossInstances) {
+            // A stream partitioned by key: one subscription per partition,
+            // each durable `<consumer>-p<n>` held by one instance at a
+            // time, every type it handles in each. A key's events, of all
+            // its types, are in one partition, read in stream order by one
+            // instance: per-key order holds across instances.
+            for partition in 0..caps.key_partitions {
+                let mut patterns = patterns.iter().cloned();
+                let mut options = options_for(patterns.next().expect("at least one handler"));
+                for pattern in patterns {
+                    options = options.also(pattern);
+                }
+                options = options
+                    .durable_name(partition_name(&self.name, partition))?
+                    .redefine(true)
+                    .partition(partition, self.name.to_string())?;
+                subscriptions.push(transport.subscribe(options).await?);
+            }
+        } else if caps.supports(Capability::MultiPattern) {
             // One subscription for every handled type: the broker's one
             // stream, in its order, so a key's events of several types are
             // handled in the order they were published. Instances share it:
@@ -1114,6 +1130,16 @@ pub(crate) fn durable_name(consumer: &str, event_type: &str) -> String {
     // nats-server allows names of at most 255 bytes.
     readable.truncate(MAX_DURABLE_LEN - suffix.len());
     readable + &suffix
+}
+
+/// The durable consumer of consumer `consumer` for one partition of a
+/// stream partitioned by key: `<consumer>-p<partition>`, the consumer's
+/// name cut to keep it within the server's 255 bytes.
+pub(crate) fn partition_name(consumer: &str, partition: u32) -> String {
+    let suffix = format!("-p{partition}");
+    // ASCII only (validated names), so any byte index is a boundary.
+    let keep = consumer.len().min(255 - suffix.len());
+    format!("{}{suffix}", &consumer[..keep])
 }
 
 fn reason_for(error: &Error) -> Reason {

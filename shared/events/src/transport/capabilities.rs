@@ -40,11 +40,16 @@ pub enum Capability {
     /// ([`Transport::publish_atomic`](crate::transport::Transport::publish_atomic)):
     /// every message of a batch is stored, or none is.
     AtomicPublish,
+    /// One key's events reach one subscriber of a group at a time, and move
+    /// to another with their order intact when it leaves: per-key order
+    /// holds across the instances of a consumer (a stream partitioned by
+    /// key, each partition pinned to one instance).
+    OrderedAcrossInstances,
 }
 
 impl Capability {
     /// Every capability, for tests that check each declaration.
-    pub const ALL: [Capability; 10] = [
+    pub const ALL: [Capability; 11] = [
         Capability::Redelivery,
         Capability::DelayedRedelivery,
         Capability::Durable,
@@ -55,6 +60,7 @@ impl Capability {
         Capability::Wildcards,
         Capability::MultiPattern,
         Capability::AtomicPublish,
+        Capability::OrderedAcrossInstances,
     ];
 
     fn as_str(self) -> &'static str {
@@ -69,6 +75,7 @@ impl Capability {
             Capability::Wildcards => "wildcard subscriptions",
             Capability::MultiPattern => "subscriptions to several patterns",
             Capability::AtomicPublish => "atomic batch publish",
+            Capability::OrderedAcrossInstances => "per-key order across instances",
         }
     }
 }
@@ -106,6 +113,13 @@ pub struct Capabilities {
     pub multi_pattern: bool,
     /// See [`Capability::AtomicPublish`].
     pub atomic_publish: bool,
+    /// See [`Capability::OrderedAcrossInstances`].
+    pub ordered_across_instances: bool,
+    /// The number of partitions the broker splits events into by key (0:
+    /// not partitioned). Non-zero means subjects carry the key
+    /// ([`Codec::with_keys_in_subjects`](crate::wire::Codec::with_keys_in_subjects)),
+    /// and a consumer ordered by key subscribes to each partition.
+    pub key_partitions: u32,
     /// The largest message (headers and body on the wire) accepted.
     pub max_message_size: usize,
 }
@@ -124,6 +138,8 @@ impl Capabilities {
             wildcards: false,
             multi_pattern: false,
             atomic_publish: false,
+            ordered_across_instances: false,
+            key_partitions: 0,
             max_message_size: 1024 * 1024,
         }
     }
@@ -141,6 +157,7 @@ impl Capabilities {
             Capability::Wildcards => self.wildcards,
             Capability::MultiPattern => self.multi_pattern,
             Capability::AtomicPublish => self.atomic_publish,
+            Capability::OrderedAcrossInstances => self.ordered_across_instances,
         }
     }
 

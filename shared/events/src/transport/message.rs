@@ -45,6 +45,11 @@ impl Subject {
         Self::from_tokens(subject.split('.'))
     }
 
+    /// A subject built from tokens the caller has already validated.
+    pub(crate) fn from_valid(subject: String) -> Self {
+        Subject(subject.into())
+    }
+
     /// A subject as a broker delivered it. Not validated: it only labels a
     /// received message and is never used to publish.
     pub fn received(subject: impl Into<Cow<'static, str>>) -> Self {

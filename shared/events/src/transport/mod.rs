@@ -125,6 +125,7 @@ pub struct SubscribeOptions {
     max_deliver: Option<u32>,
     ack_wait: Option<Duration>,
     capacity: Option<usize>,
+    partition: Option<(u32, String)>,
 }
 
 impl SubscribeOptions {
@@ -140,7 +141,22 @@ impl SubscribeOptions {
             max_deliver: None,
             ack_wait: None,
             capacity: None,
+            partition: None,
         }
+    }
+
+    /// Read only partition `index` of a stream partitioned by key
+    /// ([`Capabilities::key_partitions`](crate::transport::Capabilities::key_partitions)),
+    /// as one of the instances of `group` (a subject token, typically the
+    /// consumer's name): with a durable name, the partition is held by one
+    /// instance of the group at a time, and the group's instances share the
+    /// partitions ([`Capability::OrderedAcrossInstances`]). The patterns
+    /// name published subjects, as for any subscription.
+    pub fn partition(mut self, index: u32, group: impl Into<String>) -> Result<Self> {
+        let group = group.into();
+        crate::envelope::validate_subject_token(&group)?;
+        self.partition = Some((index, group));
+        Ok(self)
     }
 
     /// Subscribe to `pattern` too, in the same subscription: messages on
@@ -259,6 +275,10 @@ impl SubscribeOptions {
     /// The buffer capacity, if set.
     pub fn get_capacity(&self) -> Option<usize> {
         self.capacity
+    }
+    /// The partition and the group sharing the partitions, if set.
+    pub fn get_partition(&self) -> Option<(u32, &str)> {
+        self.partition.as_ref().map(|(p, g)| (*p, g.as_str()))
     }
 }
 

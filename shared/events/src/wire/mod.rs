@@ -12,10 +12,13 @@
 //! header means binary, otherwise the body is tried as structured JSON.
 //!
 //! The NATS subject is `<prefix>.<type>`, built from validated tokens only,
-//! never from event attributes. The full mapping table is in
+//! never from event attributes; with keys in subjects (for a stream
+//! partitioned by key) it is `<prefix>.<key token>.<type>`, the key token
+//! made safe as [`key_token`] says. The full mapping table is in
 //! `ARCHITECTURE.md`.
 
 mod binary;
+mod keys;
 pub(crate) mod percent;
 mod structured;
 
@@ -31,6 +34,8 @@ use crate::envelope::{parse_version_token, Event, EventMetadata, EventPayload};
 use crate::error::{Error, Result};
 use crate::transport::{Message, Subject, SubjectPattern};
 use crate::versioning::{Upcasters, VersionPolicy};
+
+pub use keys::{key_token, partition_of, MAX_LITERAL_KEY, NO_KEY};
 
 /// The CloudEvents spec version written and accepted.
 pub const SPEC_VERSION: &str = "1.0";
@@ -82,6 +87,8 @@ pub struct Codec {
     /// Whether messages carry the event id as dedup id (only useful, and
     /// only paid for, where the transport deduplicates publishes).
     dedup_ids: bool,
+    /// Whether subjects carry the key token after the prefix.
+    keyed: bool,
 }
 
 impl Codec {
@@ -94,6 +101,7 @@ impl Codec {
             subjects: Arc::default(),
             size_hint: Arc::default(),
             dedup_ids: true,
+            keyed: false,
         })
     }
 
@@ -105,15 +113,79 @@ impl Codec {
         self
     }
 
+    /// Whether subjects carry the event's key (default false):
+    /// `<prefix>.<key token>.<type>` instead of `<prefix>.<type>`, so a
+    /// stream can partition by key and every event of one entity, whatever
+    /// its type, lands in one partition. Publishers and subscribers of one
+    /// stream must agree; the bus turns it on when its transport's stream
+    /// is partitioned by key
+    /// ([`Capabilities::key_partitions`](crate::transport::Capabilities::key_partitions)).
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    /// # struct OrderPlaced { order_id: String }
+    /// # impl events::EventPayload for OrderPlaced { const TYPE: &'static str = "orders.order_placed"; }
+    /// use events::wire::{Codec, ContentMode};
+    /// use events::Event;
+    ///
+    /// let codec = Codec::new("events")?.with_keys_in_subjects(true);
+    /// let event = Event::new("orders", OrderPlaced { order_id: "o-1".into() }).with_subject("o-1");
+    /// let message = codec.encode(&event, ContentMode::Binary)?;
+    /// assert_eq!(message.subject.as_str(), "events.o-1.orders.order_placed");
+    /// assert_eq!(codec.pattern_for("orders.order_placed")?.as_str(), "events.*.orders.order_placed");
+    /// # Ok::<(), events::Error>(())
+    /// ```
+    pub fn with_keys_in_subjects(mut self, keyed: bool) -> Self {
+        self.keyed = keyed;
+        self
+    }
+
+    /// Whether subjects carry the event's key (see
+    /// [`with_keys_in_subjects`](Self::with_keys_in_subjects)).
+    pub fn keys_in_subjects(&self) -> bool {
+        self.keyed
+    }
+
     /// The subject prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    /// The subject events of `event_type` are published on.
+    /// The subject events of `event_type` are published on, without keys in
+    /// subjects (with them, the key token follows the prefix: see
+    /// [`pattern_for`](Self::pattern_for) to subscribe).
     pub fn subject_for(&self, event_type: &str) -> Result<Subject> {
         crate::envelope::validate_type_name(event_type)?;
         Subject::from_tokens(self.prefix.split('.').chain(event_type.split('.')))
+    }
+
+    /// The pattern matching every event of `event_type`, whatever its key:
+    /// `<prefix>.<type>`, or `<prefix>.*.<type>` with keys in subjects.
+    pub fn pattern_for(&self, event_type: &str) -> Result<SubjectPattern> {
+        let subject = self.subject_for(event_type)?;
+        if !self.keyed {
+            return Ok(SubjectPattern::exact(&subject));
+        }
+        SubjectPattern::parse(&format!("{}.*.{event_type}", self.prefix))
+    }
+
+    /// The subject of one event: the type's, with the key token after the
+    /// prefix when keys are in subjects.
+    fn keyed_subject(&self, type_subject: Subject, metadata: &EventMetadata) -> Subject {
+        if !self.keyed {
+            return type_subject;
+        }
+        let token = key_token(metadata.subject());
+        let rest = &type_subject.as_str()[self.prefix.len()..];
+        let mut subject = String::with_capacity(type_subject.as_str().len() + token.len() + 1);
+        subject.push_str(&self.prefix);
+        subject.push('.');
+        subject.push_str(&token);
+        subject.push_str(rest);
+        // Every token is valid: the prefix and type were validated, and a
+        // key token is safe by construction.
+        Subject::from_valid(subject)
     }
 
     /// The pattern matching every event under this prefix (`<prefix>.>`).
@@ -167,7 +239,7 @@ impl Codec {
         }
         // The type name is `T::TYPE`, validated (once per type) by the
         // subject lookup.
-        let subject = self.subject_of::<T>()?;
+        let subject = self.keyed_subject(self.subject_of::<T>()?, metadata);
         metadata.validate_except_type()?;
         let (headers, payload) = match mode {
             ContentMode::Structured => {
@@ -191,7 +263,7 @@ impl Codec {
     pub fn encode_raw(&self, event: &RawEvent, mode: ContentMode) -> Result<Message> {
         let metadata = &event.metadata;
         metadata.validate()?;
-        let subject = self.subject_for(metadata.event_type())?;
+        let subject = self.keyed_subject(self.subject_for(metadata.event_type())?, metadata);
         let (headers, payload) = match mode {
             ContentMode::Structured => {
                 structured::encode_raw(metadata, event.data.as_ref(), event.data_is_json())?
@@ -222,6 +294,7 @@ impl Default for Codec {
             subjects: Arc::default(),
             size_hint: Arc::default(),
             dedup_ids: true,
+            keyed: false,
         }
     }
 }

@@ -21,6 +21,8 @@ mod nats;
 mod outbox;
 #[cfg(all(feature = "postgres", feature = "jetstream"))]
 mod outbox_kills;
+#[cfg(feature = "jetstream")]
+mod partitions;
 mod props;
 #[cfg(feature = "jetstream")]
 mod publish;

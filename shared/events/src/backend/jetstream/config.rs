@@ -9,6 +9,9 @@ use crate::backend::nats::NatsConfig;
 use crate::error::{Error, Result};
 use crate::transport::MAX_CAPACITY;
 
+/// The most partitions a stream may be split into by key.
+pub const MAX_PARTITIONS: u32 = 1024;
+
 /// The longest duration nats-server takes, about 292 years: it counts in
 /// `i64` nanoseconds, and the client sends a longer one wrapped
 /// (`Duration::MAX` as -1 ns, which the server refuses or reads as "none").
@@ -83,6 +86,7 @@ pub struct StreamConfig {
     replicas: usize,
     metadata: BTreeMap<String, String>,
     atomic_publish: bool,
+    partitions: u32,
     /// The server's names of the fields a setter was called for: those an
     /// existing stream is updated to (see the type's docs).
     managed: BTreeSet<&'static str>,
@@ -108,8 +112,28 @@ impl StreamConfig {
             replicas: 1,
             metadata: BTreeMap::new(),
             atomic_publish: false,
+            partitions: 0,
             managed: BTreeSet::new(),
         }
+    }
+
+    /// Partition the stream by key into `partitions` (0: not partitioned,
+    /// the default). The stream must capture one subject, `<prefix>.>`;
+    /// events are published as `<prefix>.<key token>.<type>` and the
+    /// server stores each as `<prefix>.<partition>.<key token>.<type>`
+    /// (a subject transform with `{{partition(n,1)}}`), so every event of
+    /// one key, whatever its type, is in one partition. A consumer ordered
+    /// by key then reads each partition through its own durable consumer,
+    /// held by one instance at a time (nats-server 2.11+), and per-key
+    /// order holds across its instances. Needs nats-server 2.10 or later:
+    /// connecting to an older one fails instead. Changing the count on a
+    /// stream moves keys between partitions: per-key order is not kept
+    /// across that change for events still unhandled. At most
+    /// [`MAX_PARTITIONS`].
+    pub fn partitions(mut self, partitions: u32) -> Self {
+        self.partitions = partitions;
+        self.managed.insert("subject_transform");
+        self
     }
 
     /// File or memory storage.
@@ -210,6 +234,10 @@ impl StreamConfig {
     pub fn get_atomic_publish(&self) -> bool {
         self.atomic_publish
     }
+    /// Partitions by key (default 0: none).
+    pub fn get_partitions(&self) -> u32 {
+        self.partitions
+    }
     /// The metadata entries the crate sets.
     pub fn get_metadata(&self) -> &BTreeMap<String, String> {
         &self.metadata
@@ -241,7 +269,30 @@ impl StreamConfig {
         for subject in &self.subjects {
             crate::transport::SubjectPattern::parse(subject)?;
         }
+        if self.partitions > 0 {
+            if self.partitions > MAX_PARTITIONS {
+                return Err(Error::invalid(format!(
+                    "stream {} asks for {} partitions; at most {MAX_PARTITIONS}",
+                    self.name, self.partitions
+                )));
+            }
+            self.partition_prefix()?;
+        }
         Ok(())
+    }
+
+    /// The prefix of a partitioned stream's one subject, `<prefix>.>`.
+    fn partition_prefix(&self) -> Result<&str> {
+        match self.subjects.as_slice() {
+            [one] if one.ends_with(".>") && !one[..one.len() - 2].contains(['*', '>']) => {
+                Ok(&one[..one.len() - 2])
+            }
+            _ => Err(Error::invalid(format!(
+                "stream {} is partitioned by key, so it must capture exactly one subject \
+                 `<prefix>.>` (it captures {:?})",
+                self.name, self.subjects
+            ))),
+        }
     }
 
     pub(crate) fn to_nats(&self) -> async_nats::jetstream::stream::Config {
@@ -265,6 +316,12 @@ impl StreamConfig {
             num_replicas: self.replicas,
             metadata: self.metadata.clone().into_iter().collect(),
             allow_atomic_publish: self.atomic_publish,
+            subject_transform: match self.partition_prefix() {
+                Ok(prefix) if self.partitions > 0 => {
+                    Some(super::partition::transform(prefix, self.partitions))
+                }
+                _ => None,
+            },
             ..Default::default()
         }
     }
@@ -325,6 +382,7 @@ pub struct ConsumerDefaults {
     pub(crate) inactive_threshold: Duration,
     pub(crate) metadata: BTreeMap<String, String>,
     pub(crate) bind_existing: bool,
+    pub(crate) pin_timeout: Duration,
 }
 
 impl ConsumerDefaults {
@@ -346,7 +404,19 @@ impl ConsumerDefaults {
             inactive_threshold: Duration::from_secs(30),
             metadata: BTreeMap::new(),
             bind_existing: false,
+            pin_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// For a stream partitioned by key: how long a partition stays with an
+    /// instance that stopped pulling before another takes it (default 10 s;
+    /// 1 s to 1 h). It bounds the pause a key sees when the instance
+    /// holding its partition dies (a graceful shutdown hands partitions
+    /// over at once). A partition's ack wait is kept to half of it, so what
+    /// the dead instance had in flight is redelivered, first, to the next.
+    pub fn pin_timeout(mut self, timeout: Duration) -> Self {
+        self.pin_timeout = timeout.clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        self
     }
 
     /// How long a delivery may stay unsettled before it is redelivered.

@@ -50,6 +50,7 @@ mod batch;
 mod config;
 #[cfg(feature = "runtime")]
 mod idempotency;
+mod partition;
 mod provision;
 
 use std::fmt;
@@ -67,7 +68,8 @@ use tokio::sync::watch;
 
 pub use batch::MAX_ATOMIC_BATCH;
 pub use config::{
-    ConsumerDefaults, DeliverPolicy, JetStreamConfig, Retention, Storage, StreamConfig, StreamSetup,
+    ConsumerDefaults, DeliverPolicy, JetStreamConfig, Retention, Storage, StreamConfig,
+    StreamSetup, MAX_PARTITIONS,
 };
 #[cfg(feature = "runtime")]
 #[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
@@ -76,8 +78,8 @@ pub use idempotency::KvIdempotencyStore;
 use crate::backend::nats::{self as core, ConnectionState, Deadline, NatsStatus, Tracker};
 use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{
-    Acker, Capabilities, Delivery, DeliveryInfo, Headers, Message, Subject, SubjectPattern,
-    SubscribeOptions, Subscription, Transport,
+    Acker, Capabilities, Delivery, DeliveryInfo, Headers, Message, Subject, SubscribeOptions,
+    Subscription, Transport,
 };
 
 /// The header JetStream deduplicates on.
@@ -140,6 +142,12 @@ struct Inner {
     /// released what was left unread: `close` waits for them.
     settling: AtomicUsize,
     settled: tokio::sync::Notify,
+    /// How the stream is partitioned by key, if it is.
+    partitioning: Option<partition::Partitioning>,
+    /// The instances of each consumer group reading partitions, while a
+    /// subscription of this transport is one of them.
+    members:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<partition::Members>>>,
 }
 
 /// Parses `2.9.10` (or `2.10.0-beta.1`) into numbers; unknown parts are 0.
@@ -198,6 +206,9 @@ impl JetStreamTransport {
         }
         if !config.consumers.metadata.is_empty() {
             refuse("consumer metadata", (2, 10))?;
+        }
+        if matches!(&config.stream, StreamSetup::Provision(s) if s.get_partitions() > 0) {
+            refuse("a stream partitioned by key (a subject transform)", (2, 10))?;
         }
         // Stream flags the configured features need: turned on when the
         // transport provisions the stream, required of a bound one.
@@ -288,6 +299,33 @@ impl JetStreamTransport {
         // batch's messages one by one.
         capabilities.atomic_publish = server_version >= provision::ATOMIC.needs
             && stream.cached_info().config.allow_atomic_publish;
+        // Read from the stream as it is (provisioned here, or by an
+        // operator in the same form). Partitions held by one instance at a
+        // time need pinned consumers (2.11).
+        let partitioning = if server_version >= (2, 10, 0) {
+            partition::Partitioning::of(stream.cached_info().config.subject_transform.as_ref())
+        } else {
+            None
+        };
+        if let StreamSetup::Provision(wanted) = &config.stream {
+            let got = partitioning
+                .as_ref()
+                .map_or(0, partition::Partitioning::count);
+            if wanted.get_partitions() != got {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "stream {name} was asked for {} partitions by key, and the server kept {got}",
+                        wanted.get_partitions()
+                    ),
+                ));
+            }
+        }
+        capabilities.key_partitions = partitioning
+            .as_ref()
+            .map_or(0, partition::Partitioning::count);
+        capabilities.ordered_across_instances =
+            partitioning.is_some() && server_version >= (2, 11, 0);
         // Room for the Nats-Msg-Id header the transport adds (name, a
         // UUID-sized value, separators) is kept out of the advertised
         // limit, so the bus's size check stays exact.
@@ -311,6 +349,8 @@ impl JetStreamTransport {
                 acks_confirmed: AtomicU64::new(0),
                 settling: AtomicUsize::new(0),
                 settled: tokio::sync::Notify::new(),
+                partitioning,
+                members: std::sync::Mutex::default(),
             }),
         })
     }
@@ -605,20 +645,61 @@ impl Inner {
     fn consumer_config(
         &self,
         name: Option<&str>,
+        filters: &[&str],
         options: &SubscribeOptions,
     ) -> jetstream::consumer::pull::Config {
-        let mut config =
-            self.config
-                .consumers
-                .pull_config(name, options.get_pattern().as_str(), options);
-        if options.is_multi_pattern() {
+        let first = filters.first().copied().unwrap_or_default();
+        let mut config = self.config.consumers.pull_config(name, first, options);
+        if filters.len() > 1 {
             config.filter_subject = String::new();
-            config.filter_subjects = options
-                .get_patterns()
-                .map(|p| p.as_str().to_owned())
-                .collect();
+            config.filter_subjects = filters.iter().map(|f| (*f).to_owned()).collect();
+        }
+        if self.pinned(options) {
+            let pin_timeout = self.config.consumers.pin_timeout;
+            config.priority_policy = jetstream::consumer::PriorityPolicy::PinnedClient;
+            config.priority_groups = vec![partition::GROUP.to_owned()];
+            config.priority_timeout = pin_timeout;
+            // What a dead holder left unsettled must be due again before
+            // its pin moves (see the partition module).
+            config.ack_wait = config.ack_wait.min(pin_timeout / 2);
         }
         config
+    }
+
+    /// Whether a subscription reads one partition held by one instance at
+    /// a time (a pinned consumer, 2.11+).
+    fn pinned(&self, options: &SubscribeOptions) -> bool {
+        options.get_partition().is_some()
+            && options.get_durable_name().is_some()
+            && self.capabilities.ordered_across_instances
+    }
+
+    /// The instances of `group` reading partitions: joined on the first
+    /// subscription of this transport, left with the last.
+    async fn members(&self, group: &str) -> Result<Arc<partition::Members>> {
+        if let Some(members) = self
+            .members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .and_then(std::sync::Weak::upgrade)
+        {
+            return Ok(members);
+        }
+        let subject = format!(
+            "_EVENTS.members.{}.{group}",
+            self.stream.cached_info().config.name
+        );
+        let joined = partition::Members::join(&self.client, subject).await?;
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        // Two subscriptions may have joined at once: keep one.
+        match members.get(group).and_then(std::sync::Weak::upgrade) {
+            Some(existing) => Ok(existing),
+            None => {
+                members.insert(group.to_owned(), Arc::downgrade(&joined));
+                Ok(joined)
+            }
+        }
     }
 
     /// The durable consumer `name` for the subscription's filters: created,
@@ -638,7 +719,7 @@ impl Inner {
     ) -> Result<PullConsumer> {
         use jetstream::stream::ConsumerErrorKind as K;
         let filter = filters.join(", ");
-        let mut config = self.consumer_config(Some(name), options);
+        let mut config = self.consumer_config(Some(name), filters, options);
         let existing = match self.stream.consumer_info(name).await {
             Ok(info) => Some(info.config),
             Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => None,
@@ -1349,7 +1430,25 @@ impl Transport for JetStreamTransport {
                     ),
                 ));
             }
-            let filters: Vec<&str> = options.get_patterns().map(SubjectPattern::as_str).collect();
+            let partition = options.get_partition();
+            if partition.is_some() && inner.partitioning.is_none() {
+                return Err(Error::invalid(format!(
+                    "stream {} is not partitioned by key: subscribe without a partition",
+                    inner.stream.cached_info().config.name
+                )));
+            }
+            // Filters name what the stream stores: with partitions, the
+            // partition token follows the prefix.
+            let filters: Vec<String> = options
+                .get_patterns()
+                .map(|p| match &inner.partitioning {
+                    Some(partitioning) => {
+                        partitioning.stored_pattern(p.as_str(), partition.map(|(p, _)| p))
+                    }
+                    None => p.as_str().to_owned(),
+                })
+                .collect();
+            let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
             let filter = filters.join(", ");
             let filter = filter.as_str();
             let consumer = match name {
@@ -1357,13 +1456,37 @@ impl Transport for JetStreamTransport {
                 Some(name) => inner.named_consumer(name, &filters, &options).await?,
                 None => inner
                     .stream
-                    .create_consumer(inner.consumer_config(None, &options))
+                    .create_consumer(inner.consumer_config(None, &filters, &options))
                     .await
                     .map_err(|e| inner.consumer_error(filter, e))?,
+            };
+            let pinned = match partition {
+                Some((_, group)) if inner.pinned(&options) => Some(Pinned {
+                    pin: Arc::default(),
+                    members: inner.members(group).await?,
+                    subject: partition::next_subject(
+                        &inner.stream.cached_info().config.name,
+                        &consumer.cached_info().name,
+                    ),
+                    next_check: Instant::now(),
+                }),
+                _ => None,
             };
             let mut batch = options
                 .get_capacity()
                 .map_or(defaults.batch, |c| c.min(defaults.batch));
+            let mut expires = defaults.expires;
+            if let Some(pinned) = &pinned {
+                // A pull must come back well within the pin timeout: a
+                // standby's pulls are how it takes a pin that moves.
+                expires = expires.min(defaults.pin_timeout / 4);
+                tokio::spawn(partition::keep_pin(
+                    Arc::downgrade(&pinned.pin),
+                    inner.client.clone(),
+                    pinned.subject.clone(),
+                    defaults.pin_timeout,
+                ));
+            }
             if options.get_queue_group().is_some() {
                 // A shared consumer fills one member's pull before the next
                 // member's: small pulls spread the load across the group.
@@ -1386,8 +1509,9 @@ impl Transport for JetStreamTransport {
                 stop: stop.clone(),
                 ephemeral,
                 batch_size: batch,
-                expires: defaults.expires,
+                expires,
                 current: None,
+                pinned,
                 in_current: 0,
                 draining: false,
                 failures: 0,
@@ -1515,13 +1639,48 @@ struct Puller {
     ephemeral: bool,
     batch_size: usize,
     expires: Duration,
-    current: Option<jetstream::consumer::pull::Batch>,
+    current: Option<Pull>,
+    /// For a partition held by one instance at a time: its pin.
+    pinned: Option<Pinned>,
     in_current: usize,
     draining: bool,
     failures: u32,
     /// The connection's state, to notice reconnects.
     state: watch::Receiver<ConnectionState>,
 }
+
+/// One pull request, read to its end.
+enum Pull {
+    Batch(jetstream::consumer::pull::Batch),
+    Pinned(partition::PinnedPull),
+}
+
+impl Pull {
+    async fn next(&mut self) -> Option<std::result::Result<jetstream::Message, String>> {
+        match self {
+            Pull::Batch(batch) => batch.next().await.map(|r| r.map_err(|e| e.to_string())),
+            Pull::Pinned(pull) => pull.next().await,
+        }
+    }
+}
+
+/// A subscription to one partition, held by one instance of its group at
+/// a time (see the partition module).
+struct Pinned {
+    pin: Arc<partition::Pin>,
+    members: Arc<partition::Members>,
+    /// The consumer's `MSG.NEXT` subject.
+    subject: String,
+    /// When to look at the group's instances again.
+    next_check: Instant,
+}
+
+/// How long a partition's holder waits for what it delivered to be
+/// settled before handing the partition over (else it keeps it, and tries
+/// again later).
+const HANDOVER_LIMIT: Duration = Duration::from_secs(30);
+/// How often an instance that does not own a partition looks again.
+const STANDBY_LOOK: Duration = Duration::from_millis(250);
 
 /// Between a subscription's reader and its puller: the reader's request to
 /// stop fetching, and what it leaves unread when dropped.
@@ -1797,6 +1956,14 @@ impl Puller {
         };
         held.append(&mut late);
         release(held).await;
+        // A partition held here goes to the next instance as soon as what
+        // this one delivered is settled, rather than after the pin timeout.
+        if let Some(pin) = self.pinned.as_ref().map(|p| p.pin.clone()) {
+            if pin.held() {
+                let limit = self.inner.config.consumers.pin_timeout;
+                self.settle_partition(&pin, limit).await;
+            }
+        }
         if reader_gone {
             self.inner.settled();
         }
@@ -1833,12 +2000,47 @@ impl Puller {
                     }
                     // While open, a pull waits on the server up to `expires`;
                     // once closing, pulls take only what is already pending.
-                    let pulled = if self.draining {
+                    if !self.draining && self.hand_over_if_owned_elsewhere().await {
+                        continue;
+                    }
+                    if !self.draining && self.standing_by() {
+                        // Another live instance owns this partition: no
+                        // pull (one would compete for the pin whenever it
+                        // moves), until the next look at the instances.
+                        tokio::select! {
+                            () = tokio::time::sleep(STANDBY_LOOK) => {}
+                            () = self.stop.notify.notified() => {}
+                        }
+                        continue;
+                    }
+                    let pulled = if let Some(pinned) = &self.pinned {
+                        // Draining or not, a pinned pull waits: async-nats
+                        // has no non-waiting pull for it, and a short
+                        // expiry bounds the wait.
+                        let expires = if self.draining {
+                            Duration::from_millis(200)
+                        } else {
+                            self.expires
+                        };
+                        partition::PinnedPull::start(
+                            &self.inner.client,
+                            &self.inner.admin,
+                            pinned.subject.clone(),
+                            pull_size,
+                            expires,
+                            pinned.pin.clone(),
+                        )
+                        .await
+                        .map(Pull::Pinned)
+                        .map_err(|e| e.to_string())
+                    } else if self.draining {
                         self.consumer
                             .fetch()
                             .max_messages(pull_size)
                             .messages()
                             .await
+                            .map(Pull::Batch)
+                            .map_err(|e| e.to_string())
                     } else {
                         self.consumer
                             .batch()
@@ -1846,6 +2048,8 @@ impl Puller {
                             .expires(self.expires)
                             .messages()
                             .await
+                            .map(Pull::Batch)
+                            .map_err(|e| e.to_string())
                     };
                     match pulled {
                         Ok(batch) => {
@@ -1860,7 +2064,7 @@ impl Puller {
                             if let Some(lost) = self.lost().await {
                                 return Some((Err(lost), None));
                             }
-                            self.pause_after_failure(e.to_string()).await;
+                            self.pause_after_failure(e).await;
                             continue;
                         }
                     }
@@ -1891,7 +2095,7 @@ impl Puller {
                     if let Some(lost) = self.lost().await {
                         return Some((Err(lost), None));
                     }
-                    self.pause_after_failure(e.to_string()).await;
+                    self.pause_after_failure(e).await;
                 }
                 None => {
                     self.current = None;
@@ -1933,7 +2137,85 @@ impl Puller {
     ) -> (Result<Delivery>, Option<async_nats::Subject>) {
         let ack_wait = self.consumer.cached_info().config.ack_wait;
         let reply = message.reply.clone();
-        (to_delivery(message, ack_wait, &self.inner), reply)
+        let outstanding = self.pinned.as_ref().map(|p| p.pin.track());
+        (
+            to_delivery(message, ack_wait, &self.inner, outstanding),
+            reply,
+        )
+    }
+
+    /// Whether this subscription's partition is owned by another live
+    /// instance and not held here.
+    fn standing_by(&self) -> bool {
+        self.pinned.as_ref().is_some_and(|pinned| {
+            !pinned.pin.held()
+                && pinned
+                    .members
+                    .other_owner(&self.consumer.cached_info().name)
+                    .is_some()
+        })
+    }
+
+    /// For a partition held here that another live instance owns: hands
+    /// it over (see the partition module) and returns true. Called between
+    /// pulls, so the last pull was read to its end.
+    async fn hand_over_if_owned_elsewhere(&mut self) -> bool {
+        let name = self.consumer.cached_info().name.clone();
+        let Some(pinned) = self.pinned.as_mut() else {
+            return false;
+        };
+        if !pinned.pin.held() || Instant::now() < pinned.next_check {
+            return false;
+        }
+        pinned.next_check = Instant::now() + Duration::from_secs(1);
+        let Some(owner) = pinned.members.other_owner(&name) else {
+            return false;
+        };
+        let pin = pinned.pin.clone();
+        let settled = self.settle_partition(&pin, HANDOVER_LIMIT).await;
+        let Some(pinned) = self.pinned.as_mut() else {
+            return false;
+        };
+        if !settled {
+            tracing::info!(consumer = %name, %owner, "partition not handed over: deliveries still unsettled; trying again later");
+            pinned.next_check = Instant::now() + Duration::from_secs(5);
+            return false;
+        }
+        tracing::info!(consumer = %name, %owner, "partition handed over to its owner");
+        true
+    }
+
+    /// Waits (up to `limit`) until every delivery of this partition is
+    /// settled and the settlements have reached the server, then gives the
+    /// pin up. False if deliveries remained unsettled (the pin is kept).
+    async fn settle_partition(&mut self, pin: &Arc<partition::Pin>, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while pin.outstanding() > 0 {
+            if Instant::now() >= until || self.inner.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if self.inner.confirm_acks(API_TIMEOUT).await.is_err() {
+            return false;
+        }
+        let name = self.consumer.cached_info().name.clone();
+        match tokio::time::timeout(
+            API_TIMEOUT,
+            self.inner.stream.unpin_consumer(&name, partition::GROUP),
+        )
+        .await
+        {
+            Ok(Ok(())) => {
+                pin.drop_pin();
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(consumer = %name, error = %e, "unpinning a partition failed; its pin times out instead");
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// After a failed pull: the error ending the subscription if the
@@ -1965,6 +2247,7 @@ fn to_delivery(
     message: jetstream::Message,
     ack_wait: Duration,
     inner: &Arc<Inner>,
+    outstanding: Option<partition::Outstanding>,
 ) -> Result<Delivery> {
     let info = message.info().map_err(|e| {
         Error::decode("a jetstream message without a valid reply subject").with_source(e)
@@ -1979,8 +2262,14 @@ fn to_delivery(
     let mut headers: Headers = core::from_nats_headers(message.headers.as_ref())?;
     let dedup_id = headers.get(MSG_ID).map(str::to_owned);
     headers.remove(MSG_ID);
+    let subject = match &inner.partitioning {
+        Some(partitioning) => partitioning
+            .published_subject(message.subject.as_str())
+            .unwrap_or_else(|| message.subject.to_string()),
+        None => message.subject.to_string(),
+    };
     let message = Message {
-        subject: Subject::received(message.subject.to_string()),
+        subject: Subject::received(subject),
         headers,
         payload: message.payload,
         dedup_id,
@@ -1991,6 +2280,7 @@ fn to_delivery(
         Box::new(JetStreamAcker {
             acker,
             inner: inner.clone(),
+            _outstanding: outstanding,
         }),
     ))
 }
@@ -1999,6 +2289,9 @@ fn to_delivery(
 struct JetStreamAcker {
     acker: jetstream::message::Acker,
     inner: Arc<Inner>,
+    /// For a partition: counted until settled (this acker dropped, after
+    /// its settlement was sent).
+    _outstanding: Option<partition::Outstanding>,
 }
 
 impl fmt::Debug for JetStreamAcker {

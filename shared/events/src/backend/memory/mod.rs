@@ -569,6 +569,12 @@ impl Transport for MemoryTransport {
             if shared.closed.load(Ordering::Acquire) {
                 return Err(Error::closed("the memory transport is closed"));
             }
+            if options.get_partition().is_some() {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "the memory transport has no streams partitioned by key",
+                ));
+            }
             if options.get_durable_name().is_some() {
                 return Err(Error::new(
                     ErrorKind::Unsupported,

@@ -237,6 +237,12 @@ impl Transport for NatsTransport {
             if inner.closed.load(Ordering::Acquire) {
                 return Err(Error::closed("the nats transport is closed"));
             }
+            if options.get_partition().is_some() {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "core nats has no streams partitioned by key",
+                ));
+            }
             if options.get_durable_name().is_some() {
                 return Err(Error::new(
                     ErrorKind::Unsupported,
