@@ -641,7 +641,8 @@ impl<'a> Walker<'a> {
             }
             self.walk(&at, old_schema, new_schema);
         }
-        if !old_closed && new_closed {
+        let became_closed = !old_closed && new_closed;
+        if became_closed {
             self.push(
                 path,
                 ChangeKind::Other,
@@ -658,7 +659,7 @@ impl<'a> Walker<'a> {
             (Some(a @ Value::Object(_)), Some(b @ Value::Object(_))) => {
                 self.walk(&format!("{path}{{}}"), a, b)
             }
-            (a, b) if a != b && !(new_closed && !old_closed) => self.push(
+            (a, b) if a != b && !became_closed => self.push(
                 path,
                 ChangeKind::Other,
                 Breaks::Both,
@@ -935,6 +936,7 @@ fn number_bounds(schema: &Map<String, Value>) -> (f64, f64, String) {
         Some("float") => (f32::MIN as f64, f32::MAX as f64),
         _ => (f64::NEG_INFINITY, f64::INFINITY),
     };
+    let format_range = (min, max);
     let bound = |name: &str| schema.get(name).and_then(Value::as_f64);
     if let Some(m) = bound("minimum") {
         min = min.max(m);
@@ -948,8 +950,10 @@ fn number_bounds(schema: &Map<String, Value>) -> (f64, f64, String) {
     if let Some(m) = bound("exclusiveMaximum") {
         max = max.min(m - f64::EPSILON * m.abs().max(1.0));
     }
+    // Name the width when the bounds are only its own (schemars writes
+    // `minimum: 0` beside `uint32`).
     let text = match format {
-        Some(f) if bound("minimum").is_none() && bound("maximum").is_none() => f.to_owned(),
+        Some(f) if (min, max) == format_range => f.to_owned(),
         _ => interval(min, max),
     };
     (min, max, text)

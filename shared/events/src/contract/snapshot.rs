@@ -364,3 +364,209 @@ impl fmt::Display for SnapshotReport {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(dead_code)] // the types exist for their schemas
+
+    use schemars::JsonSchema;
+
+    use super::*;
+    use crate::contract::schema_of;
+    use crate::EventPayload;
+
+    /// A private folder, removed on drop.
+    struct Folder(PathBuf);
+
+    impl Folder {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("events-snapshots-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            Folder(dir)
+        }
+    }
+
+    impl Drop for Folder {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    macro_rules! payload {
+        ($name:ident, $version:literal, { $($field:ident: $ty:ty),* }) => {
+            #[derive(serde::Serialize, serde::Deserialize, JsonSchema)]
+            struct $name { $($field: $ty),* }
+            impl EventPayload for $name {
+                const TYPE: &'static str = "orders.order_placed";
+                const VERSION: u32 = $version;
+            }
+        };
+    }
+
+    payload!(Published, 1, { order_id: String, sku: String });
+    payload!(Additive, 1, { order_id: String, sku: String, note: Option<String> });
+    payload!(Renamed, 1, { order_id: String, product: String });
+    payload!(Bumped, 2, { order_id: String, product: String });
+
+    fn check<T: EventPayload + JsonSchema>(dir: &Path, update: bool) -> TypeReport {
+        let snapshots = Snapshots::new(dir).update(update);
+        snapshots
+            .check(&Catalog::new().with::<T>())
+            .unwrap()
+            .types()[0]
+            .clone()
+    }
+
+    #[test]
+    fn a_missing_snapshot_fails_until_written_then_an_unchanged_schema_passes() {
+        let dir = Folder::new("missing");
+        let report = check::<Published>(&dir.0, false);
+        assert_eq!(report.status(), SnapshotStatus::Missing);
+        assert!(!report.is_ok());
+        assert!(!report.path().exists());
+
+        let report = check::<Published>(&dir.0, true);
+        assert_eq!(report.status(), SnapshotStatus::Written);
+        let written: Value =
+            serde_json::from_str(&std::fs::read_to_string(report.path()).unwrap()).unwrap();
+        assert_eq!(&written, schema_of::<Published>().schema());
+        assert!(report
+            .path()
+            .ends_with("orders.order_placed/v1.schema.json"));
+
+        assert_eq!(
+            check::<Published>(&dir.0, false).status(),
+            SnapshotStatus::Unchanged
+        );
+    }
+
+    #[test]
+    fn an_additive_change_passes_and_updating_records_it() {
+        let dir = Folder::new("additive");
+        check::<Published>(&dir.0, true);
+        let report = check::<Additive>(&dir.0, false);
+        assert_eq!(report.status(), SnapshotStatus::Compatible);
+        assert!(report.is_ok());
+        assert_eq!(report.changes().len(), 1);
+        assert_eq!(report.changes()[0].path(), "$.note");
+
+        assert_eq!(
+            check::<Additive>(&dir.0, true).status(),
+            SnapshotStatus::Written
+        );
+        assert_eq!(
+            check::<Additive>(&dir.0, false).status(),
+            SnapshotStatus::Unchanged
+        );
+    }
+
+    #[test]
+    fn a_breaking_change_without_a_version_bump_fails_and_says_which_field_and_why() {
+        let dir = Folder::new("breaking");
+        check::<Published>(&dir.0, true);
+        let snapshots = Snapshots::new(&dir.0).update(false);
+        let report = snapshots.check(&Catalog::new().with::<Renamed>()).unwrap();
+        assert!(!report.is_ok());
+        let failed = report.failures().next().unwrap();
+        assert_eq!(failed.status(), SnapshotStatus::Breaking);
+        let text = report.into_result().unwrap_err().to_string();
+        assert!(
+            text.contains("orders.order_placed v1")
+                && text.contains("changed incompatibly without a VERSION bump")
+                && text.contains("$.sku: required field removed (renamed to `product`?)")
+                && text.contains("$.product: required field added"),
+            "{text}"
+        );
+        // The snapshot is left as it was.
+        assert_eq!(
+            check::<Published>(&dir.0, false).status(),
+            SnapshotStatus::Unchanged
+        );
+    }
+
+    #[test]
+    fn a_version_bump_needs_its_own_snapshot_and_keeps_the_old_one() {
+        let dir = Folder::new("bumped");
+        check::<Published>(&dir.0, true);
+        assert_eq!(
+            check::<Bumped>(&dir.0, false).status(),
+            SnapshotStatus::Missing
+        );
+        assert_eq!(
+            check::<Bumped>(&dir.0, true).status(),
+            SnapshotStatus::Written
+        );
+        let snapshots = Snapshots::new(&dir.0);
+        assert!(snapshots.path_of("orders.order_placed", 1).exists());
+        assert!(snapshots.path_of("orders.order_placed", 2).exists());
+        // Going back to v1 after v2 was recorded: the version went backwards.
+        assert_eq!(
+            check::<Renamed>(&dir.0, false).status(),
+            SnapshotStatus::Breaking
+        );
+        std::fs::remove_file(snapshots.path_of("orders.order_placed", 1)).unwrap();
+        assert_eq!(
+            check::<Published>(&dir.0, true).status(),
+            SnapshotStatus::VersionBehind { newest: 2 },
+            "not written over, even when updating"
+        );
+    }
+
+    #[test]
+    fn updating_over_a_breaking_change_says_so() {
+        let dir = Folder::new("overwrite");
+        check::<Published>(&dir.0, true);
+        let report = check::<Renamed>(&dir.0, true);
+        assert_eq!(report.status(), SnapshotStatus::Overwritten);
+        assert!(report.changes().iter().any(Change::is_breaking));
+        assert_eq!(
+            check::<Renamed>(&dir.0, false).status(),
+            SnapshotStatus::Unchanged
+        );
+    }
+
+    #[test]
+    fn a_snapshot_that_is_not_json_is_a_decode_error() {
+        let dir = Folder::new("garbage");
+        let snapshots = Snapshots::new(&dir.0).update(false);
+        let path = snapshots.path_of("orders.order_placed", 1);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "{ not json").unwrap();
+        let err = snapshots
+            .check(&Catalog::new().with::<Published>())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        assert!(err.to_string().contains("is not JSON"), "{err}");
+    }
+
+    #[test]
+    fn two_rust_types_for_one_type_and_version_are_refused() {
+        let catalog = Catalog::new().with::<Published>().with::<Renamed>();
+        let err = Snapshots::new("unused").check(&catalog).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("two Rust types"), "{err}");
+    }
+
+    #[test]
+    fn display_of_every_status_is_lowercase_apart_from_names_and_has_no_period() {
+        let statuses = [
+            SnapshotStatus::Unchanged,
+            SnapshotStatus::Compatible,
+            SnapshotStatus::Breaking,
+            SnapshotStatus::Missing,
+            SnapshotStatus::VersionBehind { newest: 3 },
+            SnapshotStatus::Written,
+            SnapshotStatus::Overwritten,
+        ];
+        for status in statuses {
+            let text = status.to_string();
+            let first = text.chars().next().unwrap();
+            assert!(
+                first.is_lowercase() || text.starts_with("VERSION"),
+                "{text}"
+            );
+            assert!(!text.ends_with('.'), "{text}");
+        }
+    }
+}
