@@ -496,15 +496,7 @@ fn binary_headers() -> Value {
 #[cfg(feature = "runtime")]
 fn dead_letter_headers() -> Value {
     use crate::consumer::{dead_letter_headers as h, Reason};
-    let reasons = [
-        Reason::Decode,
-        Reason::UnsupportedVersion,
-        Reason::MissingUpcaster,
-        Reason::Rejected,
-        Reason::AttemptsExhausted,
-        Reason::NoHandler,
-    ]
-    .map(Reason::as_str);
+    let reasons = Reason::ALL.map(Reason::as_str);
     let count = json!({ "type": "string", "pattern": "^[0-9]+$" });
     let text = |description: &str| json!({ "type": "string", "description": description });
     let properties: Map<String, Value> = [
