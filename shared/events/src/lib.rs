@@ -84,7 +84,9 @@
 //!   (schemars), AsyncAPI 3.0 documents of what a service publishes and
 //!   handles, and a check that a type changed compatibly or got a new
 //!   `VERSION`.
-//! - `testing`: private `nats-server` processes and clusters for tests.
+//! - `testing`: private `nats-server` processes and clusters for tests,
+//!   and a harness that runs real handlers on the memory bus and records
+//!   what they publish and how each delivery is settled.
 //!
 //! # Minimum supported Rust version
 //! 1.89.

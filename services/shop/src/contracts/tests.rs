@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use events::contract::Snapshots;
-use events::transport::Transport;
+use events::testing::Harness;
 
 use super::*;
 
@@ -83,16 +83,9 @@ fn channels_of(document: &AsyncApiDocument, action: &str) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn the_documents_list_what_each_service_really_publishes_and_handles() {
-    let transport: Arc<dyn Transport> = Arc::new(events::backend::memory::MemoryTransport::new());
-    let orders_bus = Bus::builder_shared(transport.clone())
-        .source("orders")
-        .build()
-        .unwrap();
-    let inventory_bus = Bus::builder_shared(transport.clone())
-        .source("inventory")
-        .build()
-        .unwrap();
-    let mut everything = orders_bus.subscribe_raw(">").await.unwrap();
+    let harness = Harness::new("orders");
+    let orders_bus = harness.bus().clone();
+    let inventory_bus = harness.service("inventory").unwrap();
     let stock = Arc::new(Mutex::new(HashMap::from([("sku-42".to_owned(), 10)])));
     let inventory = inventory::consumer(&inventory_bus, stock)
         .unwrap()
@@ -117,30 +110,31 @@ async fn the_documents_list_what_each_service_really_publishes_and_handles() {
             .await
             .unwrap();
     }
-    // (source, CloudEvents type) -> count, until both orders are settled.
-    let mut seen: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let settled = |seen: &BTreeMap<(String, String), u64>| {
-        seen.get(&("orders".into(), "orders.order_settled.v1".into()))
-            .copied()
-            .unwrap_or(0)
-    };
-    while settled(&seen) < 2 {
-        let delivery = tokio::time::timeout(Duration::from_secs(10), everything.next())
-            .await
-            .expect("both orders settle within 10 s")
-            .expect("subscription open")
-            .expect("a valid event");
-        let metadata = delivery.metadata();
-        *seen
-            .entry((metadata.source().to_owned(), metadata.cloudevents_type()))
-            .or_default() += 1;
-        delivery.ack().await.unwrap();
-    }
+    let settled = harness
+        .wait_published::<OrderSettled>(2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let confirmed: BTreeMap<&str, bool> = settled
+        .iter()
+        .map(|e| (e.payload.order_id.as_str(), e.payload.confirmed))
+        .collect();
+    assert_eq!(confirmed, BTreeMap::from([("o-1", true), ("o-2", false)]));
+    // Two orders, one answer each, two settlements: four handled.
+    harness.wait_for(4, Duration::from_secs(10)).await.unwrap();
     let summaries = HashMap::from([
         ("inventory", inventory.shutdown().await.unwrap()),
         ("orders", orders.shutdown().await.unwrap()),
     ]);
+    assert_eq!(harness.dead_lettered(), 0);
 
+    // (source, CloudEvents type) -> count, from what was really published.
+    let mut seen: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for message in harness.published_messages() {
+        let metadata = events::wire::decode(&message).unwrap().metadata;
+        *seen
+            .entry((metadata.source().to_owned(), metadata.cloudevents_type()))
+            .or_default() += 1;
+    }
     for service in SERVICES {
         let document = asyncapi(service, &orders_bus).unwrap();
         let published: BTreeSet<String> = seen
