@@ -30,6 +30,22 @@ fn fast_retries(attempts: u32) -> RetryPolicy {
         .max_delay(Duration::from_millis(5))
 }
 
+/// The consumer under test: `script` handles every `Placed`, retried up to
+/// `attempts` times.
+async fn start_scripted(
+    harness: &Harness,
+    script: &Script,
+    attempts: u32,
+) -> crate::consumer::Running {
+    Consumer::new(harness.bus(), "inventory")
+        .unwrap()
+        .handle(script.handler::<Placed, ()>())
+        .retry(fast_retries(attempts))
+        .start()
+        .await
+        .unwrap()
+}
+
 async fn publish(bus: &Bus, order_id: &str) -> String {
     let event = bus.event(Placed {
         order_id: order_id.into(),
@@ -80,13 +96,7 @@ async fn it_waits_until_n_events_are_handled_and_reads_reactions_typed() {
 async fn scripted_failures_are_retried_and_every_attempt_is_recorded() {
     let harness = Harness::new("orders");
     let script = Script::new().fail(2);
-    let running = Consumer::new(harness.bus(), "inventory")
-        .unwrap()
-        .handle(script.handler::<Placed, ()>())
-        .retry(fast_retries(5))
-        .start()
-        .await
-        .unwrap();
+    let running = start_scripted(&harness, &script, 5).await;
     let id = publish(harness.bus(), "o-1").await;
     harness.wait_for(1, BOUND).await.unwrap();
     assert_eq!(script.calls(), 3);
@@ -116,13 +126,7 @@ async fn scripted_failures_are_retried_and_every_attempt_is_recorded() {
 async fn a_rejection_is_dead_lettered_at_once_and_counted_by_wait_for() {
     let harness = Harness::new("orders");
     let script = Script::new().reject();
-    let running = Consumer::new(harness.bus(), "inventory")
-        .unwrap()
-        .handle(script.handler::<Placed, ()>())
-        .retry(fast_retries(5))
-        .start()
-        .await
-        .unwrap();
+    let running = start_scripted(&harness, &script, 5).await;
     let id = publish(harness.bus(), "o-1").await;
     harness.wait_for(1, BOUND).await.unwrap();
     assert_eq!(harness.handled(), 0);
@@ -149,13 +153,7 @@ async fn a_rejection_is_dead_lettered_at_once_and_counted_by_wait_for() {
 async fn failing_on_every_attempt_ends_in_a_dead_letter_after_the_last() {
     let harness = Harness::new("orders");
     let script = Script::new().then_fail_forever();
-    let running = Consumer::new(harness.bus(), "inventory")
-        .unwrap()
-        .handle(script.handler::<Placed, ()>())
-        .retry(fast_retries(3))
-        .start()
-        .await
-        .unwrap();
+    let running = start_scripted(&harness, &script, 3).await;
     let id = publish(harness.bus(), "o-1").await;
     harness.wait_for(1, BOUND).await.unwrap();
     let dead = harness.dead_letters().unwrap();
