@@ -46,6 +46,14 @@ if ! command -v pg_isready >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1
   for _ in $(seq 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 fi
 
+# The official AsyncAPI parser (npm, pinned in tools/asyncapi), which the
+# shop's contract test runs on its generated documents.
+if command -v npm >/dev/null 2>&1; then
+  scripts/asyncapi-validate.sh --install
+else
+  echo "npm not found: the AsyncAPI validation test will be skipped" >&2
+fi
+
 # The server matrix. The whole suite runs on the nats-server on PATH
 # (Debian's 2.9.10 here) and on the newest release; the conformance,
 # runtime, lifecycle, fault and server-feature suites also on each earlier minor release

@@ -11,6 +11,9 @@
 //! to PostgreSQL with their `OrderPlaced` in one transaction (the outbox),
 //! a relay publishes them, and inventory applies them through the inbox:
 //! `DATABASE_URL=postgres://postgres@127.0.0.1/postgres cargo run -p shop --features postgres`.
+//!
+//! `cargo run -p shop -- asyncapi orders` (or `inventory`) prints the
+//! service's AsyncAPI 3.0 document, generated from its code.
 
 mod contracts;
 #[cfg(feature = "postgres")]
@@ -29,6 +32,20 @@ use contracts::{OrderPlaced, OrderSettled};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // `shop asyncapi <service>`: print the service's AsyncAPI document.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [command, service] = &args[..] {
+        if command == "asyncapi" {
+            print!(
+                "{}",
+                contracts::asyncapi(service, &Bus::memory(service.clone()))?
+            );
+            return Ok(());
+        }
+    }
+    if !args.is_empty() {
+        return Err(format!("usage: shop [asyncapi <{}>]", contracts::SERVICES.join("|")).into());
+    }
     let transport = transport_from_env().await?;
     println!("transport: {}", transport.name());
     let orders_bus = Bus::builder_shared(transport.clone())

@@ -80,7 +80,13 @@
 //! - `postgres`: the transactional outbox and inbox on PostgreSQL
 //!   ([`outbox`]): events staged in the business transaction and relayed
 //!   to any transport, handler writes committed with the "handled" mark.
-//! - `testing`: private `nats-server` processes and clusters for tests.
+//! - `schema`: contracts ([`contract`]): JSON Schemas of payload types
+//!   (schemars), AsyncAPI 3.0 documents of what a service publishes and
+//!   handles, and a check that a type changed compatibly or got a new
+//!   `VERSION`.
+//! - `testing`: private `nats-server` processes and clusters for tests,
+//!   and a harness that runs real handlers on the memory bus and records
+//!   what they publish and how each delivery is settled.
 //!
 //! # Minimum supported Rust version
 //! 1.89.
@@ -92,6 +98,9 @@ pub mod bus;
 #[cfg(feature = "runtime")]
 #[cfg_attr(docsrs, doc(cfg(feature = "runtime")))]
 pub mod consumer;
+#[cfg(feature = "schema")]
+#[cfg_attr(docsrs, doc(cfg(feature = "schema")))]
+pub mod contract;
 pub mod envelope;
 mod error;
 #[cfg(feature = "opentelemetry")]

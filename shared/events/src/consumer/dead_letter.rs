@@ -75,17 +75,18 @@ impl Reason {
         }
     }
 
+    /// Every reason, in declaration order.
+    pub(crate) const ALL: [Reason; 6] = [
+        Reason::Decode,
+        Reason::UnsupportedVersion,
+        Reason::MissingUpcaster,
+        Reason::Rejected,
+        Reason::AttemptsExhausted,
+        Reason::NoHandler,
+    ];
+
     fn parse(text: &str) -> Option<Self> {
-        [
-            Reason::Decode,
-            Reason::UnsupportedVersion,
-            Reason::MissingUpcaster,
-            Reason::Rejected,
-            Reason::AttemptsExhausted,
-            Reason::NoHandler,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == text)
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
     }
 }
 

@@ -731,6 +731,15 @@ impl<S: Send + Sync + 'static> Consumer<S> {
             keys: HashMap::new(),
         })
     }
+
+    /// The event types this consumer has handlers for (each handler's
+    /// `EventPayload::TYPE`), sorted: what a contract document lists as its
+    /// receive operations.
+    pub fn handled_types(&self) -> impl Iterator<Item = &'static str> {
+        let mut types: Vec<&'static str> = self.handlers.keys().copied().collect();
+        types.sort_unstable();
+        types.into_iter()
+    }
 }
 
 /// A started consumer (see [`Consumer::start`]): its events are handled in

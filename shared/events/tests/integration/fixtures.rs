@@ -60,6 +60,8 @@ fn fixture_files() -> Vec<PathBuf> {
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        // Schema snapshots live beside the wire fixtures (checked below).
+        .filter(|p| !p.to_string_lossy().ends_with(".schema.json"))
         .collect();
     files.sort();
     files
@@ -164,4 +166,49 @@ fn readers_tolerate_extra_payload_fields_and_unknown_extensions() {
         .encode(&event, ContentMode::Binary)
         .unwrap();
     assert_eq!(forwarded.headers.get("ce-partitionkey"), Some("p-7"));
+}
+
+/// Every published version of every type has its schema snapshot beside
+/// its wire fixtures, and today's types match theirs (or changed
+/// compatibly). `EVENTS_UPDATE_SNAPSHOTS=1` records a new version's.
+#[cfg(feature = "schema")]
+#[test]
+fn every_versions_schema_matches_its_snapshot() {
+    use events::contract::{Catalog, Snapshots};
+    let catalog = Catalog::new()
+        .with::<OrderPlaced>()
+        .with::<crate::support::OrderPlacedV1>();
+    let report = Snapshots::new(fixture_dir()).check(&catalog).unwrap();
+    println!("{report}");
+    assert_eq!(report.types().len(), 2);
+    if let Err(e) = report.into_result() {
+        panic!("{e}");
+    }
+}
+
+/// The check agrees that v2 needed its bump: from v1's snapshot, v2 renamed
+/// and retyped fields.
+#[cfg(feature = "schema")]
+#[test]
+fn the_check_finds_why_v2_needed_a_new_version() {
+    use events::contract::{compare, schema_of, ChangeKind};
+    let file = fixture_dir().join(OrderPlaced::TYPE).join("v1.schema.json");
+    let v1: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    let changes = compare(&v1, schema_of::<OrderPlaced>().schema());
+    let text: Vec<String> = changes.iter().map(ToString::to_string).collect();
+    let removed: Vec<&str> = changes
+        .iter()
+        .filter(|c| c.kind() == ChangeKind::FieldRemoved)
+        .map(|c| c.path())
+        .collect();
+    assert_eq!(removed, ["$.amount", "$.customer"], "{text:#?}");
+    assert!(
+        text.iter().any(
+            |t| t.starts_with("$.customer: required field removed (renamed to `customer_id`?)")
+        ),
+        "{text:#?}"
+    );
+    assert!(changes
+        .iter()
+        .all(|c| c.path() == "$.coupon" || c.is_breaking()));
 }

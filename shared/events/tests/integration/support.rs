@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 /// The current (v2) shape of `orders.order_placed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct OrderPlaced {
     pub order_id: String,
     pub total_cents: u64,
@@ -23,6 +24,7 @@ impl EventPayload for OrderPlaced {
 
 /// The v1 shape, as old producers still send it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct OrderPlacedV1 {
     pub order_id: String,
     pub amount: f64,
