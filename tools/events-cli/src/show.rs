@@ -32,9 +32,9 @@ pub(crate) fn out(text: &str) -> Outcome<()> {
     }
 }
 
-/// RFC 3339 in UTC, with as many fractional digits as the time has.
+/// RFC 3339 in UTC, to the millisecond.
 pub(crate) fn format_time(time: chrono::DateTime<chrono::Utc>) -> String {
-    time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// `text` with control characters escaped (newlines and tabs too: one

@@ -184,10 +184,5 @@ fn capabilities(label: &str, caps: &Capabilities) -> String {
                 .join(", ")
         }
     };
-    format!(
-        "{:<14}supports: {}; not: {}",
-        label,
-        names(yes),
-        names(no)
-    )
+    format!("{label:<13} supports: {}; not: {}", names(yes), names(no))
 }
