@@ -201,35 +201,14 @@ impl Conn {
                 let reader = self
                     .ordered(&stream, &filter, consumer::DeliverPolicy::All)
                     .await?;
-                if reader.cached_info().num_pending == 0 {
-                    continue;
-                }
-                let mut messages = reader.messages().await.map_err(|e| {
-                    Failure::with(format!("reading stream {} failed", info.config.name), &e)
-                })?;
-                loop {
-                    let next = tokio::time::timeout(SCAN_STALL, messages.next())
-                        .await
-                        .map_err(|_| {
-                            Failure::new(format!(
-                                "reading stream {} stalled for {}s",
-                                info.config.name,
-                                SCAN_STALL.as_secs()
-                            ))
-                        })?;
-                    let Some(next) = next else { break };
-                    let message = next.map_err(|e| {
-                        Failure::with(format!("reading stream {} failed", info.config.name), &e)
-                    })?;
-                    let stored = stored(&message, &info.config.name)?;
-                    let pending = message.info().map(|i| i.pending).unwrap_or(0);
-                    if matcher.matches(&stored.message.subject) {
-                        out.push(stored);
-                    }
-                    if pending == 0 {
-                        break;
-                    }
-                }
+                let reader_name = reader.cached_info().name.clone();
+                let read = if reader.cached_info().num_pending == 0 {
+                    Ok(())
+                } else {
+                    read_through(reader, &info.config.name, &matcher, &mut out).await
+                };
+                forget(&stream, &reader_name).await;
+                read?;
             }
         }
         Ok(out)
@@ -243,6 +222,50 @@ impl Conn {
         self.core.close().await?;
         Ok(())
     }
+}
+
+/// Reads `reader` until it has delivered what was stored when it was
+/// made, keeping the messages `matcher` matches.
+async fn read_through(
+    reader: consumer::Consumer<consumer::pull::OrderedConfig>,
+    stream: &str,
+    matcher: &events::transport::SubjectPattern,
+    out: &mut Vec<Stored>,
+) -> Outcome<()> {
+    let mut messages = reader
+        .messages()
+        .await
+        .map_err(|e| Failure::with(format!("reading stream {stream} failed"), &e))?;
+    loop {
+        let next = tokio::time::timeout(SCAN_STALL, messages.next())
+            .await
+            .map_err(|_| {
+                Failure::new(format!(
+                    "reading stream {stream} stalled for {}s",
+                    SCAN_STALL.as_secs()
+                ))
+            })?;
+        let Some(next) = next else {
+            return Ok(());
+        };
+        let message =
+            next.map_err(|e| Failure::with(format!("reading stream {stream} failed"), &e))?;
+        let stored = stored(&message, stream)?;
+        let pending = message.info().map(|i| i.pending).unwrap_or(0);
+        if matcher.matches(&stored.message.subject) {
+            out.push(stored);
+        }
+        if pending == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Deletes a reader's ephemeral consumer at once (the server would keep it
+/// for its inactivity threshold, and `status` would list it meanwhile).
+/// Best effort: one left behind expires by itself.
+pub(crate) async fn forget(stream: &stream::Stream, name: &str) {
+    let _ = stream.delete_consumer(name).await;
 }
 
 /// A message a JetStream consumer delivered, in the library's form.

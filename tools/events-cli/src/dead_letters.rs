@@ -203,7 +203,7 @@ impl Letter {
             ("reason", dead.reason.as_str().to_owned()),
             ("error", dead.error.clone()),
             ("attempts", dead.attempts.to_string()),
-            ("dead-lettered", show::format_time(dead.time)),
+            ("given up at", show::format_time(dead.time)),
         ];
         if let Some(sequence) = dead.stream_sequence {
             facts.push(("original seq", sequence.to_string()));

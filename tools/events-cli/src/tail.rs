@@ -184,6 +184,23 @@ async fn tail_stream(
     };
     let stream = conn.stream(&stream_name).await?;
     let reader = conn.ordered(&stream, &filter, deliver).await?;
+    let reader_name = reader.cached_info().name.clone();
+    let result = follow(reader, pattern, &stream_name, last, printer).await;
+    conn::forget(&stream, &reader_name).await;
+    result
+}
+
+/// Prints what `reader` delivers and `pattern` matches; with `last`, first
+/// the last `last` of what was stored.
+async fn follow(
+    reader: async_nats::jetstream::consumer::Consumer<
+        async_nats::jetstream::consumer::pull::OrderedConfig,
+    >,
+    pattern: &SubjectPattern,
+    stream_name: &str,
+    last: Option<usize>,
+    printer: &mut Printer,
+) -> Outcome<()> {
     let mut backlog = last.map(|n| (n, VecDeque::with_capacity(n.min(1024))));
     let mut caught_up = reader.cached_info().num_pending == 0;
     let mut messages = reader
@@ -216,7 +233,7 @@ async fn tail_stream(
         let message =
             next.map_err(|e| Failure::with(format!("reading stream {stream_name} failed"), &e))?;
         caught_up = message.info().map(|i| i.pending == 0).unwrap_or(true);
-        let stored = conn::stored(&message, &stream_name)?;
+        let stored = conn::stored(&message, stream_name)?;
         if !pattern.matches(&stored.message.subject) {
             continue;
         }

@@ -109,6 +109,12 @@ async fn stored_count(js: &jetstream::Context, filter: &str) -> usize {
     total
 }
 
+/// How many consumers the stream has.
+async fn consumers(js: &jetstream::Context) -> usize {
+    let mut stream = js.get_stream("EVENTS").await.unwrap();
+    stream.info().await.unwrap().state.consumer_count
+}
+
 fn order(id: &str, total_cents: u64) -> OrderPlaced {
     OrderPlaced {
         order_id: id.into(),
@@ -344,6 +350,7 @@ async fn tail_of_a_stream_shows_the_last_events_raw_and_leaves_durable_consumers
 
     let durable = stream.consumer_info("billing").await.unwrap();
     assert_eq!((durable.num_pending, durable.num_ack_pending), (5, 0));
+    assert_eq!(consumers(&js).await, 1, "tail's reader is gone");
 }
 
 /// A billing consumer that rejects orders of nothing: dead letters for the
@@ -402,6 +409,7 @@ async fn dead_letters_are_listed_and_shown_without_being_consumed() {
         }
     }
     assert_eq!(stored_count(&js, "deadletter.>").await, 2);
+    assert_eq!(consumers(&js).await, 1, "only the billing consumer is left");
 
     let out = ok(&url, &["dead-letters", "list", "--id", &dead[1], "--json"]).await;
     let line: Value = serde_json::from_str(out.trim()).unwrap();
