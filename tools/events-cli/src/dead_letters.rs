@@ -333,7 +333,14 @@ fn list(letters: &[Letter], json: bool) -> Outcome<()> {
         return Ok(());
     }
     let mut rows = vec![[
-        "SEQ", "STREAM", "DEAD-LETTERED", "CONSUMER", "REASON", "ATTEMPTS", "TYPE", "EVENT ID",
+        "SEQ",
+        "STREAM",
+        "DEAD-LETTERED",
+        "CONSUMER",
+        "REASON",
+        "ATTEMPTS",
+        "TYPE",
+        "EVENT ID",
         "ERROR",
     ]
     .map(str::to_owned)];

@@ -159,7 +159,14 @@ mod tests {
             parse_duration("18446744073709551615h"),
             Ok(Duration::from_secs(u64::MAX))
         );
-        for bad in ["", "s", "-1s", "1.5s", "3 weeks", "99999999999999999999999s"] {
+        for bad in [
+            "",
+            "s",
+            "-1s",
+            "1.5s",
+            "3 weeks",
+            "99999999999999999999999s",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -63,10 +63,10 @@ fn body_text(payload: &[u8]) -> String {
 /// CloudEvents content type is structured, else `ce-specversion` means
 /// binary).
 fn mode(message: &Message) -> &'static str {
-    let structured = message
-        .headers
-        .get("content-type")
-        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("application/cloudevents"));
+    let structured = message.headers.get("content-type").is_some_and(|ct| {
+        ct.to_ascii_lowercase()
+            .starts_with("application/cloudevents")
+    });
     if !structured && message.headers.get("ce-specversion").is_some() {
         "binary"
     } else {
@@ -190,10 +190,7 @@ fn render_json(
                 ("time", m.time().map(format_time)),
                 ("correlationid", m.correlation_id().map(str::to_owned)),
                 ("causationid", m.causation_id().map(str::to_owned)),
-                (
-                    "datacontenttype",
-                    m.data_content_type().map(str::to_owned),
-                ),
+                ("datacontenttype", m.data_content_type().map(str::to_owned)),
             ];
             for (name, value) in optional {
                 if let Some(value) = value {
@@ -240,10 +237,7 @@ mod tests {
     #[test]
     fn control_characters_never_reach_the_terminal() {
         assert_eq!(clean("a\u{1b}[2Jb\nc"), "a\\u{1b}[2Jb\\nc");
-        let message = Message::new(
-            Subject::received("events.x"),
-            &b"\x1b[31mnot an event"[..],
-        );
+        let message = Message::new(Subject::received("events.x"), &b"\x1b[31mnot an event"[..]);
         let shown = render(
             &message,
             &[],

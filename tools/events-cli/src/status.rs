@@ -117,8 +117,9 @@ async fn report(conn: &mut Conn, dead_pattern: &str) -> Outcome<()> {
         let mut infos = Vec::new();
         while let Some(consumer) = consumers.next().await {
             infos.push(
-                consumer
-                    .map_err(|e| Failure::with(format!("listing consumers of {name} failed"), &e))?,
+                consumer.map_err(|e| {
+                    Failure::with(format!("listing consumers of {name} failed"), &e)
+                })?,
             );
         }
         infos.sort_by(|a, b| a.name.cmp(&b.name));

@@ -98,7 +98,10 @@ mod tests {
             ["deadletter.events.billing"]
         );
         let narrow = ["deadletter.events.billing".to_owned(), "x".to_owned()];
-        assert_eq!(filters("deadletter.>", &narrow), ["deadletter.events.billing"]);
+        assert_eq!(
+            filters("deadletter.>", &narrow),
+            ["deadletter.events.billing"]
+        );
         assert!(filters("other.>", &narrow).is_empty());
     }
 

@@ -28,7 +28,12 @@ pub(crate) struct TailArgs {
     stream: Option<String>,
     /// With --stream: start with what was stored since then, a duration
     /// ago (10m) or a time (RFC 3339), instead of new events only
-    #[arg(long, value_name = "WHEN", requires = "stream", conflicts_with = "last")]
+    #[arg(
+        long,
+        value_name = "WHEN",
+        requires = "stream",
+        conflicts_with = "last"
+    )]
     since: Option<String>,
     /// With --stream: start with the last N matching events stored (reads
     /// the stream from its start to find them)
@@ -226,9 +231,7 @@ async fn follow(
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
         let Some(next) = next else {
-            return Err(Failure::new(format!(
-                "reading stream {stream_name} ended"
-            )));
+            return Err(Failure::new(format!("reading stream {stream_name} ended")));
         };
         let message =
             next.map_err(|e| Failure::with(format!("reading stream {stream_name} failed"), &e))?;

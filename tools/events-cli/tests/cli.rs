@@ -127,7 +127,11 @@ async fn publish_goes_through_the_library_codec_and_waits_for_the_stream_ack() {
     let (server, bus, js) = jetstream_setup().await;
     let url = server.url();
     let file = server.dir().join("order.json");
-    std::fs::write(&file, "{\n  \"order_id\": \"o-1\",\n  \"total_cents\": 1250\n}\n").unwrap();
+    std::fs::write(
+        &file,
+        "{\n  \"order_id\": \"o-1\",\n  \"total_cents\": 1250\n}\n",
+    )
+    .unwrap();
     let data = format!("@{}", file.display());
     let mut typed = bus.subscribe::<OrderPlaced>().await.unwrap();
 
@@ -180,12 +184,10 @@ async fn publish_goes_through_the_library_codec_and_waits_for_the_stream_ack() {
     }
     let stream = js.get_stream("EVENTS").await.unwrap();
     let first = stream.get_raw_message(1).await.unwrap();
-    assert_eq!(
-        std::str::from_utf8(&first.payload)
-            .unwrap()
-            .contains(r#""data":{"order_id":"o-1","total_cents":1250}"#),
-        true,
-        "the data is written as serde writes it"
+    let body = std::str::from_utf8(&first.payload).unwrap();
+    assert!(
+        body.contains(r#""data":{"order_id":"o-1","total_cents":1250}"#),
+        "the data is written as serde writes it: {body}"
     );
     let second = stream.get_raw_message(2).await.unwrap();
     assert_eq!(
@@ -293,7 +295,10 @@ async fn tail_prints_live_events_of_both_content_modes() {
         "{out}"
     );
     assert!(blocks[0].contains(structured.metadata.id()), "{out}");
-    assert!(blocks[0].contains(r#"{"order_id":"o-1","total_cents":100}"#), "{out}");
+    assert!(
+        blocks[0].contains(r#"{"order_id":"o-1","total_cents":100}"#),
+        "{out}"
+    );
     assert!(blocks[1].contains("(binary)"), "{out}");
     assert!(blocks[1].contains(binary.metadata.id()), "{out}");
     assert!(blocks[1].contains("subject      o-2"), "{out}");
@@ -404,7 +409,10 @@ async fn dead_letters_are_listed_and_shown_without_being_consumed() {
         for id in &dead {
             let row = out.lines().find(|l| l.contains(id.as_str())).unwrap();
             let columns: Vec<&str> = row.split_whitespace().collect();
-            assert_eq!(columns[1..6], ["EVENTS", columns[2], "billing", "rejected", "1"]);
+            assert_eq!(
+                columns[1..6],
+                ["EVENTS", columns[2], "billing", "rejected", "1"]
+            );
             assert!(row.ends_with("an order of nothing"), "{row}");
         }
     }
@@ -426,17 +434,30 @@ async fn dead_letters_are_listed_and_shown_without_being_consumed() {
         .to_owned();
 
     let out = ok(&url, &["dead-letters", "show", &sequence]).await;
-    assert!(out.starts_with("orders.order_placed.v1 (structured)"), "{out}");
+    assert!(
+        out.starts_with("orders.order_placed.v1 (structured)"),
+        "{out}"
+    );
     assert!(out.contains("subject      o-3"), "{out}");
     assert!(out.contains("reason       rejected"), "{out}");
     assert!(out.contains("attempts     1"), "{out}");
-    assert!(out.contains(r#"{"order_id":"o-3","total_cents":0}"#), "{out}");
+    assert!(
+        out.contains(r#"{"order_id":"o-3","total_cents":0}"#),
+        "{out}"
+    );
 
     let none = ok(&url, &["dead-letters", "list", "--consumer", "shipping"]).await;
     assert!(none.contains("0 dead letters"), "{none}");
     let by_type = ok(
         &url,
-        &["dead-letters", "list", "--type", "orders.order_placed.v1", "--reason", "rejected"],
+        &[
+            "dead-letters",
+            "list",
+            "--type",
+            "orders.order_placed.v1",
+            "--reason",
+            "rejected",
+        ],
     )
     .await;
     assert!(by_type.contains("2 dead letters"), "{by_type}");
@@ -461,7 +482,10 @@ async fn replay_republishes_the_original_and_only_then_removes_the_letter() {
     assert_eq!(stored_count(&js, "events.>").await, before + 1);
     assert_eq!(stored_count(&js, "deadletter.>").await, 1);
     let left = ok(&url, &["dead-letters", "list"]).await;
-    assert!(!left.contains(&dead[0]) && left.contains(&dead[1]), "{left}");
+    assert!(
+        !left.contains(&dead[0]) && left.contains(&dead[1]),
+        "{left}"
+    );
 
     // The republished message is the original event, id and all.
     let mut found = false;
@@ -498,7 +522,10 @@ async fn purge_asks_for_yes_then_removes_only_what_the_filter_picks() {
     let out = ok(&url, &["dead-letters", "purge", "--id", &dead[0], "--yes"]).await;
     assert!(out.contains("purged 1 dead letter"), "{out}");
     let left = ok(&url, &["dead-letters", "list"]).await;
-    assert!(!left.contains(&dead[0]) && left.contains(&dead[1]), "{left}");
+    assert!(
+        !left.contains(&dead[0]) && left.contains(&dead[1]),
+        "{left}"
+    );
 
     ok(&url, &["dead-letters", "purge", "--all", "--yes"]).await;
     assert_eq!(stored_count(&js, "deadletter.>").await, 0);
@@ -549,9 +576,21 @@ async fn bad_input_fails_in_one_line_without_acting() {
     };
     let cases: [&[&str]; 11] = [
         &["publish", "orders.order_placed", "--data", "{\"order_id\":"],
-        &["publish", "orders.order_placed", "--data", "@/no/such/file.json"],
+        &[
+            "publish",
+            "orders.order_placed",
+            "--data",
+            "@/no/such/file.json",
+        ],
         &["publish", "orders..placed", "--data", "{}"],
-        &["publish", "orders.order_placed", "--data", "{}", "--version", "0"],
+        &[
+            "publish",
+            "orders.order_placed",
+            "--data",
+            "{}",
+            "--version",
+            "0",
+        ],
         &["publish", "orders.order_placed", "--data", "{}", "--bogus"],
         &["tail", "orders.>.x"],
         &["tail", "orders.*", "--last", "3"],

@@ -317,8 +317,7 @@ pub(crate) fn parse_duration(name: &str, value: &str) -> Result<Duration> {
     };
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     let digits_only = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-    if (whole.is_empty() && fraction.is_empty()) || !digits_only(whole) || !digits_only(fraction)
-    {
+    if (whole.is_empty() && fraction.is_empty()) || !digits_only(whole) || !digits_only(fraction) {
         return Err(invalid(name, value, expected));
     }
     let max = Duration::MAX.as_nanos();
@@ -467,9 +466,15 @@ mod tests {
             ("EVENTS_CONSUMER_PREFETCH", "18446744073709551616"),
             ("EVENTS_CONSUMER_MAX_ATTEMPTS", "4294967296"),
             ("EVENTS_CONSUMER_ACK_WAIT", &format!("{huge}h")),
-            ("EVENTS_CONSUMER_SHUTDOWN_TIMEOUT", "18446744073709551615.999999999999"),
+            (
+                "EVENTS_CONSUMER_SHUTDOWN_TIMEOUT",
+                "18446744073709551615.999999999999",
+            ),
             ("EVENTS_CONSUMER_HANDLER_TIMEOUT", &format!("0.{huge}ms")),
-            ("EVENTS_CONSUMER_RETRY_MAX_DELAY", &format!("{}1h", "0".repeat(500))),
+            (
+                "EVENTS_CONSUMER_RETRY_MAX_DELAY",
+                &format!("{}1h", "0".repeat(500)),
+            ),
         ])
         .unwrap();
         assert_eq!(settings.get_concurrency(), Some(usize::MAX));
