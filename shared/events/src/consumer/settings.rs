@@ -349,7 +349,6 @@ pub(crate) fn parse_duration(name: &str, value: &str) -> Result<Duration> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
@@ -364,12 +363,13 @@ mod tests {
     };
     use crate::{Bus, ErrorKind, Event, EventPayload};
 
-    fn lookup(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        move |name| map.get(name).cloned()
+    /// The value of `name` among `vars`, as an environment would give it.
+    fn lookup<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
     }
 
     fn from(vars: &[(&str, &str)]) -> Result<ConsumerSettings> {
