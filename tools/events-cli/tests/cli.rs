@@ -241,6 +241,9 @@ async fn publish_without_a_stream_goes_to_core_nats() {
     )
     .await;
     assert!(out.contains("core NATS"), "{out}");
+    let status = ok(&url, &["status"]).await;
+    assert!(status.contains("JetStream off"), "{status}");
+    assert!(status.contains("nothing is stored"), "{status}");
     let delivery = tokio::time::timeout(BOUND, typed.next())
         .await
         .unwrap()
@@ -352,6 +355,20 @@ async fn tail_of_a_stream_shows_the_last_events_raw_and_leaves_durable_consumers
         .as_str()
         .unwrap()
         .contains("\"specversion\":\"1.0\""));
+
+    let since = ok(
+        &url,
+        &[
+            "tail", "orders.*", "--stream", "--since", "1h", "-n", "5", "--json",
+        ],
+    )
+    .await;
+    let all: Vec<String> = since
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].to_string())
+        .collect();
+    assert_eq!(all.len(), 5, "{since}");
+    assert_eq!(all[0], format!("{:?}", ids[0]));
 
     let durable = stream.consumer_info("billing").await.unwrap();
     assert_eq!((durable.num_pending, durable.num_ack_pending), (5, 0));
