@@ -29,12 +29,14 @@ mod handler;
 mod idempotency;
 mod retry;
 mod runtime;
+mod settings;
 
 pub use dead_letter::{headers as dead_letter_headers, replay, DeadLetter, Reason, ReplayReport};
 pub use handler::{Context, Handler, HandlerError};
 pub use idempotency::{Claim, ClaimToken, IdempotencyStore, MemoryIdempotencyStore};
 pub use retry::RetryPolicy;
 pub use runtime::{shutdown_signal, Consumer, NewerVersion, Running, Summary};
+pub use settings::{ConsumerSettings, DEFAULT_ENV_PREFIX};
 
 #[cfg(test)]
 mod tests;

@@ -740,6 +740,41 @@ impl<S: Send + Sync + 'static> Consumer<S> {
         types.sort_unstable();
         types.into_iter()
     }
+
+    /// Applies the settings that `settings` sets (from the environment with
+    /// [`ConsumerSettings::from_env`](crate::consumer::ConsumerSettings::from_env),
+    /// or built in code) through the setters above; what it leaves unset
+    /// keeps its value here.
+    ///
+    /// ```
+    /// use events::consumer::{Consumer, ConsumerSettings};
+    ///
+    /// let bus = events::Bus::memory("billing");
+    /// let consumer = Consumer::new(&bus, "billing")?.settings(&ConsumerSettings::from_env()?);
+    /// # let _ = consumer;
+    /// # Ok::<(), events::Error>(())
+    /// ```
+    pub fn settings(mut self, settings: &crate::consumer::ConsumerSettings) -> Self {
+        if let Some(limit) = settings.get_concurrency() {
+            self = self.concurrency(limit);
+        }
+        if let Some(events) = settings.get_prefetch() {
+            self = self.prefetch(events);
+        }
+        if let Some(wait) = settings.get_ack_wait() {
+            self = self.ack_wait(wait);
+        }
+        if let Some(policy) = settings.get_retry() {
+            self = self.retry(policy.clone());
+        }
+        if let Some(timeout) = settings.get_shutdown_timeout() {
+            self = self.shutdown_timeout(timeout);
+        }
+        if let Some(timeout) = settings.get_handler_timeout() {
+            self = self.handler_timeout(timeout);
+        }
+        self
+    }
 }
 
 /// A started consumer (see [`Consumer::start`]): its events are handled in
