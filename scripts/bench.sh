@@ -19,6 +19,10 @@ cargo bench -p events --bench runtime 2>/dev/null >"$tmp/runtime.txt"
 echo "NATS and JetStream against hand-written async-nats..." >&2
 cargo bench -p events --features jetstream,testing --bench nats 2>/dev/null >"$tmp/nats.txt"
 
+echo "ordered scale-out on a stream partitioned by key (nats-server 2.15.1 from the matrix)..." >&2
+newest=$(scripts/nats-servers.sh 2.15.1)
+NATS_SERVER_BIN="$newest" cargo bench -p events --features jetstream,runtime,testing --bench partitions 2>/dev/null >"$tmp/partitions.txt"
+
 echo "outbox on PostgreSQL (EVENTS_TEST_DATABASE_URL, default the local server)..." >&2
 cargo bench -p events --features jetstream,postgres,testing --bench outbox 2>/dev/null >"$tmp/outbox.txt"
 
@@ -46,6 +50,14 @@ criterion_rows() {
   grep '^|' "$tmp/nats.txt"
   echo
   echo "Reading the table: nats-server shares the two cores with the bench, so every CPU cycle the client spends is taken from the server, and run-to-run noise is about 10% per row even with both sides measured in one process (a row means something only if it repeats). \`perf\` profiles of the JetStream rows put the crate's own functions under 2% of the samples; the rest is serde_json (both sides), malloc, the kernel and the server. What the crate pays that the hand-written code does not: core publish checks the size and the connection state and registers a blocked send with the connection watchdog (so it can fail \`Unavailable\` instead of blocking forever); JetStream publish copies the message headers once to add the dedup id before converting them, and \`publish_all\` encodes a whole batch before sending it (the hand-written loop overlaps encoding with the server's work); a JetStream subscription hands each message from its puller task to the reader and books it for the buffer keep-alive; the consumer runtime (JetStream rows: first to last event handled, default prefetch 256) creates a tracing span, a handler context and the handler's boxed future per event, and polls it in place; a handling future is built and boxed only for an event that has to wait. Typed decoding (both crate rows) reads a structured event's data as the payload type in the same pass as its attributes, as the hand-written \`serde_json\` struct does."
+  echo
+  echo "## Ordered scale-out: a stream partitioned by key"
+  echo
+  echo "Command: \`NATS_SERVER_BIN=.nats-servers/2.15.1/bin/nats-server cargo bench -p events --features jetstream,runtime,testing --bench partitions\`. One consumer of 3 event types, instances in one process with a connection each; 16 partitions; the handler awaits 2 ms (I/O, not CPU); the instances start and learn of each other before the events are published; median of 3 alternating rounds."
+  echo
+  grep '^|' "$tmp/partitions.txt"
+  echo
+  echo "Reading it: instances add parallelism, but each partition is held by one instance, so the busiest instance sets the pace (16 partitions over 3 instances split unevenly by rendezvous hashing, as do 64 keys over 16 partitions); more partitions than instances evens it out."
   echo
   echo "## Outbox on PostgreSQL"
   echo

