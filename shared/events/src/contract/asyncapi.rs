@@ -128,6 +128,14 @@ impl AsyncApi {
         self
     }
 
+    /// The subject prefix, without a bus (`events` by default): where the
+    /// bus is at hand, [`bus`](Self::bus) sets it. An invalid prefix fails
+    /// [`build`](Self::build).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
     /// A NATS server the service connects to (`nats://host:port`,
     /// `tls://host:port`, or `host:port`). Credentials in the URL are left
     /// out of the document.
