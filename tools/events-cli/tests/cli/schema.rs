@@ -61,6 +61,12 @@ impl Drop for Copy {
     }
 }
 
+/// Asserts the command succeeded, and gives its stdout.
+fn succeeded(output: &std::process::Output) -> String {
+    assert!(output.status.success(), "{}", stderr(output));
+    stdout(output)
+}
+
 fn stderr(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -104,8 +110,7 @@ fn assert_breaking(output: &std::process::Output, field: &str, why: &str) {
 async fn schema_check_passes_on_identical_folders_and_on_an_additive_change() {
     let same = Copy::of_shop("same");
     let output = check(same.path()).await;
-    assert!(output.status.success(), "{}", stderr(&output));
-    let out = stdout(&output);
+    let out = succeeded(&output);
     assert_eq!(out.matches(": unchanged").count(), 4, "{out}");
     assert!(out.ends_with("4 checked, 0 failed, 0 removed\n"), "{out}");
 
@@ -114,8 +119,7 @@ async fn schema_check_passes_on_identical_folders_and_on_an_additive_change() {
         s["properties"]["note"] = json!({ "type": ["string", "null"] });
     });
     let output = check(additive.path()).await;
-    assert!(output.status.success(), "{}", stderr(&output));
-    let out = stdout(&output);
+    let out = succeeded(&output);
     assert!(
         out.contains("orders.order_placed v1: changed compatibly\n  $.note: "),
         "{out}"
@@ -196,20 +200,8 @@ async fn schema_check_reports_a_removed_version_and_fails_a_version_that_went_ba
         v2_only.0.join("orders.order_placed/v2.schema.json"),
     )
     .unwrap();
-    let output = run(
-        "nats://127.0.0.1:1",
-        &[
-            "schema",
-            "check",
-            "--old",
-            bumped.path(),
-            "--new",
-            v2_only.path(),
-        ],
-    )
-    .await;
-    assert!(output.status.success(), "{}", stderr(&output));
-    let out = stdout(&output);
+    let output = check_between(&bumped, &v2_only).await;
+    let out = succeeded(&output);
     assert!(
         out.contains("orders.order_placed v1: version removed (no snapshot in --new)"),
         "{out}"
@@ -254,22 +246,19 @@ async fn schema_check_reads_a_folder_at_a_git_revision() {
     repo.edit_placed(|s| s["properties"]["quantity"] = json!({ "type": "string" }));
 
     // Run from inside the repository: REV:DIR is git's own syntax.
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_events"))
+    let check_in_repo = |old: &'static str, new: &'static str| {
+        super::command(
+            "nats://127.0.0.1:1",
+            &["schema", "check", "--old", old, "--new", new],
+        )
         .current_dir(&repo.0)
-        .args(["schema", "check", "--old", "HEAD:", "--new", "."])
         .output()
-        .await
-        .unwrap();
+    };
+    let output = check_in_repo("HEAD:", ".").await.unwrap();
     assert_breaking(&output, "$.quantity", "type changed from integer to string");
 
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_events"))
-        .current_dir(&repo.0)
-        .args(["schema", "check", "--old", "HEAD:", "--new", "HEAD:"])
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
-    assert_eq!(stdout(&output).matches(": unchanged").count(), 4);
+    let output = check_in_repo("HEAD:", "HEAD:").await.unwrap();
+    assert_eq!(succeeded(&output).matches(": unchanged").count(), 4);
 }
 
 #[tokio::test]
