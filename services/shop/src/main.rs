@@ -14,6 +14,9 @@
 //!
 //! `cargo run -p shop -- asyncapi orders` (or `inventory`) prints the
 //! service's AsyncAPI 3.0 document, generated from its code.
+//! `cargo run -p shop -- snapshots <dir>` writes the schema snapshot of
+//! every type as the code has it now into `<dir>`, for
+//! `events schema check --old services/shop/contracts --new <dir>`.
 
 mod contracts;
 #[cfg(feature = "postgres")]
@@ -34,7 +37,15 @@ use contracts::{OrderPlaced, OrderSettled};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `shop asyncapi <service>`: print the service's AsyncAPI document.
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [command, service] = &args[..] {
+    if let [command, argument] = &args[..] {
+        if command == "snapshots" {
+            let report = events::contract::Snapshots::new(argument)
+                .update(true)
+                .check(&contracts::catalog())?;
+            println!("{report}");
+            return Ok(());
+        }
+        let service = argument;
         if command == "asyncapi" {
             print!(
                 "{}",
@@ -44,7 +55,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if !args.is_empty() {
-        return Err(format!("usage: shop [asyncapi <{}>]", contracts::SERVICES.join("|")).into());
+        return Err(format!(
+            "usage: shop [asyncapi <{}> | snapshots <dir>]",
+            contracts::SERVICES.join("|")
+        )
+        .into());
     }
     let transport = transport_from_env().await?;
     println!("transport: {}", transport.name());

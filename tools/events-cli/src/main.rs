@@ -10,6 +10,7 @@ mod conn;
 mod dead_letters;
 mod failure;
 mod publish;
+mod schema;
 mod show;
 mod status;
 mod subjects;
@@ -77,17 +78,10 @@ enum Command {
     /// Streams, consumers, pending and redelivered counts, dead-letter
     /// backlog, server version and capabilities
     Status(status::StatusArgs),
-    /// Contract schemas (not yet available in this build)
+    /// Check schema snapshots for breaking changes, or export them as an
+    /// AsyncAPI document or one JSON Schema (no server needed)
     #[command(subcommand)]
-    Schema(SchemaCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum SchemaCommand {
-    /// Export the AsyncAPI document or JSON Schemas (not yet available)
-    Export,
-    /// Check schemas against their snapshots (not yet available)
-    Check,
+    Schema(schema::SchemaCommand),
 }
 
 fn main() -> ExitCode {
@@ -115,15 +109,7 @@ async fn run(cli: Cli) -> Outcome<()> {
         Command::Publish(args) => publish::run(connection, args).await,
         Command::DeadLetters(command) => dead_letters::run(connection, command).await,
         Command::Status(args) => status::run(connection, args).await,
-        Command::Schema(command) => {
-            let name = match command {
-                SchemaCommand::Export => "schema export",
-                SchemaCommand::Check => "schema check",
-            };
-            Err(Failure::new(format!(
-                "`events {name}` is not yet available in this build"
-            )))
-        }
+        Command::Schema(command) => schema::run(connection, command),
     }
 }
 

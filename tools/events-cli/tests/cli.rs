@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
+#[path = "cli/schema.rs"]
+mod schema;
+
 /// The longest any one command may take here.
 const BOUND: Duration = Duration::from_secs(30);
 

@@ -5,7 +5,9 @@ use std::fmt;
 
 use serde_json::{json, Map, Value};
 
+use super::bundle::{hoist, ref_fragment, ref_name};
 use super::schema::{settings, Catalog, Entry};
+use super::snapshot::StoredSnapshot;
 use crate::bus::Bus;
 use crate::envelope::EventPayload;
 use crate::error::{Error, Result};
@@ -81,6 +83,7 @@ pub struct AsyncApi {
     catalog: Catalog,
     sends: BTreeSet<(&'static str, u32)>,
     receivers: Vec<Receiver>,
+    snapshots: Vec<StoredSnapshot>,
 }
 
 /// A consumer, as the document needs it.
@@ -107,6 +110,7 @@ impl AsyncApi {
             catalog: Catalog::new(),
             sends: BTreeSet::new(),
             receivers: Vec::new(),
+            snapshots: Vec::new(),
         }
     }
 
@@ -121,6 +125,14 @@ impl AsyncApi {
     pub fn bus(mut self, bus: &Bus) -> Self {
         self.prefix = bus.codec().prefix().to_owned();
         self.content_mode = bus.content_mode();
+        self
+    }
+
+    /// The subject prefix, without a bus (`events` by default): where the
+    /// bus is at hand, [`bus`](Self::bus) sets it. An invalid prefix fails
+    /// [`build`](Self::build).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
         self
     }
 
@@ -152,6 +164,29 @@ impl AsyncApi {
         self
     }
 
+    /// A channel for a stored schema snapshot, with its messages and no
+    /// operation: for a document of the contracts themselves, written where
+    /// the Rust types are not at hand (the `events schema export` command
+    /// does this with [`Snapshots::load`](super::Snapshots::load)).
+    ///
+    /// ```
+    /// use events::contract::{AsyncApi, Snapshots};
+    ///
+    /// let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    /// let document = Snapshots::new(fixtures)
+    ///     .load()?
+    ///     .iter()
+    ///     .fold(AsyncApi::new("contracts", "1.0.0"), AsyncApi::snapshot)
+    ///     .build()?;
+    /// let channel = &document.as_value()["channels"]["orders.order_placed.v2"];
+    /// assert_eq!(channel["address"], "events.orders.order_placed");
+    /// # Ok::<(), events::Error>(())
+    /// ```
+    pub fn snapshot(mut self, snapshot: &StoredSnapshot) -> Self {
+        self.snapshots.push(snapshot.clone());
+        self
+    }
+
     /// The service runs `consumer`: a receive operation for each type it
     /// has a handler for (the schema comes from the catalog, which must
     /// have exactly one version of the type), and its dead letters.
@@ -174,8 +209,9 @@ impl AsyncApi {
     /// Fails with [`InvalidInput`](crate::ErrorKind::InvalidInput) if a
     /// consumer handles a type the catalog has no schema for (or has more
     /// than one version of: which one the handler decodes into cannot be
-    /// told), if two Rust types share a `(TYPE, VERSION)`, or if a server
-    /// URL is not a NATS URL.
+    /// told), if two Rust types share a `(TYPE, VERSION)`, if a snapshot
+    /// gives a `(TYPE, VERSION)` the document has already or a TYPE that
+    /// is not a valid subject token, or if a server URL is not a NATS URL.
     pub fn build(&self) -> Result<AsyncApiDocument> {
         self.catalog.validate()?;
         let codec = Codec::new(&self.prefix)?;
@@ -209,9 +245,13 @@ impl AsyncApi {
             let message_ref =
                 |name: &str| json!({ "$ref": format!("#/channels/{channel_id}/messages/{name}") });
             let address = codec.subject_for(event_type)?;
+            let summary = format!(
+                "{event_type} version {version} events, payload type `{}`.",
+                entry.rust_type
+            );
             doc_channels.insert(
                 channel_id.clone(),
-                channel(&channel_id, address.as_str(), entry, payload.to_value()),
+                channel(&channel_id, address.as_str(), summary, payload.to_value()),
             );
             if self.sends.contains(&(*event_type, *version)) {
                 let mode = match self.content_mode {
@@ -274,6 +314,26 @@ impl AsyncApi {
         schemas.insert(BINARY_HEADERS.into(), binary_headers());
         if !self.receivers.is_empty() {
             schemas.insert(DEAD_LETTER_HEADERS.into(), dead_letter_headers());
+        }
+        for snapshot in &self.snapshots {
+            let channel_id = snapshot.cloudevents_type();
+            if doc_channels.contains_key(&channel_id) {
+                return Err(Error::invalid(format!(
+                    "{channel_id} is in the document twice (a snapshot of a type it has already)"
+                )));
+            }
+            let address = codec.subject_for(snapshot.event_type())?;
+            let name = hoist(&channel_id, snapshot.schema(), SCHEMAS, &mut schemas);
+            let summary = format!(
+                "{} version {} events, schema from its snapshot.",
+                snapshot.event_type(),
+                snapshot.version()
+            );
+            let payload = json!({ "$ref": format!("{SCHEMAS}{}", ref_fragment(&name)) });
+            doc_channels.insert(
+                channel_id.clone(),
+                channel(&channel_id, address.as_str(), summary, payload),
+            );
         }
 
         let mut info = Map::new();
@@ -363,12 +423,11 @@ impl fmt::Display for AsyncApiDocument {
 
 /// A channel: one `(TYPE, VERSION)` on its subject, one message per
 /// content mode.
-fn channel(channel_id: &str, address: &str, entry: &Entry, payload: Value) -> Value {
-    let rust_type = entry.rust_type;
+fn channel(channel_id: &str, address: &str, summary: String, payload: Value) -> Value {
     json!({
         "address": address,
         "title": channel_id,
-        "summary": format!("{} version {} events, payload type `{rust_type}`.", entry.event_type, entry.version),
+        "summary": summary,
         "messages": {
             "structured": {
                 "name": format!("{channel_id}.structured"),
@@ -592,11 +651,7 @@ fn rewrite_refs(value: &mut Value, renames: &BTreeMap<String, String>) {
         Value::Object(map) => {
             if let Some(Value::String(reference)) = map.get_mut("$ref") {
                 if let Some(encoded) = reference.strip_prefix(SCHEMAS) {
-                    let name = percent_encoding::percent_decode_str(encoded)
-                        .decode_utf8_lossy()
-                        .replace("~1", "/")
-                        .replace("~0", "~");
-                    if let Some(new) = renames.get(&name) {
+                    if let Some(new) = renames.get(&ref_name(encoded)) {
                         *reference = format!("{SCHEMAS}{new}");
                     }
                 }

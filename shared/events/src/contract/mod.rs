@@ -12,7 +12,10 @@
 //! - [`compare`] finds the changes between two schemas of one type and
 //!   which of them break readers or writers; [`Snapshots`] keeps one schema
 //!   per `(TYPE, VERSION)` in the repository and fails when a type changed
-//!   incompatibly without a new `VERSION`.
+//!   incompatibly without a new `VERSION`. [`Snapshots::load`] reads a
+//!   folder of them for tools without the Rust types: two folders compare
+//!   with [`SnapshotStatus::between`], and [`AsyncApi::snapshot`] or
+//!   [`bundle`] write them as one document.
 //!
 //! ```
 //! use events::contract::{schema_of, Catalog, Snapshots};
@@ -50,14 +53,18 @@
 //! (a field with `#[serde(default)]` or of an `Option` type is optional).
 
 mod asyncapi;
+mod bundle;
 mod compat;
 mod schema;
 mod snapshot;
 
 pub use asyncapi::{AsyncApi, AsyncApiDocument};
+pub use bundle::bundle;
 pub use compat::{compare, Breaks, Change, ChangeKind};
 pub use schema::{schema_of, Catalog, PayloadSchema, SCHEMA_DIALECT};
-pub use snapshot::{SnapshotReport, SnapshotStatus, Snapshots, TypeReport, UPDATE_ENV};
+pub use snapshot::{
+    SnapshotReport, SnapshotStatus, Snapshots, StoredSnapshot, TypeReport, UPDATE_ENV,
+};
 
 /// The schemars crate this module derives schemas with, for
 /// `#[schemars(crate = "events::contract::schemars")]` where a service does

@@ -122,16 +122,12 @@ impl Snapshots {
             }
             return Ok(report(SnapshotStatus::Missing, Vec::new()));
         };
-        if &snapshot == schema.schema() {
-            return Ok(report(SnapshotStatus::Unchanged, Vec::new()));
-        }
-        let changes = compare(&snapshot, schema.schema());
-        let breaking = changes.iter().any(Change::is_breaking);
-        let status = match (breaking, self.update) {
-            (false, false) => SnapshotStatus::Compatible,
-            (true, false) => SnapshotStatus::Breaking,
-            (false, true) => SnapshotStatus::Written,
-            (true, true) => SnapshotStatus::Overwritten,
+        let (status, changes) = SnapshotStatus::between(&snapshot, schema.schema());
+        let status = match (status, self.update) {
+            (SnapshotStatus::Unchanged, _) => return Ok(report(status, changes)),
+            (_, false) => status,
+            (SnapshotStatus::Breaking, true) => SnapshotStatus::Overwritten,
+            (_, true) => SnapshotStatus::Written,
         };
         if self.update {
             write_json(&path, schema.schema())?;
@@ -142,23 +138,119 @@ impl Snapshots {
     /// The highest version with a snapshot for `event_type`.
     fn newest_version(&self, event_type: &str) -> Result<Option<u32>> {
         let dir = self.dir.join(event_type);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error("read", &dir, e)),
-        };
-        let mut newest = None;
-        for entry in entries {
-            let entry = entry.map_err(|e| io_error("read", &dir, e))?;
-            let name = entry.file_name();
-            let version = name
-                .to_str()
-                .and_then(|n| n.strip_prefix('v'))
-                .and_then(|n| n.strip_suffix(".schema.json"))
-                .and_then(|n| n.parse::<u32>().ok());
-            newest = newest.max(version);
+        match versions_in(&dir) {
+            Ok(versions) => Ok(versions.into_iter().map(|(version, _)| version).max()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("read", &dir, e)),
         }
-        Ok(newest)
+    }
+
+    /// Reads every snapshot in the folder, in `(TYPE, VERSION)` order:
+    /// each `<TYPE>/v<VERSION>.schema.json`, other files (the wire fixtures
+    /// beside them, a README) left alone.
+    ///
+    /// For tools that have the snapshots but not the Rust types: compare
+    /// two folders with [`SnapshotStatus::between`], or write a document of
+    /// them with [`AsyncApi::snapshot`](super::AsyncApi::snapshot) or
+    /// [`bundle`](super::bundle).
+    ///
+    /// Fails with [`Backend`](ErrorKind::Backend) if the folder cannot be
+    /// read (it does not exist, say) and with [`Decode`](ErrorKind::Decode)
+    /// naming the file if a snapshot is not JSON.
+    ///
+    /// ```
+    /// use events::contract::Snapshots;
+    ///
+    /// let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    /// let stored = Snapshots::new(fixtures).load()?;
+    /// let types: Vec<String> = stored.iter().map(|s| s.cloudevents_type()).collect();
+    /// assert_eq!(types, ["orders.order_placed.v1", "orders.order_placed.v2"]);
+    /// assert_eq!(stored[1].schema()["title"], "OrderPlaced");
+    /// # Ok::<(), events::Error>(())
+    /// ```
+    pub fn load(&self) -> Result<Vec<StoredSnapshot>> {
+        let read_error = |e| io_error("read", &self.dir, e);
+        let mut stored = Vec::new();
+        for entry in std::fs::read_dir(&self.dir).map_err(read_error)? {
+            let entry = entry.map_err(read_error)?;
+            // A type is a folder named by its TYPE; anything else is not a
+            // snapshot (a README, a file of fixtures).
+            let Ok(event_type) = entry.file_name().into_string() else {
+                continue;
+            };
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            let versions = versions_in(&path).map_err(|e| io_error("read", &path, e))?;
+            for (version, file) in versions {
+                if let Some(schema) = read_json(&file)? {
+                    stored.push(StoredSnapshot {
+                        event_type: event_type.clone(),
+                        version,
+                        path: file,
+                        schema,
+                    });
+                }
+            }
+        }
+        stored.sort_by(|a, b| (&a.event_type, a.version).cmp(&(&b.event_type, b.version)));
+        Ok(stored)
+    }
+}
+
+/// The versions with a snapshot file in one type's folder, with the file.
+fn versions_in(dir: &Path) -> std::io::Result<Vec<(u32, PathBuf)>> {
+    let mut versions = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let version = name
+            .to_str()
+            .and_then(|n| n.strip_prefix('v'))
+            .and_then(|n| n.strip_suffix(".schema.json"))
+            .and_then(|n| n.parse::<u32>().ok());
+        if let Some(version) = version {
+            versions.push((version, entry.path()));
+        }
+    }
+    Ok(versions)
+}
+
+/// One schema snapshot as read from a folder by [`Snapshots::load`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSnapshot {
+    event_type: String,
+    version: u32,
+    path: PathBuf,
+    schema: Value,
+}
+
+impl StoredSnapshot {
+    /// The type's `TYPE` (its folder's name).
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    /// The `VERSION` (from the file's name).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The CloudEvents `type` attribute of this version
+    /// (`orders.order_placed.v2`).
+    pub fn cloudevents_type(&self) -> String {
+        format!("{}.v{}", self.event_type, self.version)
+    }
+
+    /// The file it was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema, as written by [`schema_of`](super::schema_of).
+    pub fn schema(&self) -> &Value {
+        &self.schema
     }
 }
 
@@ -218,6 +310,36 @@ pub enum SnapshotStatus {
 }
 
 impl SnapshotStatus {
+    /// How schema `new` of a type stands against its snapshot `old`:
+    /// [`Unchanged`](Self::Unchanged), [`Compatible`](Self::Compatible)
+    /// or [`Breaking`](Self::Breaking), with every change [`compare`]
+    /// finds (none when unchanged; none either when only annotations such
+    /// as descriptions changed).
+    ///
+    /// ```
+    /// use events::contract::SnapshotStatus;
+    /// use serde_json::json;
+    ///
+    /// let old = json!({"type": "object", "properties": {"sku": {"type": "string"}}, "required": ["sku"]});
+    /// let new = json!({"type": "object", "properties": {}, "required": []});
+    /// let (status, changes) = SnapshotStatus::between(&old, &new);
+    /// assert_eq!(status, SnapshotStatus::Breaking);
+    /// assert_eq!(changes[0].path(), "$.sku");
+    /// assert_eq!(SnapshotStatus::between(&old, &old).0, SnapshotStatus::Unchanged);
+    /// ```
+    pub fn between(old: &Value, new: &Value) -> (SnapshotStatus, Vec<Change>) {
+        if old == new {
+            return (SnapshotStatus::Unchanged, Vec::new());
+        }
+        let changes = compare(old, new);
+        let status = if changes.iter().any(Change::is_breaking) {
+            SnapshotStatus::Breaking
+        } else {
+            SnapshotStatus::Compatible
+        };
+        (status, changes)
+    }
+
     /// Whether the check passes.
     pub fn is_ok(self) -> bool {
         !matches!(
@@ -538,6 +660,47 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Decode);
         assert!(err.to_string().contains("is not JSON"), "{err}");
+    }
+
+    #[test]
+    fn load_reads_every_type_and_version_in_order_and_nothing_else() {
+        let dir = Folder::new("load");
+        check::<Published>(&dir.0, true);
+        check::<Bumped>(&dir.0, true);
+        std::fs::write(dir.0.join("README.md"), "not a type").unwrap();
+        std::fs::write(dir.0.join("orders.order_placed/v1.binary.json"), "{}").unwrap();
+        let stored = Snapshots::new(&dir.0).load().unwrap();
+        let keys: Vec<_> = stored
+            .iter()
+            .map(|s| (s.event_type(), s.version()))
+            .collect();
+        assert_eq!(
+            keys,
+            [("orders.order_placed", 1), ("orders.order_placed", 2)]
+        );
+        assert_eq!(stored[0].schema(), schema_of::<Published>().schema());
+        assert_eq!(stored[1].schema(), schema_of::<Bumped>().schema());
+
+        std::fs::write(dir.0.join("orders.order_placed/v3.schema.json"), "[").unwrap();
+        let err = Snapshots::new(&dir.0).load().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode);
+        assert!(err.to_string().contains("v3.schema.json"), "{err}");
+        let err = Snapshots::new(dir.0.join("absent")).load().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Backend);
+    }
+
+    #[test]
+    fn between_tells_unchanged_compatible_and_breaking_apart() {
+        let published = schema_of::<Published>().into_schema();
+        let additive = schema_of::<Additive>().into_schema();
+        let renamed = schema_of::<Renamed>().into_schema();
+        let (status, changes) = SnapshotStatus::between(&published, &published);
+        assert_eq!((status, changes.len()), (SnapshotStatus::Unchanged, 0));
+        let (status, changes) = SnapshotStatus::between(&published, &additive);
+        assert_eq!((status, changes.len()), (SnapshotStatus::Compatible, 1));
+        let (status, changes) = SnapshotStatus::between(&published, &renamed);
+        assert_eq!(status, SnapshotStatus::Breaking);
+        assert!(changes.iter().any(|c| c.path() == "$.sku"));
     }
 
     #[test]
