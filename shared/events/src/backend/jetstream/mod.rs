@@ -661,7 +661,7 @@ impl Inner {
             config.priority_timeout = pin_timeout;
             // What a dead holder left unsettled must be due again before
             // its pin moves (see the partition module).
-            config.ack_wait = config.ack_wait.min(pin_timeout / 2);
+            config.ack_wait = config.ack_wait.min(pin_timeout / 4);
         }
         config
     }
@@ -1461,7 +1461,12 @@ impl Transport for JetStreamTransport {
                     .map_err(|e| inner.consumer_error(filter, e))?,
             };
             let pinned = match partition {
-                Some((_, group)) if inner.pinned(&options) => Some(Pinned {
+                Some((index, group)) if inner.pinned(&options) => Some(Pinned {
+                    index,
+                    count: inner
+                        .partitioning
+                        .as_ref()
+                        .map_or(0, partition::Partitioning::count),
                     pin: Arc::default(),
                     members: inner.members(group).await?,
                     subject: partition::next_subject(
@@ -1667,6 +1672,9 @@ impl Pull {
 /// A subscription to one partition, held by one instance of its group at
 /// a time (see the partition module).
 struct Pinned {
+    /// This partition, of how many.
+    index: u32,
+    count: u32,
     pin: Arc<partition::Pin>,
     members: Arc<partition::Members>,
     /// The consumer's `MSG.NEXT` subject.
@@ -2151,7 +2159,7 @@ impl Puller {
             !pinned.pin.held()
                 && pinned
                     .members
-                    .other_owner(&self.consumer.cached_info().name)
+                    .other_owner(pinned.index, pinned.count)
                     .is_some()
         })
     }
@@ -2168,7 +2176,7 @@ impl Puller {
             return false;
         }
         pinned.next_check = Instant::now() + Duration::from_secs(1);
-        let Some(owner) = pinned.members.other_owner(&name) else {
+        let Some(owner) = pinned.members.other_owner(pinned.index, pinned.count) else {
             return false;
         };
         let pin = pinned.pin.clone();
