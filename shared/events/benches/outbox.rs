@@ -9,7 +9,9 @@
 //! - latency from commit to PubAck, with LISTEN/NOTIFY and polling only.
 //!
 //! Run with `cargo bench -p events --features jetstream,postgres,testing --bench outbox`
-//! (`OUTBOX_BENCH_SCALE=0.2` for a quicker, noisier run).
+//! (`OUTBOX_BENCH_SCALE=0.2` for a quicker, noisier run;
+//! `OUTBOX_BENCH_ONLY=staging`, `relay` or `latency` for one part, as when
+//! profiling).
 
 #![allow(missing_docs)]
 
@@ -49,6 +51,11 @@ fn scaled(n: usize) -> usize {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1.0);
     ((n as f64 * scale) as usize).max(10)
+}
+
+/// Whether to run `part` (`OUTBOX_BENCH_ONLY` unset runs them all).
+fn runs(part: &str) -> bool {
+    std::env::var("OUTBOX_BENCH_ONLY").map_or(true, |only| only == part)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -310,18 +317,34 @@ async fn run() {
     println!("| benchmark | measure | outbox | baseline | ratio |");
     println!("|---|---|---|---|---|");
 
-    // Staging cost: alternating rounds, median time per transaction.
+    if runs("staging") {
+        staging(&pool, &outbox, &quiet, &bus).await;
+    }
+    if runs("relay") {
+        throughput(&pool, &outbox, &transport, &bus).await;
+    }
+    if runs("latency") {
+        latency(&pool, &outbox, &quiet, &bus).await;
+    }
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {SCHEMA} CASCADE")))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+/// Staging cost: alternating rounds, median time per transaction.
+async fn staging(pool: &PgPool, outbox: &Outbox, quiet: &Outbox, bus: &Bus) {
     let transactions = scaled(1000);
     let (mut with, mut without, mut base) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..5 {
-        with.push(staged(&pool, &outbox, &bus, transactions).await / transactions as f64);
-        base.push(plain(&pool, &bus, transactions).await / transactions as f64);
-        without.push(staged(&pool, &quiet, &bus, transactions).await / transactions as f64);
+        with.push(staged(pool, outbox, bus, transactions).await / transactions as f64);
+        base.push(plain(pool, bus, transactions).await / transactions as f64);
+        without.push(staged(pool, quiet, bus, transactions).await / transactions as f64);
     }
     sqlx::raw_sql(AssertSqlSafe(format!(
         "TRUNCATE {SCHEMA}.events_outbox, {SCHEMA}.plain, {SCHEMA}.orders"
     )))
-    .execute(&pool)
+    .execute(pool)
     .await
     .unwrap();
     let (with, without, base) = (median(with), median(without), median(base));
@@ -337,14 +360,16 @@ async fn run() {
         base * 1e6,
         without / base
     );
+}
 
-    // Relay throughput vs pipelined publish, alternating.
+/// Relay throughput vs pipelined publish, alternating.
+async fn throughput(pool: &PgPool, outbox: &Outbox, transport: &JetStreamTransport, bus: &Bus) {
     let events = scaled(20_000);
     for batch in [256, 1024] {
         let (mut relay, mut publish) = (Vec::new(), Vec::new());
         for _ in 0..3 {
-            publish.push(direct(&bus, events).await);
-            relay.push(relayed(&pool, &outbox, &transport, events, batch).await);
+            publish.push(direct(bus, events).await);
+            relay.push(relayed(pool, outbox, transport, events, batch).await);
         }
         let (relay, publish) = (median(relay), median(publish));
         println!(
@@ -352,8 +377,10 @@ async fn run() {
             relay / publish
         );
     }
+}
 
-    // Latency from commit to PubAck.
+/// Latency from commit to PubAck.
+async fn latency(pool: &PgPool, outbox: &Outbox, quiet: &Outbox, bus: &Bus) {
     let shared: Arc<dyn Transport> = bus.transport().clone();
     let samples = scaled(500);
     let notified = latencies(
@@ -387,8 +414,4 @@ async fn run() {
         percentile(&polled, 0.5).as_secs_f64() * 1e3,
         percentile(&polled, 0.99).as_secs_f64() * 1e3
     );
-    sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {SCHEMA} CASCADE")))
-        .execute(&pool)
-        .await
-        .unwrap();
 }

@@ -27,8 +27,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
-use sqlx::Row as _;
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row as _};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
@@ -40,6 +41,10 @@ use crate::transport::{Headers, Message, Subject, Transport};
 /// it): a claim holds its rows' locks and their messages in memory until
 /// they are settled.
 pub const MAX_BATCH: usize = 65_536;
+
+/// How long a relay's turn lasts at most while rows keep coming: how long
+/// other relays wait for a turn.
+const TURN: Duration = Duration::from_millis(250);
 
 /// Builds and starts a relay ([`Outbox::relay`]).
 ///
@@ -199,7 +204,7 @@ impl Relay {
             // What to wait for before the next round: `None` goes at once;
             // `Some((delay, wakeable))` sleeps, cut short by a notification
             // if `wakeable`.
-            let pause = match self.round().await {
+            let pause = match self.round(&stop).await {
                 Ok(round) => {
                     summary.rounds += 1;
                     summary.published += round.published;
@@ -207,18 +212,17 @@ impl Relay {
                     if let Some(error) = round.closed {
                         return Err(error);
                     }
-                    if let Some(error) = round.unconfirmed {
+                    if let Some(error) = round.error {
+                        warn_limited(&mut last_warning, "outbox round failed; retrying", &error);
+                        Some((backoff.next(), false))
+                    } else if let Some(error) = round.unconfirmed {
                         warn_limited(&mut last_warning, "publish not confirmed; retrying", &error);
                         Some((backoff.next(), false))
-                    } else if round.progress() && round.claimed == self.batch_size {
+                    } else if round.more {
                         backoff.reset();
                         None
                     } else if round.busy {
-                        // Another relay's round: look again soon.
-                        Some((self.poll_interval.min(Duration::from_millis(20)), true))
-                    } else if round.blocked > 0 && !round.progress() {
-                        // Another relay holds older rows of these keys: look
-                        // again soon, it settles within a round.
+                        // Another relay's turn: look again soon.
                         Some((self.poll_interval.min(Duration::from_millis(20)), true))
                     } else {
                         backoff.reset();
@@ -248,69 +252,182 @@ impl Relay {
         }
     }
 
-    /// One claim: publish what can go, settle it, commit.
-    async fn round(&self) -> Result<Round> {
-        let statements = self.outbox.statements();
-        // Losing this commit in a crash only means publishing the batch
-        // again, which the dedup id absorbs: no need to wait for its flush.
-        let mut tx = self
+    /// One turn: while holding the relay lock, claim, publish and settle
+    /// batches, pipelined (see the module docs), until the outbox is empty,
+    /// a publish is not confirmed, [`TURN`] has passed or the relay is
+    /// stopping.
+    async fn round(&self, stop: &watch::Receiver<bool>) -> Result<Round> {
+        let conn = self
             .outbox
             .pool()
-            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .acquire()
             .await
             .map_err(|e| db_error("claim", e))?;
-        // One round at a time across the relays of this outbox: the next
-        // relay's claim sees this round's deletes. Claims by several relays
-        // at once, each skipping the other's locked rows and holding back
-        // keys with an older row elsewhere, still let a key's later event
-        // overtake an earlier one (6 to 19 of 2,000 events in the
-        // two-relay test).
+        let mut conn = TurnConnection::new(conn);
+        // One turn at a time across the relays of this outbox: the next
+        // relay's claim sees this turn's deletes, and within a turn no
+        // other relay touches the table, so claims need no row locks. The
+        // lock is the session's (a turn's batches commit one by one), so
+        // the connection goes back to the pool only once it is released
+        // (see `TurnConnection`).
         let (class, lock) = self.outbox.relay_lock();
-        let turn: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+        let turn: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
             .bind(class)
             .bind(lock)
-            .fetch_one(&mut *tx)
+            .fetch_one(conn.get())
             .await
             .map_err(|e| db_error("claim", e))?;
         if !turn {
-            tx.rollback().await.map_err(|e| db_error("claim", e))?;
+            conn.release();
             return Ok(Round {
                 busy: true,
                 ..Round::default()
             });
         }
-        let rows = sqlx::query(statements.claim.clone())
-            .bind(i64::try_from(self.batch_size).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
+        let mut round = Round::default();
+        let turn = self.turn(conn.get(), stop, &mut round).await;
+        #[cfg(feature = "metrics")]
+        {
+            let schema = self.outbox.get_schema().to_owned();
+            metrics::counter!("events_outbox_published_total", "schema" => schema.clone())
+                .increment(round.published);
+            metrics::counter!("events_outbox_failed_total", "schema" => schema)
+                .increment(round.failed);
+        }
+        let ended = match turn {
+            Ok(()) => sqlx::raw_sql(AssertSqlSafe(format!(
+                "RESET synchronous_commit; SELECT pg_advisory_unlock({class}, {lock})"
+            )))
+            .execute(conn.get())
+            .await
+            .map_err(|e| db_error("settle", e)),
+            Err(e) => Err(e),
+        };
+        match ended {
+            Ok(_) => conn.release(),
+            // The connection is in an unknown state: closed, not released,
+            // which releases the lock too.
+            Err(error) => round.error = Some(error),
+        }
+        Ok(round)
+    }
+
+    /// The batches of a turn, on the connection holding the relay lock;
+    /// what they did goes into `round` as each batch settles.
+    async fn turn(
+        &self,
+        conn: &mut PgConnection,
+        stop: &watch::Receiver<bool>,
+        round: &mut Round,
+    ) -> Result<()> {
+        // Losing a settle's commit in a crash only means publishing its
+        // rows again, which the dedup id absorbs: no need to wait for its
+        // flush. Reset at the end of the turn.
+        sqlx::raw_sql("SET synchronous_commit = off")
+            .execute(&mut *conn)
             .await
             .map_err(|e| db_error("claim", e))?;
-        let mut round = Round {
-            claimed: rows.len(),
-            ..Round::default()
-        };
-        if rows.is_empty() {
-            tx.rollback().await.map_err(|e| db_error("claim", e))?;
-            return Ok(round);
+        let started = Instant::now();
+        let mut batch = self
+            .claim(&mut *conn, &[], None, self.batch_size, round)
+            .await?;
+        // The previous batch's outcome, settled while this one publishes.
+        let mut unsettled: Option<Settled> = None;
+        while !batch.ids.is_empty() {
+            // A full batch means there may be more: claim the next one
+            // while this one publishes (the turn's last claim only
+            // settles).
+            let full = batch.ids.len() == self.batch_size;
+            let more = full && started.elapsed() < TURN && !*stop.borrow();
+            let in_flight = std::mem::take(&mut batch.ids);
+            let failed = std::mem::take(&mut batch.failed);
+            let publish = self.publish(std::mem::take(&mut batch.waves));
+            let database = async {
+                if more || unsettled.is_some() {
+                    let limit = if more { self.batch_size } else { 0 };
+                    self.claim(&mut *conn, &in_flight, unsettled.take(), limit, round)
+                        .await
+                        .map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
+            let (mut outcome, next) = tokio::join!(publish, database);
+            let next = next?;
+            outcome.failed.extend(failed);
+            let stalled = outcome.unconfirmed.is_some() || outcome.closed.is_some();
+            unsettled = Some(outcome);
+            match next {
+                // A row not confirmed stops its key, and with it the turn:
+                // the next turn starts again from the oldest row.
+                Some(next) if more && !stalled => batch = next,
+                _ => {
+                    round.more = full && !stalled;
+                    break;
+                }
+            }
         }
+        if unsettled.is_some() {
+            self.claim(&mut *conn, &[], unsettled, 0, round).await?;
+        }
+        Ok(())
+    }
 
-        let mut failed: Vec<(i64, String)> = Vec::new();
-        // Waves: the n-th valid row of each key goes in wave n; rows
-        // without a key are not ordered and all go in the first.
-        let mut waves: Vec<Vec<Pending>> = Vec::new();
+    /// Settles `done` (deletes, or moves to the published table, the
+    /// confirmed rows; moves the refused ones to the failed table), counting
+    /// it in `round`, and claims up to `limit` of the oldest rows but
+    /// `in_flight` (the batch being published), checked and sorted into
+    /// waves: the n-th valid row of each key goes in wave n; rows without a
+    /// key are not ordered and all go in the first. One statement.
+    async fn claim(
+        &self,
+        conn: &mut PgConnection,
+        in_flight: &[i64],
+        done: Option<Settled>,
+        limit: usize,
+        round: &mut Round,
+    ) -> Result<Batch> {
+        let done = done.unwrap_or_default();
+        let statements = self.outbox.statements();
+        let statement = if self.keep_published.is_some() {
+            statements.claim_keep.clone()
+        } else {
+            statements.claim_delete.clone()
+        };
+        let (failed_ids, reasons): (Vec<i64>, Vec<&str>) = done
+            .failed
+            .iter()
+            .map(|(id, reason)| (*id, reason.as_str()))
+            .unzip();
+        let rows = sqlx::query(statement)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(in_flight)
+            .bind(&done.published)
+            .bind(&failed_ids)
+            .bind(&reasons)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| db_error("claim", e))?;
+        round.published += done.published.len() as u64;
+        round.failed += done.failed.len() as u64;
+        round.unconfirmed = round.unconfirmed.take().or(done.unconfirmed);
+        round.closed = round.closed.take().or(done.closed);
+
+        let mut batch = Batch {
+            ids: Vec::with_capacity(rows.len()),
+            waves: Vec::new(),
+            failed: Vec::new(),
+        };
         let mut per_key: HashMap<i32, usize> = HashMap::new();
         for row in &rows {
             let id: i64 = row.try_get(0).map_err(|e| db_error("claim", e))?;
             let lock_key: Option<i32> = row.try_get(1).map_err(|e| db_error("claim", e))?;
-            let blocked: bool = row.try_get(6).map_err(|e| db_error("claim", e))?;
-            if blocked {
-                round.blocked += 1;
-                continue;
-            }
+            batch.ids.push(id);
             let message = match to_message(row) {
                 Ok(message) => message,
                 Err(reason) => {
                     tracing::error!(row = id, %reason, "outbox row cannot be published; kept as failed");
-                    failed.push((id, reason));
+                    batch.failed.push((id, reason));
                     continue;
                 }
             };
@@ -322,18 +439,24 @@ impl Relay {
                 }
                 None => 0,
             };
-            if waves.len() <= wave {
-                waves.resize_with(wave + 1, Vec::new);
+            if batch.waves.len() <= wave {
+                batch.waves.resize_with(wave + 1, Vec::new);
             }
-            waves[wave].push(Pending {
+            batch.waves[wave].push(Pending {
                 id,
                 lock_key,
                 message,
             });
         }
+        Ok(batch)
+    }
 
-        let mut published: Vec<i64> = Vec::new();
-        // Keys whose event did not go this round: their later ones wait.
+    /// Publishes a batch's waves, each pipelined and its acks awaited
+    /// before the next: a key's next event goes out only once its previous
+    /// one is stored.
+    async fn publish(&self, waves: Vec<Vec<Pending>>) -> Settled {
+        let mut outcome = Settled::default();
+        // Keys whose event did not go: their later ones wait.
         let mut stalled: HashSet<i32> = HashSet::new();
         for wave in waves {
             let (ids, messages): (Vec<(i64, Option<i32>)>, Vec<Message>) = wave
@@ -347,50 +470,25 @@ impl Relay {
             let results = self.transport.publish_batch(messages).await;
             for ((id, lock_key), result) in ids.into_iter().zip(results) {
                 match result {
-                    Ok(()) => published.push(id),
+                    Ok(()) => outcome.published.push(id),
                     Err(e) if e.is_retryable() || e.kind() == ErrorKind::Closed => {
                         if let Some(key) = lock_key {
                             stalled.insert(key);
                         }
                         if e.kind() == ErrorKind::Closed {
-                            round.closed.get_or_insert(e);
+                            outcome.closed.get_or_insert(e);
                         } else {
-                            round.unconfirmed.get_or_insert(e);
+                            outcome.unconfirmed.get_or_insert(e);
                         }
                     }
                     Err(e) => {
                         tracing::error!(row = id, error = %e, "publish refused; outbox row kept as failed");
-                        failed.push((id, refusal(&e)));
+                        outcome.failed.push((id, refusal(&e)));
                     }
                 }
             }
         }
-
-        let (failed_ids, reasons): (Vec<i64>, Vec<String>) = failed.into_iter().unzip();
-        let finish = if self.keep_published.is_some() {
-            statements.finish_keep.clone()
-        } else {
-            statements.finish_delete.clone()
-        };
-        sqlx::query(finish)
-            .bind(&published)
-            .bind(&failed_ids)
-            .bind(&reasons)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_error("settle", e))?;
-        tx.commit().await.map_err(|e| db_error("settle", e))?;
-        round.published = published.len() as u64;
-        round.failed = failed_ids.len() as u64;
-        #[cfg(feature = "metrics")]
-        {
-            let schema = self.outbox.get_schema().to_owned();
-            metrics::counter!("events_outbox_published_total", "schema" => schema.clone())
-                .increment(round.published);
-            metrics::counter!("events_outbox_failed_total", "schema" => schema)
-                .increment(round.failed);
-        }
-        Ok(round)
+        outcome
     }
 
     /// Reports the backlog and purges published rows past retention;
@@ -458,25 +556,42 @@ struct Pending {
     message: Message,
 }
 
-/// What one round did.
+/// A claimed batch, checked.
+struct Batch {
+    /// Every row claimed, valid or not: what the next claim leaves out.
+    ids: Vec<i64>,
+    waves: Vec<Vec<Pending>>,
+    /// Rows that are not what `stage` writes, with the reason.
+    failed: Vec<(i64, String)>,
+}
+
+/// What became of a batch's rows, to settle.
+#[derive(Debug, Default)]
+struct Settled {
+    published: Vec<i64>,
+    failed: Vec<(i64, String)>,
+    /// A publish that may succeed later (the broker unreachable, no ack).
+    unconfirmed: Option<Error>,
+    /// The transport is closed.
+    closed: Option<Error>,
+}
+
+/// What one turn did.
 #[derive(Debug, Default)]
 struct Round {
-    claimed: usize,
-    blocked: usize,
-    /// Another relay was in its round.
+    /// Another relay was in its turn.
     busy: bool,
+    /// The turn ended with rows left to claim (its time was up, or the
+    /// relay is stopping).
+    more: bool,
     published: u64,
     failed: u64,
     /// A publish that may succeed later (the broker unreachable, no ack).
     unconfirmed: Option<Error>,
     /// The transport is closed: the relay stops with this.
     closed: Option<Error>,
-}
-
-impl Round {
-    fn progress(&self) -> bool {
-        self.published + self.failed > 0
-    }
+    /// The database failed mid-turn (what settled before still counts).
+    error: Option<Error>,
 }
 
 /// A row back into the message it was staged as, checked: a row written by
@@ -600,6 +715,37 @@ impl Backoff {
 
     fn reset(&mut self) {
         self.next = Self::FIRST.min(self.max);
+    }
+}
+
+/// The connection of a turn. It may hold the session's relay lock and
+/// `synchronous_commit = off`: unless [`release`](Self::release)d after
+/// both were undone, it is closed when dropped (an error, or the turn's
+/// future dropped at a shutdown timeout), never returned to the pool
+/// where another user would inherit them. Closing it releases the lock.
+struct TurnConnection(Option<PoolConnection<Postgres>>);
+
+impl TurnConnection {
+    fn new(conn: PoolConnection<Postgres>) -> Self {
+        TurnConnection(Some(conn))
+    }
+
+    fn get(&mut self) -> &mut PgConnection {
+        self.0.as_mut().expect("present until released")
+    }
+
+    /// Back to the pool: the connection holds no lock and no setting of
+    /// the turn.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for TurnConnection {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
+        }
     }
 }
 
