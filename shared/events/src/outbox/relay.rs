@@ -21,7 +21,7 @@
 //! rows) let a few events overtake an earlier one of their key in tests,
 //! hence the turns: a second relay adds availability, not throughput.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ use bytes::Bytes;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row as _};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::{db_error, Outbox};
@@ -189,17 +189,26 @@ impl Relay {
                 self.max_backoff,
             )))
         });
+        // The first report before the first turn (a relay starting on a
+        // backlog shows it at once), the later ones in a task of their own:
+        // counting a large backlog takes a while, and the turns go on
+        // meanwhile.
+        self.housekeeping().await;
+        let _housekeeper = AbortOnDrop(tokio::spawn({
+            let relay = self.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(relay.housekeeping_interval).await;
+                    relay.housekeeping().await;
+                }
+            }
+        }));
         let mut summary = RelaySummary::default();
         let mut backoff = Backoff::new(self.max_backoff);
-        let mut next_housekeeping = Instant::now();
         let mut last_warning: Option<Instant> = None;
         loop {
             if *stop.borrow() {
                 return Ok(summary);
-            }
-            if Instant::now() >= next_housekeeping {
-                self.housekeeping().await;
-                next_housekeeping = Instant::now() + self.housekeeping_interval;
             }
             // What to wait for before the next round: `None` goes at once;
             // `Some((delay, wakeable))` sleeps, cut short by a notification
@@ -328,47 +337,69 @@ impl Relay {
             .await
             .map_err(|e| db_error("claim", e))?;
         let started = Instant::now();
-        let mut batch = self
-            .claim(&mut *conn, &[], None, self.batch_size, round)
-            .await?;
-        // The previous batch's outcome, settled while this one publishes.
-        let mut unsettled: Option<Settled> = None;
-        while !batch.ids.is_empty() {
-            // A full batch means there may be more: claim the next one
-            // while this one publishes (the turn's last claim only
-            // settles).
-            let full = batch.ids.len() == self.batch_size;
-            let more = full && started.elapsed() < TURN && !*stop.borrow();
-            let in_flight = std::mem::take(&mut batch.ids);
-            let failed = std::mem::take(&mut batch.failed);
-            let publish = self.publish(std::mem::take(&mut batch.waves));
-            let database = async {
-                if more || unsettled.is_some() {
-                    let limit = if more { self.batch_size } else { 0 };
-                    self.claim(&mut *conn, &in_flight, unsettled.take(), limit, round)
-                        .await
-                        .map(Some)
-                } else {
-                    Ok(None)
-                }
-            };
-            let (mut outcome, next) = tokio::join!(publish, database);
-            let next = next?;
-            outcome.failed.extend(failed);
-            let stalled = outcome.unconfirmed.is_some() || outcome.closed.is_some();
-            unsettled = Some(outcome);
-            match next {
-                // A row not confirmed stops its key, and with it the turn:
-                // the next turn starts again from the oldest row.
-                Some(next) if more && !stalled => batch = next,
-                _ => {
-                    round.more = full && !stalled;
+        // Claimed batches go to a publisher task through `ready` (one
+        // waits there while another publishes: claims run up to two
+        // batches ahead); their outcomes come back through `done`, in batch
+        // order, and settle with the next claim. The task stops after a
+        // batch with a publish not confirmed (its keys must not go on),
+        // and is aborted if the turn ends early.
+        let (ready, mut batches) = mpsc::channel::<Batch>(1);
+        let (outcomes, mut done) = mpsc::unbounded_channel::<Settled>();
+        let transport = self.transport.clone();
+        let _publisher = AbortOnDrop(tokio::spawn(async move {
+            while let Some(batch) = batches.recv().await {
+                let mut outcome = publish(&*transport, batch.waves).await;
+                outcome.failed.extend(batch.failed);
+                let stalled = outcome.unconfirmed.is_some() || outcome.closed.is_some();
+                if outcomes.send(outcome).is_err() || stalled {
                     break;
                 }
             }
+        }));
+        // The ids of the batches claimed and not yet settled, oldest first:
+        // what a claim leaves out.
+        let mut in_flight: VecDeque<Vec<i64>> = VecDeque::new();
+        let mut settle = Settled::default();
+        loop {
+            while let Ok(outcome) = done.try_recv() {
+                in_flight.pop_front();
+                settle.merge(outcome);
+            }
+            let exclude: Vec<i64> = in_flight.iter().flatten().copied().collect();
+            let batch = self
+                .claim(
+                    &mut *conn,
+                    &exclude,
+                    std::mem::take(&mut settle),
+                    self.batch_size,
+                    round,
+                )
+                .await?;
+            if batch.ids.is_empty() {
+                break;
+            }
+            let full = batch.ids.len() == self.batch_size;
+            in_flight.push_back(batch.ids.clone());
+            if ready.send(batch).await.is_err() {
+                // The publisher stopped: a publish was not confirmed.
+                break;
+            }
+            if !full {
+                break;
+            }
+            if started.elapsed() >= TURN || *stop.borrow() {
+                round.more = true;
+                break;
+            }
         }
-        if unsettled.is_some() {
-            self.claim(&mut *conn, &[], unsettled, 0, round).await?;
+        // No more claims: the publisher ends once the batches sent are
+        // published; then what they did settles.
+        drop(ready);
+        while let Some(outcome) = done.recv().await {
+            settle.merge(outcome);
+        }
+        if !settle.is_empty() {
+            self.claim(&mut *conn, &[], settle, 0, round).await?;
         }
         Ok(())
     }
@@ -383,11 +414,10 @@ impl Relay {
         &self,
         conn: &mut PgConnection,
         in_flight: &[i64],
-        done: Option<Settled>,
+        done: Settled,
         limit: usize,
         round: &mut Round,
     ) -> Result<Batch> {
-        let done = done.unwrap_or_default();
         let statements = self.outbox.statements();
         let statement = if self.keep_published.is_some() {
             statements.claim_keep.clone()
@@ -449,46 +479,6 @@ impl Relay {
             });
         }
         Ok(batch)
-    }
-
-    /// Publishes a batch's waves, each pipelined and its acks awaited
-    /// before the next: a key's next event goes out only once its previous
-    /// one is stored.
-    async fn publish(&self, waves: Vec<Vec<Pending>>) -> Settled {
-        let mut outcome = Settled::default();
-        // Keys whose event did not go: their later ones wait.
-        let mut stalled: HashSet<i32> = HashSet::new();
-        for wave in waves {
-            let (ids, messages): (Vec<(i64, Option<i32>)>, Vec<Message>) = wave
-                .into_iter()
-                .filter(|p| p.lock_key.is_none_or(|k| !stalled.contains(&k)))
-                .map(|p| ((p.id, p.lock_key), p.message))
-                .unzip();
-            if messages.is_empty() {
-                continue;
-            }
-            let results = self.transport.publish_batch(messages).await;
-            for ((id, lock_key), result) in ids.into_iter().zip(results) {
-                match result {
-                    Ok(()) => outcome.published.push(id),
-                    Err(e) if e.is_retryable() || e.kind() == ErrorKind::Closed => {
-                        if let Some(key) = lock_key {
-                            stalled.insert(key);
-                        }
-                        if e.kind() == ErrorKind::Closed {
-                            outcome.closed.get_or_insert(e);
-                        } else {
-                            outcome.unconfirmed.get_or_insert(e);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(row = id, error = %e, "publish refused; outbox row kept as failed");
-                        outcome.failed.push((id, refusal(&e)));
-                    }
-                }
-            }
-        }
-        outcome
     }
 
     /// Reports the backlog and purges published rows past retention;
@@ -565,7 +555,7 @@ struct Batch {
     failed: Vec<(i64, String)>,
 }
 
-/// What became of a batch's rows, to settle.
+/// What became of batches' rows, to settle.
 #[derive(Debug, Default)]
 struct Settled {
     published: Vec<i64>,
@@ -574,6 +564,22 @@ struct Settled {
     unconfirmed: Option<Error>,
     /// The transport is closed.
     closed: Option<Error>,
+}
+
+impl Settled {
+    fn merge(&mut self, other: Settled) {
+        self.published.extend(other.published);
+        self.failed.extend(other.failed);
+        self.unconfirmed = self.unconfirmed.take().or(other.unconfirmed);
+        self.closed = self.closed.take().or(other.closed);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.published.is_empty()
+            && self.failed.is_empty()
+            && self.unconfirmed.is_none()
+            && self.closed.is_none()
+    }
 }
 
 /// What one turn did.
@@ -635,6 +641,46 @@ fn to_message(row: &sqlx::postgres::PgRow) -> std::result::Result<Message, Strin
     }
     message.dedup_id = Some(event_id);
     Ok(message)
+}
+
+/// Publishes a batch's waves, each pipelined and its acks awaited
+/// before the next: a key's next event goes out only once its previous
+/// one is stored.
+async fn publish(transport: &dyn Transport, waves: Vec<Vec<Pending>>) -> Settled {
+    let mut outcome = Settled::default();
+    // Keys whose event did not go: their later ones wait.
+    let mut stalled: HashSet<i32> = HashSet::new();
+    for wave in waves {
+        let (ids, messages): (Vec<(i64, Option<i32>)>, Vec<Message>) = wave
+            .into_iter()
+            .filter(|p| p.lock_key.is_none_or(|k| !stalled.contains(&k)))
+            .map(|p| ((p.id, p.lock_key), p.message))
+            .unzip();
+        if messages.is_empty() {
+            continue;
+        }
+        let results = transport.publish_batch(messages).await;
+        for ((id, lock_key), result) in ids.into_iter().zip(results) {
+            match result {
+                Ok(()) => outcome.published.push(id),
+                Err(e) if e.is_retryable() || e.kind() == ErrorKind::Closed => {
+                    if let Some(key) = lock_key {
+                        stalled.insert(key);
+                    }
+                    if e.kind() == ErrorKind::Closed {
+                        outcome.closed.get_or_insert(e);
+                    } else {
+                        outcome.unconfirmed.get_or_insert(e);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(row = id, error = %e, "publish refused; outbox row kept as failed");
+                    outcome.failed.push((id, refusal(&e)));
+                }
+            }
+        }
+    }
+    outcome
 }
 
 /// The reason kept with a refused row: the error and its causes.

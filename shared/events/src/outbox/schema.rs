@@ -255,14 +255,15 @@ impl Statements {
                      LIMIT $2 FOR UPDATE SKIP LOCKED
                  )"
             )),
+            // One scan of each table.
             status: sql(format!(
-                "SELECT (SELECT count(*) FROM {s}.events_outbox),
-                        (SELECT extract(epoch FROM now() - min(created_at))::float8
-                           FROM {s}.events_outbox),
-                        (SELECT count(*) FROM {s}.events_outbox_failed),
-                        (SELECT extract(epoch FROM now() - min(failed_at))::float8
-                           FROM {s}.events_outbox_failed),
-                        (SELECT count(*) FROM {s}.events_outbox_published)"
+                "SELECT p.n, p.age, f.n, f.age, (SELECT count(*) FROM {s}.events_outbox_published)
+                 FROM (SELECT count(*) AS n,
+                              extract(epoch FROM now() - min(created_at))::float8 AS age
+                       FROM {s}.events_outbox) p,
+                      (SELECT count(*) AS n,
+                              extract(epoch FROM now() - min(failed_at))::float8 AS age
+                       FROM {s}.events_outbox_failed) f"
             )),
             failed: sql(format!(
                 "SELECT id, key, subject, event_id, created_at, failed_at, reason
