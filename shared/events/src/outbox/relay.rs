@@ -1,25 +1,48 @@
 //! The relay: publishes committed outbox rows through a transport.
 //!
-//! # Order across relays
-//! Any number of relays may run on one outbox; they take turns: a round
-//! (claim, publish, settle, in one transaction) starts by taking the
-//! outbox's relay lock (`pg_try_advisory_xact_lock`), so the next round,
-//! whoever runs it, sees what the previous one deleted. A round claims a
-//! batch of the oldest rows with `FOR UPDATE SKIP LOCKED`, leaves alone the
-//! keys that still have an older row in the table, and publishes a key's
-//! rows in waves, one row per key per wave, each wave sent pipelined and
-//! its acks awaited before the next: a key's next event goes out only once
-//! its previous one is stored, so neither a retry nor a reconnect that
+//! # Turns
+//! Any number of relays may run on one outbox; they take turns. A turn (a
+//! "round" in [`RelaySummary`]) starts by taking the outbox's relay lock
+//! (`pg_try_advisory_lock`, the session's, on a connection the turn keeps)
+//! and ends by releasing it, when the outbox is empty, after [`TURN`]
+//! (250 ms) of rows, or at a publish not confirmed. While it holds the lock
+//! no other relay touches the table, so claims take no row locks: a claim
+//! is a plain `SELECT ... ORDER BY id LIMIT n` of the oldest rows, and the
+//! next turn, whoever takes it, sees every delete of this one. A relay
+//! whose connection dies mid-turn loses the lock with it (the connection
+//! is closed, never handed back to the pool holding it); what it had
+//! published is published again with the same `Nats-Msg-Id`, which
+//! JetStream drops within its duplicate window.
+//!
+//! # Pipeline
+//! Within a turn a publisher task publishes the claimed batches one after
+//! the other while the turn's connection runs, per batch, one statement
+//! that settles what was published since the last one (deletes the
+//! confirmed rows, moves the refused ones to the failed table; committed
+//! at once, without waiting for its flush: a lost settle only means a
+//! republish, which the dedup id absorbs) and claims the next batch,
+//! leaving out the rows still in flight. Claims run up to two batches
+//! ahead, so the publisher seldom waits on the database: the relay runs at
+//! nearly the speed of pipelined publishing (BENCHMARKS.md).
+//!
+//! # Order
+//! A batch publishes a key's rows in waves, one row per key per wave, each
+//! wave pipelined and its acks awaited before the next, and a batch only
+//! once the previous one's acks are in: a key's next event goes out only
+//! once its previous one is stored, so neither a retry nor a reconnect that
 //! loses an earlier publish while a later one gets through can reorder a
-//! key. Together with the staging lock (per key, row order is commit
-//! order), a key's events are published in commit order. A relay that dies
-//! mid-round releases its rows and the relay lock with its connection;
-//! what it had published is published again with the same `Nats-Msg-Id`,
-//! which JetStream drops within its duplicate window.
+//! key. A publish not confirmed stops its key and ends the turn; the next
+//! turn starts again from the oldest row. Per key, row order is commit
+//! order (the staging lock, [`Outbox::stage`]), and a key's row never
+//! becomes visible before an older one of its key (the older one had
+//! committed before the newer one drew its id), so a claim that leaves out
+//! only rows in flight never skips a key's older row: a key's events are
+//! published in commit order.
 //!
 //! Claims by several relays at once (each skipping the other's locked
-//! rows) let a few events overtake an earlier one of their key in tests,
-//! hence the turns: a second relay adds availability, not throughput.
+//! rows, in an earlier design) let a few events overtake an earlier one of
+//! their key in tests, hence the turns: a second relay adds availability,
+//! not throughput.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -38,8 +61,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{Headers, Message, Subject, Transport};
 
 /// The most rows a relay claims at once ([`Relay::batch_size`] is capped to
-/// it): a claim holds its rows' locks and their messages in memory until
-/// they are settled.
+/// it): a turn holds up to three batches' messages in memory until they
+/// are settled.
 pub const MAX_BATCH: usize = 65_536;
 
 /// How long a relay's turn lasts at most while rows keep coming: how long
@@ -97,8 +120,8 @@ impl Relay {
         self
     }
 
-    /// How many rows a round claims (default 256, at least 1, at most
-    /// [`MAX_BATCH`]).
+    /// How many rows a claim takes and a batch publishes (default 256, at
+    /// least 1, at most [`MAX_BATCH`]).
     pub fn batch_size(mut self, rows: usize) -> Self {
         self.batch_size = rows.clamp(1, MAX_BATCH);
         self
@@ -145,10 +168,11 @@ impl Relay {
         self
     }
 
-    /// How long [`RunningRelay::shutdown`] lets the round in progress
-    /// finish (default 10 s) before it drops it: its rows roll back to the
-    /// queue, and what it had published goes again (with the same dedup
-    /// id) on the next claim.
+    /// How long [`RunningRelay::shutdown`] lets the turn in progress
+    /// finish (it claims nothing more once the relay is stopping; default
+    /// 10 s) before it drops it: its rows not yet settled stay in the
+    /// queue, and what it had published of them goes again (with the same
+    /// dedup id) on the next claim.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
@@ -813,9 +837,9 @@ pub struct RunningRelay {
 }
 
 impl RunningRelay {
-    /// Stops the relay: the round in progress finishes (within the
-    /// shutdown timeout; past it, it is dropped and its rows go back to the
-    /// queue), then the counts. An error if the relay had stopped on its
+    /// Stops the relay: the turn in progress finishes (within the
+    /// shutdown timeout; past it, it is dropped and its rows not yet
+    /// settled stay in the queue), then the counts. An error if the relay had stopped on its
     /// own because its transport was closed.
     pub async fn shutdown(mut self) -> Result<RelaySummary> {
         let _ = self.stop.send(true);
@@ -826,8 +850,8 @@ impl RunningRelay {
                 handle.abort();
                 Err(Error::new(
                     ErrorKind::Unavailable,
-                    "the relay's round did not finish within the shutdown timeout; its rows \
-                     went back to the queue",
+                    "the relay's turn did not finish within the shutdown timeout; its rows \
+                     not yet settled stay in the queue",
                 ))
             }
         }
@@ -858,6 +882,6 @@ pub struct RelaySummary {
     pub published: u64,
     /// Rows moved to the failed table.
     pub failed: u64,
-    /// Claims made.
+    /// Turns tried (also those that found another relay in its turn).
     pub rounds: u64,
 }
