@@ -13,6 +13,7 @@ use events::consumer::{Consumer, Context, HandlerError, RetryPolicy};
 use events::outbox::{Inbox, Outbox, RelaySummary, Tx};
 use events::testing::NatsServer;
 use events::{Bus, Event, EventPayload};
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
@@ -1007,4 +1008,80 @@ async fn status_and_gauges_report_the_backlog_and_published_rows_are_kept_for_th
     }
     relay.shutdown().await.unwrap();
     assert_eq!(stored(&transport).await.len(), 3);
+}
+
+/// A transport whose publishes never complete: a relay's turn on it stays
+/// in progress until something drops it.
+#[derive(Debug)]
+struct Stuck {
+    inner: JetStreamTransport,
+    publishing: Arc<tokio::sync::Notify>,
+}
+
+impl events::transport::Transport for Stuck {
+    fn name(&self) -> &'static str {
+        "stuck"
+    }
+    fn capabilities(&self) -> &events::transport::Capabilities {
+        events::transport::Transport::capabilities(&self.inner)
+    }
+    fn publish(&self, _: events::transport::Message) -> BoxFuture<'_, events::Result<()>> {
+        self.publishing.notify_one();
+        Box::pin(std::future::pending())
+    }
+    fn subscribe(
+        &self,
+        options: events::transport::SubscribeOptions,
+    ) -> BoxFuture<'_, events::Result<events::transport::Subscription>> {
+        events::transport::Transport::subscribe(&self.inner, options)
+    }
+    fn flush(&self) -> BoxFuture<'_, events::Result<()>> {
+        events::transport::Transport::flush(&self.inner)
+    }
+    fn close(&self) -> BoxFuture<'_, events::Result<()>> {
+        events::transport::Transport::close(&self.inner)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_turn_dropped_at_the_shutdown_timeout_leaves_the_relay_lock_to_other_relays() {
+    let db = TestSchema::new("dropped_turn").await;
+    let server = NatsServer::with_jetstream();
+    let transport = connect(js_config(&server)).await;
+    let bus = bus(transport.clone());
+    let outbox = db.outbox(&bus);
+    outbox.migrate().await.unwrap();
+    db.transact(&outbox, &bus, 0, "k").await.unwrap();
+
+    // A turn stuck in its publish, holding the relay lock, dropped when
+    // shutdown gives up on it.
+    let publishing = Arc::new(tokio::sync::Notify::new());
+    let stuck = Stuck {
+        inner: transport.clone(),
+        publishing: publishing.clone(),
+    };
+    let relay = outbox
+        .relay()
+        .transport(Arc::new(stuck))
+        .shutdown_timeout(Duration::from_millis(200))
+        .start();
+    tokio::time::timeout(WAIT, publishing.notified())
+        .await
+        .expect("the turn publishes");
+    let err = relay.shutdown().await.unwrap_err();
+    assert_eq!(err.kind(), events::ErrorKind::Unavailable, "{err}");
+
+    // A relay of another process (a pool of its own) gets a turn: the
+    // dropped turn's connection was closed, not handed back to its pool
+    // (still open here) with the lock.
+    let other = Outbox::new(pool(&database_url(), 2).await, &bus)
+        .schema(db.name.clone())
+        .unwrap();
+    let relay = other.relay().start();
+    wait_drained(&transport, &other, 1, WAIT).await;
+    let summary = relay.shutdown().await.unwrap();
+    assert_eq!(summary.published, 1);
+    assert_eq!(stored(&transport).await.len(), 1);
+    // The first pool's connections are alive and free of the lock.
+    sqlx::query("SELECT 1").execute(&db.pool).await.unwrap();
 }
