@@ -1010,37 +1010,103 @@ async fn status_and_gauges_report_the_backlog_and_published_rows_are_kept_for_th
     assert_eq!(stored(&transport).await.len(), 3);
 }
 
-/// A transport whose publishes never complete: a relay's turn on it stays
-/// in progress until something drops it.
-#[derive(Debug)]
-struct Stuck {
-    inner: JetStreamTransport,
+/// A JetStream transport with faults: its publishes never complete
+/// (`hang`: a relay's turn on it stays in progress until something drops
+/// it), or the first publish of one event fails as unconfirmed.
+#[derive(Debug, Default)]
+struct Faulty {
+    inner: Option<JetStreamTransport>,
+    hang: bool,
     publishing: Arc<tokio::sync::Notify>,
+    fail_once: std::sync::Mutex<Option<String>>,
 }
 
-impl events::transport::Transport for Stuck {
+impl Faulty {
+    fn inner(&self) -> &JetStreamTransport {
+        self.inner.as_ref().expect("a transport to wrap")
+    }
+}
+
+impl events::transport::Transport for Faulty {
     fn name(&self) -> &'static str {
-        "stuck"
+        "faulty"
     }
     fn capabilities(&self) -> &events::transport::Capabilities {
-        events::transport::Transport::capabilities(&self.inner)
+        events::transport::Transport::capabilities(self.inner())
     }
-    fn publish(&self, _: events::transport::Message) -> BoxFuture<'_, events::Result<()>> {
+    fn publish(&self, message: events::transport::Message) -> BoxFuture<'_, events::Result<()>> {
         self.publishing.notify_one();
-        Box::pin(std::future::pending())
+        if self.hang {
+            return Box::pin(std::future::pending());
+        }
+        let mut fail = self.fail_once.lock().unwrap();
+        if fail.is_some() && *fail == message.dedup_id {
+            *fail = None;
+            return Box::pin(async {
+                Err(events::Error::new(
+                    events::ErrorKind::Unavailable,
+                    "no ack (injected)",
+                ))
+            });
+        }
+        events::transport::Transport::publish(self.inner(), message)
     }
     fn subscribe(
         &self,
         options: events::transport::SubscribeOptions,
     ) -> BoxFuture<'_, events::Result<events::transport::Subscription>> {
-        events::transport::Transport::subscribe(&self.inner, options)
+        events::transport::Transport::subscribe(self.inner(), options)
     }
     fn flush(&self) -> BoxFuture<'_, events::Result<()>> {
-        events::transport::Transport::flush(&self.inner)
+        events::transport::Transport::flush(self.inner())
     }
     fn close(&self) -> BoxFuture<'_, events::Result<()>> {
-        events::transport::Transport::close(&self.inner)
+        events::transport::Transport::close(self.inner())
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_not_confirmed_holds_back_its_key_in_the_batches_claimed_ahead() {
+    let db = TestSchema::new("unconfirmed").await;
+    let server = NatsServer::with_jetstream();
+    let transport = connect(js_config(&server)).await;
+    let bus = bus(transport.clone());
+    let outbox = db.outbox(&bus);
+    outbox.migrate().await.unwrap();
+    for n in 0..4 {
+        db.transact(&outbox, &bus, n, "k").await.unwrap();
+    }
+    let first: String = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT event_id FROM {}.events_outbox ORDER BY id LIMIT 1",
+        db.name
+    )))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+
+    // One row per batch: while the first is published (and not
+    // confirmed), the next ones of its key are already claimed.
+    let faulty = Arc::new(Faulty {
+        inner: Some(transport.clone()),
+        fail_once: std::sync::Mutex::new(Some(first)),
+        ..Faulty::default()
+    });
+    let relay = outbox
+        .relay()
+        .transport(faulty.clone())
+        .batch_size(1)
+        .start();
+    wait_drained(&transport, &outbox, 4, WAIT).await;
+    let summary = relay.shutdown().await.unwrap();
+
+    let verdict = verdict(&db.business().await, &stored(&transport).await);
+    println!("unconfirmed first publish: {verdict:?}; relay {summary:?}");
+    assert!(
+        faulty.fail_once.lock().unwrap().is_none(),
+        "the first publish failed"
+    );
+    verdict.assert_exact("unconfirmed first publish");
+    assert_eq!(summary.published, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1055,17 +1121,17 @@ async fn a_relay_turn_dropped_at_the_shutdown_timeout_leaves_the_relay_lock_to_o
 
     // A turn stuck in its publish, holding the relay lock, dropped when
     // shutdown gives up on it.
-    let publishing = Arc::new(tokio::sync::Notify::new());
-    let stuck = Stuck {
-        inner: transport.clone(),
-        publishing: publishing.clone(),
-    };
+    let stuck = Arc::new(Faulty {
+        inner: Some(transport.clone()),
+        hang: true,
+        ..Faulty::default()
+    });
     let relay = outbox
         .relay()
-        .transport(Arc::new(stuck))
+        .transport(stuck.clone())
         .shutdown_timeout(Duration::from_millis(200))
         .start();
-    tokio::time::timeout(WAIT, publishing.notified())
+    tokio::time::timeout(WAIT, stuck.publishing.notified())
         .await
         .expect("the turn publishes");
     let err = relay.shutdown().await.unwrap_err();
