@@ -385,8 +385,8 @@ async fn latency(pool: &PgPool, outbox: &Outbox, quiet: &Outbox, bus: &Bus) {
     let shared: Arc<dyn Transport> = bus.transport().clone();
     let samples = scaled(500);
     let notified = latencies(
-        &pool,
-        &outbox,
+        pool,
+        outbox,
         outbox.relay(),
         shared.clone(),
         samples,
@@ -401,8 +401,8 @@ async fn latency(pool: &PgPool, outbox: &Outbox, quiet: &Outbox, bus: &Bus) {
     let poll = Duration::from_millis(100);
     let samples = scaled(100);
     let polled = latencies(
-        &pool,
-        &quiet,
+        pool,
+        quiet,
         quiet.relay().listen(false).poll_interval(poll),
         shared,
         samples,

@@ -1010,6 +1010,18 @@ async fn status_and_gauges_report_the_backlog_and_published_rows_are_kept_for_th
     assert_eq!(stored(&transport).await.len(), 3);
 }
 
+/// A test's schema, private nats-server, transport, bus and migrated
+/// outbox.
+async fn setup(test: &str) -> (TestSchema, NatsServer, JetStreamTransport, Bus, Outbox) {
+    let db = TestSchema::new(test).await;
+    let server = NatsServer::with_jetstream();
+    let transport = connect(js_config(&server)).await;
+    let bus = bus(transport.clone());
+    let outbox = db.outbox(&bus);
+    outbox.migrate().await.unwrap();
+    (db, server, transport, bus, outbox)
+}
+
 /// A JetStream transport with faults: its publishes never complete
 /// (`hang`: a relay's turn on it stays in progress until something drops
 /// it), or the first publish of one event fails as unconfirmed.
@@ -1067,12 +1079,7 @@ impl events::transport::Transport for Faulty {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publish_not_confirmed_holds_back_its_key_in_the_batches_claimed_ahead() {
-    let db = TestSchema::new("unconfirmed").await;
-    let server = NatsServer::with_jetstream();
-    let transport = connect(js_config(&server)).await;
-    let bus = bus(transport.clone());
-    let outbox = db.outbox(&bus);
-    outbox.migrate().await.unwrap();
+    let (db, _server, transport, bus, outbox) = setup("unconfirmed").await;
     for n in 0..4 {
         db.transact(&outbox, &bus, n, "k").await.unwrap();
     }
@@ -1111,12 +1118,7 @@ async fn a_publish_not_confirmed_holds_back_its_key_in_the_batches_claimed_ahead
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_turn_dropped_at_the_shutdown_timeout_leaves_the_relay_lock_to_other_relays() {
-    let db = TestSchema::new("dropped_turn").await;
-    let server = NatsServer::with_jetstream();
-    let transport = connect(js_config(&server)).await;
-    let bus = bus(transport.clone());
-    let outbox = db.outbox(&bus);
-    outbox.migrate().await.unwrap();
+    let (db, _server, transport, bus, outbox) = setup("dropped_turn").await;
     db.transact(&outbox, &bus, 0, "k").await.unwrap();
 
     // A turn stuck in its publish, holding the relay lock, dropped when
