@@ -69,6 +69,9 @@ pub const MAX_BATCH: usize = 65_536;
 /// other relays wait for a turn.
 const TURN: Duration = Duration::from_millis(250);
 
+/// The most rows a turn's first claim takes (see `Relay::turn`).
+const FIRST_CLAIM: usize = 64;
+
 /// Builds and starts a relay ([`Outbox::relay`]).
 ///
 /// ```no_run
@@ -384,6 +387,9 @@ impl Relay {
         // what a claim leaves out.
         let mut in_flight: VecDeque<Vec<i64>> = VecDeque::new();
         let mut settle = Settled::default();
+        // The turn's first claim is small, so publishing starts while the
+        // next, full ones run (nothing is claimed ahead of the first).
+        let mut limit = self.batch_size.min(FIRST_CLAIM);
         loop {
             while let Ok(outcome) = done.try_recv() {
                 in_flight.pop_front();
@@ -395,14 +401,15 @@ impl Relay {
                     &mut *conn,
                     &exclude,
                     std::mem::take(&mut settle),
-                    self.batch_size,
+                    limit,
                     round,
                 )
                 .await?;
             if batch.ids.is_empty() {
                 break;
             }
-            let full = batch.ids.len() == self.batch_size;
+            let full = batch.ids.len() == limit;
+            limit = self.batch_size;
             in_flight.push_back(batch.ids.clone());
             if ready.send(batch).await.is_err() {
                 // The publisher stopped: a publish was not confirmed.
