@@ -5,7 +5,7 @@
 //! "round" in [`RelaySummary`]) starts by taking the outbox's relay lock
 //! (`pg_try_advisory_lock`, the session's, on a connection the turn keeps)
 //! and ends by releasing it, when the outbox is empty, after [`TURN`]
-//! (250 ms) of rows, or at a publish not confirmed. While it holds the lock
+//! (1 s) of rows, or at a publish not confirmed. While it holds the lock
 //! no other relay touches the table, so claims take no row locks: a claim
 //! is a plain `SELECT ... ORDER BY id LIMIT n` of the oldest rows, and the
 //! next turn, whoever takes it, sees every delete of this one. A relay
@@ -67,7 +67,7 @@ pub const MAX_BATCH: usize = 65_536;
 
 /// How long a relay's turn lasts at most while rows keep coming: how long
 /// other relays wait for a turn.
-const TURN: Duration = Duration::from_millis(250);
+const TURN: Duration = Duration::from_secs(1);
 
 /// The most rows a turn's first claim takes (see `Relay::turn`).
 const FIRST_CLAIM: usize = 64;
