@@ -306,14 +306,26 @@ impl Relay {
         // lock is the session's (a turn's batches commit one by one), so
         // the connection goes back to the pool only once it is released
         // (see `TurnConnection`).
+        //
+        // Losing a settle's commit in a crash only means publishing its
+        // rows again, which the dedup id absorbs: the turn's statements do
+        // not wait for their flush (`synchronous_commit` is reset at the
+        // end of the turn, set with the lock to save a round trip).
         let (class, lock) = self.outbox.relay_lock();
-        let turn: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-            .bind(class)
-            .bind(lock)
-            .fetch_one(conn.get())
-            .await
-            .map_err(|e| db_error("claim", e))?;
+        let turn: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock($1, $2)
+             FROM (SELECT set_config('synchronous_commit', 'off', false)) AS s",
+        )
+        .bind(class)
+        .bind(lock)
+        .fetch_one(conn.get())
+        .await
+        .map_err(|e| db_error("claim", e))?;
         if !turn {
+            sqlx::raw_sql("RESET synchronous_commit")
+                .execute(conn.get())
+                .await
+                .map_err(|e| db_error("claim", e))?;
             conn.release();
             return Ok(Round {
                 busy: true,
@@ -356,13 +368,6 @@ impl Relay {
         stop: &watch::Receiver<bool>,
         round: &mut Round,
     ) -> Result<()> {
-        // Losing a settle's commit in a crash only means publishing its
-        // rows again, which the dedup id absorbs: no need to wait for its
-        // flush. Reset at the end of the turn.
-        sqlx::raw_sql("SET synchronous_commit = off")
-            .execute(&mut *conn)
-            .await
-            .map_err(|e| db_error("claim", e))?;
         let started = Instant::now();
         // Claimed batches go to a publisher task through `ready` (one
         // waits there while another publishes: claims run up to two
