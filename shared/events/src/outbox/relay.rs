@@ -378,7 +378,7 @@ impl Relay {
         let (ready, mut batches) = mpsc::channel::<Batch>(1);
         let (outcomes, mut done) = mpsc::unbounded_channel::<Settled>();
         let transport = self.transport.clone();
-        let _publisher = AbortOnDrop(tokio::spawn(async move {
+        let mut publisher = AbortOnDrop(tokio::spawn(async move {
             while let Some(batch) = batches.recv().await {
                 let mut outcome = publish(&*transport, batch.waves).await;
                 outcome.failed.extend(batch.failed);
@@ -434,6 +434,13 @@ impl Relay {
         while let Some(outcome) = done.recv().await {
             settle.merge(outcome);
         }
+        // A panic in the transport goes on as the relay's, as it would
+        // without the task.
+        if let Err(e) = (&mut publisher.0).await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
         if !settle.is_empty() {
             self.claim(&mut *conn, &[], settle, 0, round).await?;
         }
@@ -443,7 +450,7 @@ impl Relay {
     /// Settles `done` (deletes, or moves to the published table, the
     /// confirmed rows; moves the refused ones to the failed table), counting
     /// it in `round`, and claims up to `limit` of the oldest rows but
-    /// `in_flight` (the batch being published), checked and sorted into
+    /// `in_flight` (the batches claimed and not settled), checked and sorted into
     /// waves: the n-th valid row of each key goes in wave n; rows without a
     /// key are not ordered and all go in the first. One statement.
     async fn claim(
