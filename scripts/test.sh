@@ -68,13 +68,6 @@ echo "== full suite on $(nats-server --version) (PATH)"
 # Two cores: one build, then the tests.
 cargo test --workspace --all-features --no-fail-fast "$@" || status=1
 
-# Restarts a private PostgreSQL under the outbox relay: run alone, not
-# beside the suite's parallel load (see the test's comment).
-echo "== the PostgreSQL restart test, alone"
-cargo test -p events --all-features --test integration -- --ignored --exact \
-  outbox_kills::postgres_restarted_under_the_relay_it_resumes_by_itself_and_nothing_is_lost \
-  || status=1
-
 if [ "${NATS_MATRIX:-1}" != 0 ]; then
   mapfile -t bins < <(scripts/nats-servers.sh "$NEWEST" $EARLIER)
   newest="${bins[0]}"

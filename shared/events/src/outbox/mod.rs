@@ -86,8 +86,8 @@ struct Inner {
     /// The class of the staging locks on keys (the first of the two
     /// `int4` advisory lock keys; see [`Outbox::stage`]).
     key_lock_class: i32,
-    /// The advisory lock a relay holds for one round (claim, publish,
-    /// settle): relays of one outbox take turns.
+    /// The advisory lock a relay holds for one turn (claims, publishes,
+    /// settles): relays of one outbox take turns.
     relay_lock: i32,
     /// `LISTEN` / `NOTIFY` channel of this schema's outbox.
     channel: String,

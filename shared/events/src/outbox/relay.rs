@@ -1,35 +1,59 @@
 //! The relay: publishes committed outbox rows through a transport.
 //!
-//! # Order across relays
-//! Any number of relays may run on one outbox; they take turns: a round
-//! (claim, publish, settle, in one transaction) starts by taking the
-//! outbox's relay lock (`pg_try_advisory_xact_lock`), so the next round,
-//! whoever runs it, sees what the previous one deleted. A round claims a
-//! batch of the oldest rows with `FOR UPDATE SKIP LOCKED`, leaves alone the
-//! keys that still have an older row in the table, and publishes a key's
-//! rows in waves, one row per key per wave, each wave sent pipelined and
-//! its acks awaited before the next: a key's next event goes out only once
-//! its previous one is stored, so neither a retry nor a reconnect that
+//! # Turns
+//! Any number of relays may run on one outbox; they take turns. A turn (a
+//! "round" in [`RelaySummary`]) starts by taking the outbox's relay lock
+//! (`pg_try_advisory_lock`, the session's, on a connection the turn keeps)
+//! and ends by releasing it, when the outbox is empty, after [`TURN`]
+//! (1 s) of rows, or at a publish not confirmed. While it holds the lock
+//! no other relay touches the table, so claims take no row locks: a claim
+//! is a plain `SELECT ... ORDER BY id LIMIT n` of the oldest rows, and the
+//! next turn, whoever takes it, sees every delete of this one. A relay
+//! whose connection dies mid-turn loses the lock with it (the connection
+//! is closed, never handed back to the pool holding it); what it had
+//! published is published again with the same `Nats-Msg-Id`, which
+//! JetStream drops within its duplicate window.
+//!
+//! # Pipeline
+//! Within a turn a publisher task publishes the claimed batches one after
+//! the other while the turn's connection runs, per batch, one statement
+//! that settles what was published since the last one (deletes the
+//! confirmed rows, moves the refused ones to the failed table; committed
+//! at once, without waiting for its flush: a lost settle only means a
+//! republish, which the dedup id absorbs) and claims the next batch,
+//! leaving out the rows still in flight. Claims run up to two batches
+//! ahead, so the publisher seldom waits on the database: the relay runs at
+//! nearly the speed of pipelined publishing (BENCHMARKS.md).
+//!
+//! # Order
+//! A batch publishes a key's rows in waves, one row per key per wave, each
+//! wave pipelined and its acks awaited before the next, and a batch only
+//! once the previous one's acks are in: a key's next event goes out only
+//! once its previous one is stored, so neither a retry nor a reconnect that
 //! loses an earlier publish while a later one gets through can reorder a
-//! key. Together with the staging lock (per key, row order is commit
-//! order), a key's events are published in commit order. A relay that dies
-//! mid-round releases its rows and the relay lock with its connection;
-//! what it had published is published again with the same `Nats-Msg-Id`,
-//! which JetStream drops within its duplicate window.
+//! key. A publish not confirmed stops its key and ends the turn; the next
+//! turn starts again from the oldest row. Per key, row order is commit
+//! order (the staging lock, [`Outbox::stage`]), and a key's row never
+//! becomes visible before an older one of its key (the older one had
+//! committed before the newer one drew its id), so a claim that leaves out
+//! only rows in flight never skips a key's older row: a key's events are
+//! published in commit order.
 //!
 //! Claims by several relays at once (each skipping the other's locked
-//! rows) let a few events overtake an earlier one of their key in tests,
-//! hence the turns: a second relay adds availability, not throughput.
+//! rows, in an earlier design) let a few events overtake an earlier one of
+//! their key in tests, hence the turns: a second relay adds availability,
+//! not throughput.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgListener;
-use sqlx::Row as _;
-use tokio::sync::{watch, Notify};
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row as _};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::{db_error, Outbox};
@@ -37,9 +61,16 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::transport::{Headers, Message, Subject, Transport};
 
 /// The most rows a relay claims at once ([`Relay::batch_size`] is capped to
-/// it): a claim holds its rows' locks and their messages in memory until
-/// they are settled.
+/// it): a turn holds up to three batches' messages in memory until they
+/// are settled.
 pub const MAX_BATCH: usize = 65_536;
+
+/// How long a relay's turn lasts at most while rows keep coming: how long
+/// other relays wait for a turn.
+const TURN: Duration = Duration::from_secs(1);
+
+/// The most rows a turn's first claim takes (see `Relay::turn`).
+const FIRST_CLAIM: usize = 64;
 
 /// Builds and starts a relay ([`Outbox::relay`]).
 ///
@@ -92,8 +123,8 @@ impl Relay {
         self
     }
 
-    /// How many rows a round claims (default 256, at least 1, at most
-    /// [`MAX_BATCH`]).
+    /// How many rows a claim takes and a batch publishes (default 256, at
+    /// least 1, at most [`MAX_BATCH`]).
     pub fn batch_size(mut self, rows: usize) -> Self {
         self.batch_size = rows.clamp(1, MAX_BATCH);
         self
@@ -140,10 +171,11 @@ impl Relay {
         self
     }
 
-    /// How long [`RunningRelay::shutdown`] lets the round in progress
-    /// finish (default 10 s) before it drops it: its rows roll back to the
-    /// queue, and what it had published goes again (with the same dedup
-    /// id) on the next claim.
+    /// How long [`RunningRelay::shutdown`] lets the turn in progress
+    /// finish (it claims nothing more once the relay is stopping; default
+    /// 10 s) before it drops it: its rows not yet settled stay in the
+    /// queue, and what it had published of them goes again (with the same
+    /// dedup id) on the next claim.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = timeout;
         self
@@ -184,22 +216,31 @@ impl Relay {
                 self.max_backoff,
             )))
         });
+        // The first report before the first turn (a relay starting on a
+        // backlog shows it at once), the later ones in a task of their own:
+        // counting a large backlog takes a while, and the turns go on
+        // meanwhile.
+        self.housekeeping().await;
+        let _housekeeper = AbortOnDrop(tokio::spawn({
+            let relay = self.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(relay.housekeeping_interval).await;
+                    relay.housekeeping().await;
+                }
+            }
+        }));
         let mut summary = RelaySummary::default();
         let mut backoff = Backoff::new(self.max_backoff);
-        let mut next_housekeeping = Instant::now();
         let mut last_warning: Option<Instant> = None;
         loop {
             if *stop.borrow() {
                 return Ok(summary);
             }
-            if Instant::now() >= next_housekeeping {
-                self.housekeeping().await;
-                next_housekeeping = Instant::now() + self.housekeeping_interval;
-            }
             // What to wait for before the next round: `None` goes at once;
             // `Some((delay, wakeable))` sleeps, cut short by a notification
             // if `wakeable`.
-            let pause = match self.round().await {
+            let pause = match self.round(&stop).await {
                 Ok(round) => {
                     summary.rounds += 1;
                     summary.published += round.published;
@@ -207,18 +248,17 @@ impl Relay {
                     if let Some(error) = round.closed {
                         return Err(error);
                     }
-                    if let Some(error) = round.unconfirmed {
+                    if let Some(error) = round.error {
+                        warn_limited(&mut last_warning, "outbox round failed; retrying", &error);
+                        Some((backoff.next(), false))
+                    } else if let Some(error) = round.unconfirmed {
                         warn_limited(&mut last_warning, "publish not confirmed; retrying", &error);
                         Some((backoff.next(), false))
-                    } else if round.progress() && round.claimed == self.batch_size {
+                    } else if round.more {
                         backoff.reset();
                         None
                     } else if round.busy {
-                        // Another relay's round: look again soon.
-                        Some((self.poll_interval.min(Duration::from_millis(20)), true))
-                    } else if round.blocked > 0 && !round.progress() {
-                        // Another relay holds older rows of these keys: look
-                        // again soon, it settles within a round.
+                        // Another relay's turn: look again soon.
                         Some((self.poll_interval.min(Duration::from_millis(20)), true))
                     } else {
                         backoff.reset();
@@ -248,69 +288,219 @@ impl Relay {
         }
     }
 
-    /// One claim: publish what can go, settle it, commit.
-    async fn round(&self) -> Result<Round> {
-        let statements = self.outbox.statements();
-        // Losing this commit in a crash only means publishing the batch
-        // again, which the dedup id absorbs: no need to wait for its flush.
-        let mut tx = self
+    /// One turn: while holding the relay lock, claim, publish and settle
+    /// batches, pipelined (see the module docs), until the outbox is empty,
+    /// a publish is not confirmed, [`TURN`] has passed or the relay is
+    /// stopping.
+    async fn round(&self, stop: &watch::Receiver<bool>) -> Result<Round> {
+        let conn = self
             .outbox
             .pool()
-            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
+            .acquire()
             .await
             .map_err(|e| db_error("claim", e))?;
-        // One round at a time across the relays of this outbox: the next
-        // relay's claim sees this round's deletes. Claims by several relays
-        // at once, each skipping the other's locked rows and holding back
-        // keys with an older row elsewhere, still let a key's later event
-        // overtake an earlier one (6 to 19 of 2,000 events in the
-        // two-relay test).
+        let mut conn = TurnConnection::new(conn);
+        // One turn at a time across the relays of this outbox: the next
+        // relay's claim sees this turn's deletes, and within a turn no
+        // other relay touches the table, so claims need no row locks. The
+        // lock is the session's (a turn's batches commit one by one), so
+        // the connection goes back to the pool only once it is released
+        // (see `TurnConnection`).
+        //
+        // Losing a settle's commit in a crash only means publishing its
+        // rows again, which the dedup id absorbs: the turn's statements do
+        // not wait for their flush (`synchronous_commit` is reset at the
+        // end of the turn, set with the lock to save a round trip).
         let (class, lock) = self.outbox.relay_lock();
-        let turn: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
-            .bind(class)
-            .bind(lock)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(|e| db_error("claim", e))?;
+        let turn: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock($1, $2)
+             FROM (SELECT set_config('synchronous_commit', 'off', false)) AS s",
+        )
+        .bind(class)
+        .bind(lock)
+        .fetch_one(conn.get())
+        .await
+        .map_err(|e| db_error("claim", e))?;
         if !turn {
-            tx.rollback().await.map_err(|e| db_error("claim", e))?;
+            sqlx::raw_sql("RESET synchronous_commit")
+                .execute(conn.get())
+                .await
+                .map_err(|e| db_error("claim", e))?;
+            conn.release();
             return Ok(Round {
                 busy: true,
                 ..Round::default()
             });
         }
-        let rows = sqlx::query(statements.claim.clone())
-            .bind(i64::try_from(self.batch_size).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
+        let mut round = Round::default();
+        let turn = self.turn(conn.get(), stop, &mut round).await;
+        #[cfg(feature = "metrics")]
+        {
+            let schema = self.outbox.get_schema().to_owned();
+            metrics::counter!("events_outbox_published_total", "schema" => schema.clone())
+                .increment(round.published);
+            metrics::counter!("events_outbox_failed_total", "schema" => schema)
+                .increment(round.failed);
+        }
+        let ended = match turn {
+            Ok(()) => sqlx::raw_sql(AssertSqlSafe(format!(
+                "RESET synchronous_commit; SELECT pg_advisory_unlock({class}, {lock})"
+            )))
+            .execute(conn.get())
+            .await
+            .map_err(|e| db_error("settle", e)),
+            Err(e) => Err(e),
+        };
+        match ended {
+            Ok(_) => conn.release(),
+            // The connection is in an unknown state: closed, not released,
+            // which releases the lock too.
+            Err(error) => round.error = Some(error),
+        }
+        Ok(round)
+    }
+
+    /// The batches of a turn, on the connection holding the relay lock;
+    /// what they did goes into `round` as each batch settles.
+    async fn turn(
+        &self,
+        conn: &mut PgConnection,
+        stop: &watch::Receiver<bool>,
+        round: &mut Round,
+    ) -> Result<()> {
+        let started = Instant::now();
+        // Claimed batches go to a publisher task through `ready` (one
+        // waits there while another publishes: claims run up to two
+        // batches ahead); their outcomes come back through `done`, in batch
+        // order, and settle with the next claim. The task stops after a
+        // batch with a publish not confirmed (its keys must not go on),
+        // and is aborted if the turn ends early.
+        let (ready, mut batches) = mpsc::channel::<Batch>(1);
+        let (outcomes, mut done) = mpsc::unbounded_channel::<Settled>();
+        let transport = self.transport.clone();
+        let mut publisher = AbortOnDrop(tokio::spawn(async move {
+            while let Some(batch) = batches.recv().await {
+                let mut outcome = publish(&*transport, batch.waves).await;
+                outcome.failed.extend(batch.failed);
+                let stalled = outcome.unconfirmed.is_some() || outcome.closed.is_some();
+                if outcomes.send(outcome).is_err() || stalled {
+                    break;
+                }
+            }
+        }));
+        // The ids of the batches claimed and not yet settled, oldest first:
+        // what a claim leaves out.
+        let mut in_flight: VecDeque<Vec<i64>> = VecDeque::new();
+        let mut settle = Settled::default();
+        // The turn's first claim is small, so publishing starts while the
+        // next, full ones run (nothing is claimed ahead of the first).
+        let mut limit = self.batch_size.min(FIRST_CLAIM);
+        loop {
+            while let Ok(outcome) = done.try_recv() {
+                in_flight.pop_front();
+                settle.merge(outcome);
+            }
+            let exclude: Vec<i64> = in_flight.iter().flatten().copied().collect();
+            let batch = self
+                .claim(
+                    &mut *conn,
+                    &exclude,
+                    std::mem::take(&mut settle),
+                    limit,
+                    round,
+                )
+                .await?;
+            if batch.ids.is_empty() {
+                break;
+            }
+            let full = batch.ids.len() == limit;
+            limit = self.batch_size;
+            in_flight.push_back(batch.ids.clone());
+            if ready.send(batch).await.is_err() {
+                // The publisher stopped: a publish was not confirmed.
+                break;
+            }
+            if !full {
+                break;
+            }
+            if started.elapsed() >= TURN || *stop.borrow() {
+                round.more = true;
+                break;
+            }
+        }
+        // No more claims: the publisher ends once the batches sent are
+        // published; then what they did settles.
+        drop(ready);
+        while let Some(outcome) = done.recv().await {
+            settle.merge(outcome);
+        }
+        // A panic in the transport goes on as the relay's, as it would
+        // without the task.
+        if let Err(e) = (&mut publisher.0).await {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+        if !settle.is_empty() {
+            self.claim(&mut *conn, &[], settle, 0, round).await?;
+        }
+        Ok(())
+    }
+
+    /// Settles `done` (deletes, or moves to the published table, the
+    /// confirmed rows; moves the refused ones to the failed table), counting
+    /// it in `round`, and claims up to `limit` of the oldest rows but
+    /// `in_flight` (the batches claimed and not settled), checked and sorted into
+    /// waves: the n-th valid row of each key goes in wave n; rows without a
+    /// key are not ordered and all go in the first. One statement.
+    async fn claim(
+        &self,
+        conn: &mut PgConnection,
+        in_flight: &[i64],
+        done: Settled,
+        limit: usize,
+        round: &mut Round,
+    ) -> Result<Batch> {
+        let statements = self.outbox.statements();
+        let statement = if self.keep_published.is_some() {
+            statements.claim_keep.clone()
+        } else {
+            statements.claim_delete.clone()
+        };
+        let (failed_ids, reasons): (Vec<i64>, Vec<&str>) = done
+            .failed
+            .iter()
+            .map(|(id, reason)| (*id, reason.as_str()))
+            .unzip();
+        let rows = sqlx::query(statement)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(in_flight)
+            .bind(&done.published)
+            .bind(&failed_ids)
+            .bind(&reasons)
+            .fetch_all(&mut *conn)
             .await
             .map_err(|e| db_error("claim", e))?;
-        let mut round = Round {
-            claimed: rows.len(),
-            ..Round::default()
-        };
-        if rows.is_empty() {
-            tx.rollback().await.map_err(|e| db_error("claim", e))?;
-            return Ok(round);
-        }
+        round.published += done.published.len() as u64;
+        round.failed += done.failed.len() as u64;
+        round.unconfirmed = round.unconfirmed.take().or(done.unconfirmed);
+        round.closed = round.closed.take().or(done.closed);
 
-        let mut failed: Vec<(i64, String)> = Vec::new();
-        // Waves: the n-th valid row of each key goes in wave n; rows
-        // without a key are not ordered and all go in the first.
-        let mut waves: Vec<Vec<Pending>> = Vec::new();
+        let mut batch = Batch {
+            ids: Vec::with_capacity(rows.len()),
+            waves: Vec::new(),
+            failed: Vec::new(),
+        };
         let mut per_key: HashMap<i32, usize> = HashMap::new();
         for row in &rows {
             let id: i64 = row.try_get(0).map_err(|e| db_error("claim", e))?;
             let lock_key: Option<i32> = row.try_get(1).map_err(|e| db_error("claim", e))?;
-            let blocked: bool = row.try_get(6).map_err(|e| db_error("claim", e))?;
-            if blocked {
-                round.blocked += 1;
-                continue;
-            }
+            batch.ids.push(id);
             let message = match to_message(row) {
                 Ok(message) => message,
                 Err(reason) => {
                     tracing::error!(row = id, %reason, "outbox row cannot be published; kept as failed");
-                    failed.push((id, reason));
+                    batch.failed.push((id, reason));
                     continue;
                 }
             };
@@ -322,75 +512,16 @@ impl Relay {
                 }
                 None => 0,
             };
-            if waves.len() <= wave {
-                waves.resize_with(wave + 1, Vec::new);
+            if batch.waves.len() <= wave {
+                batch.waves.resize_with(wave + 1, Vec::new);
             }
-            waves[wave].push(Pending {
+            batch.waves[wave].push(Pending {
                 id,
                 lock_key,
                 message,
             });
         }
-
-        let mut published: Vec<i64> = Vec::new();
-        // Keys whose event did not go this round: their later ones wait.
-        let mut stalled: HashSet<i32> = HashSet::new();
-        for wave in waves {
-            let (ids, messages): (Vec<(i64, Option<i32>)>, Vec<Message>) = wave
-                .into_iter()
-                .filter(|p| p.lock_key.is_none_or(|k| !stalled.contains(&k)))
-                .map(|p| ((p.id, p.lock_key), p.message))
-                .unzip();
-            if messages.is_empty() {
-                continue;
-            }
-            let results = self.transport.publish_batch(messages).await;
-            for ((id, lock_key), result) in ids.into_iter().zip(results) {
-                match result {
-                    Ok(()) => published.push(id),
-                    Err(e) if e.is_retryable() || e.kind() == ErrorKind::Closed => {
-                        if let Some(key) = lock_key {
-                            stalled.insert(key);
-                        }
-                        if e.kind() == ErrorKind::Closed {
-                            round.closed.get_or_insert(e);
-                        } else {
-                            round.unconfirmed.get_or_insert(e);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(row = id, error = %e, "publish refused; outbox row kept as failed");
-                        failed.push((id, refusal(&e)));
-                    }
-                }
-            }
-        }
-
-        let (failed_ids, reasons): (Vec<i64>, Vec<String>) = failed.into_iter().unzip();
-        let finish = if self.keep_published.is_some() {
-            statements.finish_keep.clone()
-        } else {
-            statements.finish_delete.clone()
-        };
-        sqlx::query(finish)
-            .bind(&published)
-            .bind(&failed_ids)
-            .bind(&reasons)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| db_error("settle", e))?;
-        tx.commit().await.map_err(|e| db_error("settle", e))?;
-        round.published = published.len() as u64;
-        round.failed = failed_ids.len() as u64;
-        #[cfg(feature = "metrics")]
-        {
-            let schema = self.outbox.get_schema().to_owned();
-            metrics::counter!("events_outbox_published_total", "schema" => schema.clone())
-                .increment(round.published);
-            metrics::counter!("events_outbox_failed_total", "schema" => schema)
-                .increment(round.failed);
-        }
-        Ok(round)
+        Ok(batch)
     }
 
     /// Reports the backlog and purges published rows past retention;
@@ -458,25 +589,58 @@ struct Pending {
     message: Message,
 }
 
-/// What one round did.
+/// A claimed batch, checked.
+struct Batch {
+    /// Every row claimed, valid or not: what the next claim leaves out.
+    ids: Vec<i64>,
+    waves: Vec<Vec<Pending>>,
+    /// Rows that are not what `stage` writes, with the reason.
+    failed: Vec<(i64, String)>,
+}
+
+/// What became of batches' rows, to settle.
+#[derive(Debug, Default)]
+struct Settled {
+    published: Vec<i64>,
+    failed: Vec<(i64, String)>,
+    /// A publish that may succeed later (the broker unreachable, no ack).
+    unconfirmed: Option<Error>,
+    /// The transport is closed.
+    closed: Option<Error>,
+}
+
+impl Settled {
+    fn merge(&mut self, other: Settled) {
+        self.published.extend(other.published);
+        self.failed.extend(other.failed);
+        self.unconfirmed = self.unconfirmed.take().or(other.unconfirmed);
+        self.closed = self.closed.take().or(other.closed);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.published.is_empty()
+            && self.failed.is_empty()
+            && self.unconfirmed.is_none()
+            && self.closed.is_none()
+    }
+}
+
+/// What one turn did.
 #[derive(Debug, Default)]
 struct Round {
-    claimed: usize,
-    blocked: usize,
-    /// Another relay was in its round.
+    /// Another relay was in its turn.
     busy: bool,
+    /// The turn ended with rows left to claim (its time was up, or the
+    /// relay is stopping).
+    more: bool,
     published: u64,
     failed: u64,
     /// A publish that may succeed later (the broker unreachable, no ack).
     unconfirmed: Option<Error>,
     /// The transport is closed: the relay stops with this.
     closed: Option<Error>,
-}
-
-impl Round {
-    fn progress(&self) -> bool {
-        self.published + self.failed > 0
-    }
+    /// The database failed mid-turn (what settled before still counts).
+    error: Option<Error>,
 }
 
 /// A row back into the message it was staged as, checked: a row written by
@@ -520,6 +684,46 @@ fn to_message(row: &sqlx::postgres::PgRow) -> std::result::Result<Message, Strin
     }
     message.dedup_id = Some(event_id);
     Ok(message)
+}
+
+/// Publishes a batch's waves, each pipelined and its acks awaited
+/// before the next: a key's next event goes out only once its previous
+/// one is stored.
+async fn publish(transport: &dyn Transport, waves: Vec<Vec<Pending>>) -> Settled {
+    let mut outcome = Settled::default();
+    // Keys whose event did not go: their later ones wait.
+    let mut stalled: HashSet<i32> = HashSet::new();
+    for wave in waves {
+        let (ids, messages): (Vec<(i64, Option<i32>)>, Vec<Message>) = wave
+            .into_iter()
+            .filter(|p| p.lock_key.is_none_or(|k| !stalled.contains(&k)))
+            .map(|p| ((p.id, p.lock_key), p.message))
+            .unzip();
+        if messages.is_empty() {
+            continue;
+        }
+        let results = transport.publish_batch(messages).await;
+        for ((id, lock_key), result) in ids.into_iter().zip(results) {
+            match result {
+                Ok(()) => outcome.published.push(id),
+                Err(e) if e.is_retryable() || e.kind() == ErrorKind::Closed => {
+                    if let Some(key) = lock_key {
+                        stalled.insert(key);
+                    }
+                    if e.kind() == ErrorKind::Closed {
+                        outcome.closed.get_or_insert(e);
+                    } else {
+                        outcome.unconfirmed.get_or_insert(e);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(row = id, error = %e, "publish refused; outbox row kept as failed");
+                    outcome.failed.push((id, refusal(&e)));
+                }
+            }
+        }
+    }
+    outcome
 }
 
 /// The reason kept with a refused row: the error and its causes.
@@ -603,6 +807,37 @@ impl Backoff {
     }
 }
 
+/// The connection of a turn. It may hold the session's relay lock and
+/// `synchronous_commit = off`: unless [`release`](Self::release)d after
+/// both were undone, it is closed when dropped (an error, or the turn's
+/// future dropped at a shutdown timeout), never returned to the pool
+/// where another user would inherit them. Closing it releases the lock.
+struct TurnConnection(Option<PoolConnection<Postgres>>);
+
+impl TurnConnection {
+    fn new(conn: PoolConnection<Postgres>) -> Self {
+        TurnConnection(Some(conn))
+    }
+
+    fn get(&mut self) -> &mut PgConnection {
+        self.0.as_mut().expect("present until released")
+    }
+
+    /// Back to the pool: the connection holds no lock and no setting of
+    /// the turn.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for TurnConnection {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.as_mut() {
+            conn.close_on_drop();
+        }
+    }
+}
+
 struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -621,9 +856,9 @@ pub struct RunningRelay {
 }
 
 impl RunningRelay {
-    /// Stops the relay: the round in progress finishes (within the
-    /// shutdown timeout; past it, it is dropped and its rows go back to the
-    /// queue), then the counts. An error if the relay had stopped on its
+    /// Stops the relay: the turn in progress finishes (within the
+    /// shutdown timeout; past it, it is dropped and its rows not yet
+    /// settled stay in the queue), then the counts. An error if the relay had stopped on its
     /// own because its transport was closed.
     pub async fn shutdown(mut self) -> Result<RelaySummary> {
         let _ = self.stop.send(true);
@@ -634,8 +869,8 @@ impl RunningRelay {
                 handle.abort();
                 Err(Error::new(
                     ErrorKind::Unavailable,
-                    "the relay's round did not finish within the shutdown timeout; its rows \
-                     went back to the queue",
+                    "the relay's turn did not finish within the shutdown timeout; its rows \
+                     not yet settled stay in the queue",
                 ))
             }
         }
@@ -666,6 +901,6 @@ pub struct RelaySummary {
     pub published: u64,
     /// Rows moved to the failed table.
     pub failed: u64,
-    /// Claims made.
+    /// Turns tried (also those that found another relay in its turn).
     pub rounds: u64,
 }

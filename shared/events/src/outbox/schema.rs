@@ -170,9 +170,8 @@ pub(crate) async fn migrate(pool: &PgPool, schema: &str, lock: i64) -> Result<Ve
 #[derive(Debug)]
 pub(crate) struct Statements {
     pub(crate) stage: SqlStr,
-    pub(crate) claim: SqlStr,
-    pub(crate) finish_delete: SqlStr,
-    pub(crate) finish_keep: SqlStr,
+    pub(crate) claim_delete: SqlStr,
+    pub(crate) claim_keep: SqlStr,
     pub(crate) purge_published: SqlStr,
     pub(crate) status: SqlStr,
     pub(crate) failed: SqlStr,
@@ -183,6 +182,32 @@ pub(crate) struct Statements {
 
 fn sql(text: String) -> SqlStr {
     AssertSqlSafe(text).into_sql_str()
+}
+
+/// The relay's settle-and-claim statement; `keep` continues the `done`
+/// part (its `RETURNING` and what is done with it) when published rows are
+/// kept.
+fn claim(s: &str, keep: &str) -> String {
+    format!(
+        "WITH done AS (
+             DELETE FROM {s}.events_outbox WHERE id = ANY($3)
+             {keep}
+         ), failed AS (
+             DELETE FROM {s}.events_outbox o
+             USING unnest($4::bigint[], $5::text[]) AS r(id, reason)
+             WHERE o.id = r.id
+             RETURNING o.id, o.lock_key, o.key, o.subject, o.headers, o.body,
+                       o.event_id, o.created_at, r.reason
+         ), moved AS (
+             INSERT INTO {s}.events_outbox_failed
+                 (id, lock_key, key, subject, headers, body, event_id, created_at, reason)
+             SELECT * FROM failed
+         )
+         SELECT id, lock_key, subject, headers, body, event_id
+         FROM {s}.events_outbox
+         WHERE id NOT IN (SELECT unnest($2::bigint[] || $3::bigint[] || $4::bigint[]))
+         ORDER BY id LIMIT $1"
+    )
 }
 
 impl Statements {
@@ -200,59 +225,27 @@ impl Statements {
                  FROM (SELECT pg_advisory_xact_lock($7, $1){notify}) AS l",
                 notify = if notify { ", pg_notify($8, '')" } else { "" }
             )),
-            // The batch, and for each of its keys whether a row of that key
-            // older than the batch's first is still there (held by another
-            // relay, or not yet removed): then the key waits (see `relay`).
-            // One scan of the ids below the batch's last first-of-a-key.
-            claim: sql(format!(
-                "WITH claimed AS (
-                     SELECT id, lock_key, subject, headers, body, event_id
-                     FROM {s}.events_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
-                 ), firsts AS (
-                     SELECT lock_key, min(id) AS first FROM claimed
-                     WHERE lock_key IS NOT NULL GROUP BY lock_key
-                 ), blocked AS (
-                     SELECT DISTINCT f.lock_key FROM {s}.events_outbox o
-                     JOIN firsts f ON o.lock_key = f.lock_key
-                     WHERE o.id < (SELECT max(first) FROM firsts) AND o.id < f.first
-                 )
-                 SELECT c.id, c.lock_key, c.subject, c.headers, c.body, c.event_id,
-                        b.lock_key IS NOT NULL AS blocked
-                 FROM claimed c LEFT JOIN blocked b ON b.lock_key = c.lock_key
-                 ORDER BY c.id"
-            )),
-            finish_delete: sql(format!(
-                "WITH done AS (
-                     DELETE FROM {s}.events_outbox WHERE id = ANY($1)
-                 ), failed AS (
-                     DELETE FROM {s}.events_outbox o
-                     USING unnest($2::bigint[], $3::text[]) AS r(id, reason)
-                     WHERE o.id = r.id
-                     RETURNING o.id, o.lock_key, o.key, o.subject, o.headers, o.body,
-                               o.event_id, o.created_at, r.reason
-                 )
-                 INSERT INTO {s}.events_outbox_failed
-                     (id, lock_key, key, subject, headers, body, event_id, created_at, reason)
-                 SELECT * FROM failed"
-            )),
-            finish_keep: sql(format!(
-                "WITH done AS (
-                     DELETE FROM {s}.events_outbox WHERE id = ANY($1)
-                     RETURNING id, key, subject, headers, body, event_id, created_at
+            // A relay's turn, one statement per batch: settle the previous
+            // batch (delete, or move to the published table, the confirmed
+            // rows $3; move the refused ones $4 with their reasons $5 to the
+            // failed table) and claim the next: the oldest rows but those
+            // still being published ($2). The claim reads the statement's
+            // snapshot, from before the settle's deletes, so it leaves out
+            // what they settle too. No row locks: the relay lock keeps every
+            // other relay out for the turn (see `relay`). `NOT IN` a
+            // subquery is hashed: one probe per row scanned. Data-modifying
+            // `WITH` parts run to completion whatever the claim reads, so
+            // `LIMIT 0` only settles.
+            claim_delete: sql(claim(s, "")),
+            claim_keep: sql(claim(
+                s,
+                &format!(
+                    "RETURNING id, key, subject, headers, body, event_id, created_at
                  ), kept AS (
                      INSERT INTO {s}.events_outbox_published
                          (id, key, subject, headers, body, event_id, created_at)
-                     SELECT * FROM done
-                 ), failed AS (
-                     DELETE FROM {s}.events_outbox o
-                     USING unnest($2::bigint[], $3::text[]) AS r(id, reason)
-                     WHERE o.id = r.id
-                     RETURNING o.id, o.lock_key, o.key, o.subject, o.headers, o.body,
-                               o.event_id, o.created_at, r.reason
-                 )
-                 INSERT INTO {s}.events_outbox_failed
-                     (id, lock_key, key, subject, headers, body, event_id, created_at, reason)
-                 SELECT * FROM failed"
+                     SELECT * FROM done"
+                ),
             )),
             // In slices, skipping rows another relay's purge holds.
             purge_published: sql(format!(
@@ -262,14 +255,15 @@ impl Statements {
                      LIMIT $2 FOR UPDATE SKIP LOCKED
                  )"
             )),
+            // One scan of each table.
             status: sql(format!(
-                "SELECT (SELECT count(*) FROM {s}.events_outbox),
-                        (SELECT extract(epoch FROM now() - min(created_at))::float8
-                           FROM {s}.events_outbox),
-                        (SELECT count(*) FROM {s}.events_outbox_failed),
-                        (SELECT extract(epoch FROM now() - min(failed_at))::float8
-                           FROM {s}.events_outbox_failed),
-                        (SELECT count(*) FROM {s}.events_outbox_published)"
+                "SELECT p.n, p.age, f.n, f.age, (SELECT count(*) FROM {s}.events_outbox_published)
+                 FROM (SELECT count(*) AS n,
+                              extract(epoch FROM now() - min(created_at))::float8 AS age
+                       FROM {s}.events_outbox) p,
+                      (SELECT count(*) AS n,
+                              extract(epoch FROM now() - min(failed_at))::float8 AS age
+                       FROM {s}.events_outbox_failed) f"
             )),
             failed: sql(format!(
                 "SELECT id, key, subject, event_id, created_at, failed_at, reason

@@ -13,6 +13,7 @@ use events::consumer::{Consumer, Context, HandlerError, RetryPolicy};
 use events::outbox::{Inbox, Outbox, RelaySummary, Tx};
 use events::testing::NatsServer;
 use events::{Bus, Event, EventPayload};
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
@@ -136,6 +137,19 @@ impl TestSchema {
         Ok(())
     }
 
+    /// Whether business transaction `n` committed (`false` when the
+    /// database cannot tell now).
+    pub async fn committed(&self, n: i64) -> bool {
+        sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM {}.business WHERE n = $1)",
+            self.name
+        )))
+        .bind(n)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap_or(false)
+    }
+
     /// `(key, seq)` of every committed business transaction.
     pub async fn business(&self) -> Vec<(String, i64)> {
         sqlx::query_as(AssertSqlSafe(format!(
@@ -177,6 +191,18 @@ impl Drop for TestSchema {
         })
         .join();
     }
+}
+
+/// An error with its causes, for a failure message.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn db(e: sqlx::Error) -> events::Error {
@@ -561,10 +587,18 @@ pub fn produce(
                     }
                     let deadline = Instant::now() + Duration::from_secs(60);
                     while let Err(e) = db.transact(&outbox, &bus, n, &key(n, keys)).await {
+                        // A commit whose reply was lost (the server stopped
+                        // right after committing it) must not be retried:
+                        // the retry's business row would collide with the
+                        // committed one, for good.
+                        if db.committed(n).await {
+                            break;
+                        }
                         failures += 1;
                         assert!(
                             Instant::now() < deadline,
-                            "transaction {n} keeps failing: {e}"
+                            "transaction {n} keeps failing: {}",
+                            chain(&e)
                         );
                         // A retry's pause (the database may be restarting).
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -974,4 +1008,148 @@ async fn status_and_gauges_report_the_backlog_and_published_rows_are_kept_for_th
     }
     relay.shutdown().await.unwrap();
     assert_eq!(stored(&transport).await.len(), 3);
+}
+
+/// A test's schema, private nats-server, transport, bus and migrated
+/// outbox.
+async fn setup(test: &str) -> (TestSchema, NatsServer, JetStreamTransport, Bus, Outbox) {
+    let db = TestSchema::new(test).await;
+    let server = NatsServer::with_jetstream();
+    let transport = connect(js_config(&server)).await;
+    let bus = bus(transport.clone());
+    let outbox = db.outbox(&bus);
+    outbox.migrate().await.unwrap();
+    (db, server, transport, bus, outbox)
+}
+
+/// A JetStream transport with faults: its publishes never complete
+/// (`hang`: a relay's turn on it stays in progress until something drops
+/// it), or the first publish of one event fails as unconfirmed.
+#[derive(Debug, Default)]
+struct Faulty {
+    inner: Option<JetStreamTransport>,
+    hang: bool,
+    publishing: Arc<tokio::sync::Notify>,
+    fail_once: std::sync::Mutex<Option<String>>,
+}
+
+impl Faulty {
+    fn inner(&self) -> &JetStreamTransport {
+        self.inner.as_ref().expect("a transport to wrap")
+    }
+}
+
+impl events::transport::Transport for Faulty {
+    fn name(&self) -> &'static str {
+        "faulty"
+    }
+    fn capabilities(&self) -> &events::transport::Capabilities {
+        events::transport::Transport::capabilities(self.inner())
+    }
+    fn publish(&self, message: events::transport::Message) -> BoxFuture<'_, events::Result<()>> {
+        self.publishing.notify_one();
+        if self.hang {
+            return Box::pin(std::future::pending());
+        }
+        let mut fail = self.fail_once.lock().unwrap();
+        if fail.is_some() && *fail == message.dedup_id {
+            *fail = None;
+            return Box::pin(async {
+                Err(events::Error::new(
+                    events::ErrorKind::Unavailable,
+                    "no ack (injected)",
+                ))
+            });
+        }
+        events::transport::Transport::publish(self.inner(), message)
+    }
+    fn subscribe(
+        &self,
+        options: events::transport::SubscribeOptions,
+    ) -> BoxFuture<'_, events::Result<events::transport::Subscription>> {
+        events::transport::Transport::subscribe(self.inner(), options)
+    }
+    fn flush(&self) -> BoxFuture<'_, events::Result<()>> {
+        events::transport::Transport::flush(self.inner())
+    }
+    fn close(&self) -> BoxFuture<'_, events::Result<()>> {
+        events::transport::Transport::close(self.inner())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_not_confirmed_holds_back_its_key_in_the_batches_claimed_ahead() {
+    let (db, _server, transport, bus, outbox) = setup("unconfirmed").await;
+    for n in 0..4 {
+        db.transact(&outbox, &bus, n, "k").await.unwrap();
+    }
+    let first: String = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT event_id FROM {}.events_outbox ORDER BY id LIMIT 1",
+        db.name
+    )))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+
+    // One row per batch: while the first is published (and not
+    // confirmed), the next ones of its key are already claimed.
+    let faulty = Arc::new(Faulty {
+        inner: Some(transport.clone()),
+        fail_once: std::sync::Mutex::new(Some(first)),
+        ..Faulty::default()
+    });
+    let relay = outbox
+        .relay()
+        .transport(faulty.clone())
+        .batch_size(1)
+        .start();
+    wait_drained(&transport, &outbox, 4, WAIT).await;
+    let summary = relay.shutdown().await.unwrap();
+
+    let verdict = verdict(&db.business().await, &stored(&transport).await);
+    println!("unconfirmed first publish: {verdict:?}; relay {summary:?}");
+    assert!(
+        faulty.fail_once.lock().unwrap().is_none(),
+        "the first publish failed"
+    );
+    verdict.assert_exact("unconfirmed first publish");
+    assert_eq!(summary.published, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_turn_dropped_at_the_shutdown_timeout_leaves_the_relay_lock_to_other_relays() {
+    let (db, _server, transport, bus, outbox) = setup("dropped_turn").await;
+    db.transact(&outbox, &bus, 0, "k").await.unwrap();
+
+    // A turn stuck in its publish, holding the relay lock, dropped when
+    // shutdown gives up on it.
+    let stuck = Arc::new(Faulty {
+        inner: Some(transport.clone()),
+        hang: true,
+        ..Faulty::default()
+    });
+    let relay = outbox
+        .relay()
+        .transport(stuck.clone())
+        .shutdown_timeout(Duration::from_millis(200))
+        .start();
+    tokio::time::timeout(WAIT, stuck.publishing.notified())
+        .await
+        .expect("the turn publishes");
+    let err = relay.shutdown().await.unwrap_err();
+    assert_eq!(err.kind(), events::ErrorKind::Unavailable, "{err}");
+
+    // A relay of another process (a pool of its own) gets a turn: the
+    // dropped turn's connection was closed, not handed back to its pool
+    // (still open here) with the lock.
+    let other = Outbox::new(pool(&database_url(), 2).await, &bus)
+        .schema(db.name.clone())
+        .unwrap();
+    let relay = other.relay().start();
+    wait_drained(&transport, &other, 1, WAIT).await;
+    let summary = relay.shutdown().await.unwrap();
+    assert_eq!(summary.published, 1);
+    assert_eq!(stored(&transport).await.len(), 1);
+    // The first pool's connections are alive and free of the lock.
+    sqlx::query("SELECT 1").execute(&db.pool).await.unwrap();
 }

@@ -561,12 +561,15 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-// Run alone by scripts/test.sh (`--ignored --exact`): beside the rest of
-// the suite's parallel load, producers twice failed for 60 s after the
-// restart ("broker unavailable: test database"), a cause not yet found;
-// alone it passed every run.
+// Once run alone (ignored in the parallel suite): beside the suite's load
+// its producers failed for 60 s after a restart. The cause was the test's
+// own retry: a COMMIT that reached the server just before the stop lost
+// its reply, and the producer retried the transaction, whose business row
+// then collided with the committed one for good (the error chain showed
+// the unique violation; reproduced alone under three busy loops in 1 run
+// of 6). A busier machine reads the reply later, which widens the window.
+// The producers now ask whether a failed transaction committed after all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "run alone by scripts/test.sh: restarts a private PostgreSQL"]
 async fn postgres_restarted_under_the_relay_it_resumes_by_itself_and_nothing_is_lost() {
     const EVENTS: i64 = 2000;
     const RESTARTS: i64 = 2;
