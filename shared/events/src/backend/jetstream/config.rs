@@ -412,9 +412,9 @@ impl ConsumerDefaults {
     /// instance that stopped pulling before another takes it (default 10 s;
     /// 1 s to 1 h). It bounds the pause a key sees when the instance
     /// holding its partition dies (a graceful shutdown hands partitions
-    /// over at once). A partition's ack wait is kept to a quarter of it, so
-    /// what the dead instance had in flight is redelivered, first, to the
-    /// next.
+    /// over at once). A partition's ack wait is kept to half of it: the
+    /// next holder waits for what the dead one had in flight to be
+    /// redelivered, and handles it first.
     pub fn pin_timeout(mut self, timeout: Duration) -> Self {
         self.pin_timeout = timeout.clamp(Duration::from_secs(1), Duration::from_secs(3600));
         self

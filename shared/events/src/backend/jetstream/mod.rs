@@ -661,7 +661,7 @@ impl Inner {
             config.priority_timeout = pin_timeout;
             // What a dead holder left unsettled must be due again before
             // its pin moves (see the partition module).
-            config.ack_wait = config.ack_wait.min(pin_timeout / 4);
+            config.ack_wait = config.ack_wait.min(pin_timeout / 2);
         }
         config
     }
@@ -1469,6 +1469,8 @@ impl Transport for JetStreamTransport {
                         .map_or(0, partition::Partitioning::count),
                     pin: Arc::default(),
                     members: inner.members(group).await?,
+                    catching_up: None,
+                    ready: std::collections::VecDeque::new(),
                     subject: partition::next_subject(
                         &inner.stream.cached_info().config.name,
                         &consumer.cached_info().name,
@@ -1677,6 +1679,10 @@ struct Pinned {
     count: u32,
     pin: Arc<partition::Pin>,
     members: Arc<partition::Members>,
+    /// Set while catching up after taking a pin (see `Puller::catch_up`).
+    catching_up: Option<CatchUp>,
+    /// Caught up: handed out, in stream order, before anything newer.
+    ready: std::collections::VecDeque<jetstream::Message>,
     /// The consumer's `MSG.NEXT` subject.
     subject: String,
     /// When to look at the group's instances again.
@@ -1687,6 +1693,26 @@ struct Pinned {
 /// settled before handing the partition over (else it keeps it, and tries
 /// again later).
 const HANDOVER_LIMIT: Duration = Duration::from_secs(30);
+/// What a subscription that took a partition's pin holds back while the
+/// previous holder's unsettled deliveries are still to be redelivered.
+struct CatchUp {
+    /// By stream sequence.
+    held: std::collections::BTreeMap<u64, jetstream::Message>,
+    /// When it stops waiting, whatever is left.
+    until: Instant,
+    next_progress: Instant,
+    /// The consumer sequence of the first delivery after the pin was taken.
+    first: u64,
+    /// Until when everything is held whatever the count says (a takeover
+    /// from an instance gone silent; see `Puller::catch_up`).
+    hold_until: Instant,
+    /// Once asked: the previous holder's unsettled deliveries not yet
+    /// redelivered, and the last consumer sequence delivered then.
+    theirs: Option<(u64, u64)>,
+    /// Redeliveries received after that.
+    redelivered: u64,
+}
+
 /// How often an instance that does not own a partition looks again.
 const STANDBY_LOOK: Duration = Duration::from_millis(250);
 
@@ -1952,6 +1978,17 @@ impl Puller {
         // The pull is read to its end first (see `next_held`): a nack sent
         // while it is open on the server could be redelivered to it.
         let mut late = Vec::new();
+        self.caught_up();
+        let ready: Vec<_> = self
+            .pinned
+            .as_mut()
+            .map(|p| p.ready.drain(..).collect())
+            .unwrap_or_default();
+        for message in ready {
+            if let (Ok(delivery), _) = self.delivery(message) {
+                late.push(delivery);
+            }
+        }
         while let Some((item, _)) = self.next_held().await {
             if let Ok(delivery) = item {
                 late.push(delivery);
@@ -1996,7 +2033,18 @@ impl Puller {
     /// pending any more.
     async fn next(&mut self) -> Option<(Result<Delivery>, Option<async_nats::Subject>)> {
         loop {
+            if let Some(message) = self.pinned.as_mut().and_then(|p| p.ready.pop_front()) {
+                return Some(self.delivery(message));
+            }
             if self.stop.is_requested() {
+                if self
+                    .pinned
+                    .as_ref()
+                    .is_some_and(|p| p.catching_up.is_some())
+                {
+                    self.caught_up();
+                    continue;
+                }
                 return self.next_held().await;
             }
             let batch = match self.current.as_mut() {
@@ -2009,6 +2057,18 @@ impl Puller {
                     // While open, a pull waits on the server up to `expires`;
                     // once closing, pulls take only what is already pending.
                     if !self.draining && self.hand_over_if_owned_elsewhere().await {
+                        continue;
+                    }
+                    if self.catching_up_full() {
+                        // Held back enough: pull no more until caught up
+                        // (what the server keeps has no ack wait running;
+                        // what this one held would all be handed out at
+                        // once).
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                            () = self.stop.notify.notified() => {}
+                        }
+                        self.catch_up(None).await;
                         continue;
                     }
                     if !self.draining && self.standing_by() {
@@ -2093,7 +2153,9 @@ impl Puller {
             match next {
                 Some(Ok(message)) => {
                     self.in_current += 1;
-                    return Some(self.delivery(message));
+                    if let Some(message) = self.catch_up(Some(message)).await {
+                        return Some(self.delivery(message));
+                    }
                 }
                 Some(Err(e)) => {
                     self.current = None;
@@ -2107,6 +2169,7 @@ impl Puller {
                 }
                 None => {
                     self.current = None;
+                    self.catch_up(None).await;
                     if self.draining && self.in_current == 0 {
                         // Nothing more pending: let the acks of what was
                         // delivered leave before the subscription ends.
@@ -2152,6 +2215,117 @@ impl Puller {
         )
     }
 
+    /// After taking a partition's pin: holds back what arrives while
+    /// deliveries of the previous holder are unsettled (a holder that died
+    /// with events in flight), until they have been redelivered here; then
+    /// hands everything out in stream order, so a key's events keep their
+    /// order whatever the server's timing. A handover leaves nothing
+    /// unsettled, and costs one look. Returns the message if it need not
+    /// wait.
+    async fn catch_up(
+        &mut self,
+        message: Option<jetstream::Message>,
+    ) -> Option<jetstream::Message> {
+        let pinned = self.pinned.as_mut()?;
+        if pinned.catching_up.is_none() && message.is_some() && pinned.pin.take_acquired() {
+            let first = message.as_ref().and_then(|m| m.info().ok());
+            if let Some(first) = first {
+                let now = Instant::now();
+                let ack_wait = self.consumer.cached_info().config.ack_wait;
+                pinned.catching_up = Some(CatchUp {
+                    held: std::collections::BTreeMap::new(),
+                    // The previous holder's deliveries come due within an
+                    // ack wait; the server looks for them up to one more
+                    // late.
+                    until: now + ack_wait.saturating_mul(3),
+                    next_progress: now + ack_wait / 3,
+                    first: first.consumer_sequence,
+                    hold_until: if pinned.members.released_recently(pinned.index) {
+                        now
+                    } else {
+                        now + ack_wait
+                    },
+                    theirs: None,
+                    redelivered: 0,
+                });
+            }
+        }
+        let Some(catch_up) = pinned.catching_up.as_mut() else {
+            return message;
+        };
+        if let Some(message) = message {
+            match message.info() {
+                Ok(info) => {
+                    // A redelivery has a consumer sequence of its own: one
+                    // past the count asked for is one of theirs.
+                    let after = catch_up
+                        .theirs
+                        .is_some_and(|(_, last)| info.consumer_sequence > last);
+                    if info.delivered > 1 && after {
+                        catch_up.redelivered += 1;
+                    }
+                    let sequence = info.stream_sequence;
+                    catch_up.held.insert(sequence, message);
+                }
+                Err(_) => return Some(message),
+            }
+        }
+        let now = Instant::now();
+        if catch_up.theirs.is_none() {
+            // Unsettled deliveries, less this holder's (every delivery
+            // from the first one after the pin: consumer sequences count
+            // deliveries, redeliveries included): the previous holder's not
+            // yet redelivered, which come back as redeliveries.
+            if let Ok(info) = self.consumer.info().await {
+                let pending = u64::try_from(info.num_ack_pending).unwrap_or(u64::MAX);
+                let last = info.delivered.consumer_sequence;
+                let mine = last.saturating_sub(catch_up.first).saturating_add(1);
+                catch_up.theirs = Some((pending.saturating_sub(mine), last));
+            }
+        }
+        if now >= catch_up.next_progress {
+            // Held back, not forgotten: their ack wait starts again.
+            catch_up.next_progress = now + self.consumer.cached_info().config.ack_wait / 3;
+            for held in catch_up.held.values() {
+                let _ = held.ack_with(jetstream::AckKind::Progress).await;
+            }
+        }
+        let expired = now >= catch_up.until;
+        let done = now >= catch_up.hold_until
+            && catch_up
+                .theirs
+                .is_some_and(|(theirs, _)| catch_up.redelivered >= theirs);
+        if !done && !expired {
+            return None;
+        }
+        if !done {
+            tracing::warn!(
+                consumer = %self.consumer.cached_info().name,
+                "a previous holder's deliveries were not all redelivered in time; going on without them"
+            );
+        }
+        self.caught_up();
+        None
+    }
+
+    /// Whether a catch-up holds a pull's worth already.
+    fn catching_up_full(&self) -> bool {
+        self.pinned.as_ref().is_some_and(|p| {
+            p.catching_up
+                .as_ref()
+                .is_some_and(|c| c.held.len() >= self.batch_size)
+        })
+    }
+
+    /// Ends a catch-up: what it held is handed out, in stream order.
+    fn caught_up(&mut self) {
+        if let Some(pinned) = self.pinned.as_mut() {
+            if let Some(catch_up) = pinned.catching_up.take() {
+                pinned.ready.extend(catch_up.held.into_values());
+            }
+        }
+    }
+
     /// Whether this subscription's partition is owned by another live
     /// instance and not held here.
     fn standing_by(&self) -> bool {
@@ -2172,7 +2346,11 @@ impl Puller {
         let Some(pinned) = self.pinned.as_mut() else {
             return false;
         };
-        if !pinned.pin.held() || Instant::now() < pinned.next_check {
+        if !pinned.pin.held()
+            || Instant::now() < pinned.next_check
+            || pinned.catching_up.is_some()
+            || !pinned.ready.is_empty()
+        {
             return false;
         }
         pinned.next_check = Instant::now() + Duration::from_secs(1);
@@ -2216,6 +2394,9 @@ impl Puller {
         {
             Ok(Ok(())) => {
                 pin.drop_pin();
+                if let Some(pinned) = &self.pinned {
+                    pinned.members.announce_release(pinned.index).await;
+                }
                 true
             }
             Ok(Err(e)) => {

@@ -24,11 +24,12 @@
 //!   events are never handled by two instances at once, and the next holder
 //!   starts after the last settlement of the previous one.
 //! - **Failover.** An instance that dies keeps its pins until the pin
-//!   timeout, renewed every quarter of it. A partition's ack wait is at
-//!   most a quarter of it, so what the dead instance held unsettled is due
-//!   for redelivery (and, with the server's pending check up to one ack
-//!   wait late, queued for it) before the pin moves, and the server
-//!   redelivers before it delivers anything newer.
+//!   timeout (renewed every quarter of it). The instance that takes a pin
+//!   asks the server how many deliveries are unsettled: while some are
+//!   not its own (a dead holder's), it holds back what it receives until
+//!   they have been redelivered to it, then hands everything out in stream
+//!   order. A partition's ack wait is at most half the pin timeout, which
+//!   bounds that wait.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -127,6 +128,8 @@ impl Partitioning {
 #[derive(Debug, Default)]
 pub(super) struct Pin {
     id: Mutex<Option<String>>,
+    /// Set when a pin is taken (none held before), until the puller looks.
+    acquired: std::sync::atomic::AtomicBool,
     /// Deliveries handed out and not yet settled.
     outstanding: Arc<AtomicUsize>,
 }
@@ -136,7 +139,15 @@ impl Pin {
         self.id.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
     fn set(&self, id: Option<String>) {
-        *self.id.lock().unwrap_or_else(|e| e.into_inner()) = id;
+        let mut held = self.id.lock().unwrap_or_else(|e| e.into_inner());
+        if held.is_none() && id.is_some() {
+            self.acquired.store(true, Ordering::Release);
+        }
+        *held = id;
+    }
+    /// Whether a pin was taken since the last call.
+    pub(super) fn take_acquired(&self) -> bool {
+        self.acquired.swap(false, Ordering::AcqRel)
     }
     pub(super) fn held(&self) -> bool {
         self.id.lock().unwrap_or_else(|e| e.into_inner()).is_some()
@@ -307,7 +318,17 @@ pub(super) struct Members {
     me: String,
     /// Instance -> (first heard, last heard).
     seen: Mutex<HashMap<String, (Instant, Instant)>>,
+    /// Partition -> when an instance last said it released it.
+    released: Mutex<HashMap<u32, Instant>>,
+    client: async_nats::Client,
+    subject: String,
 }
+
+/// How recently a partition must have been released for a pin taken on it
+/// to count as a handover (not a takeover from an instance gone silent).
+const RELEASE_FRESH: Duration = Duration::from_secs(5);
+/// The prefix of a release announcement (the rest is the partition).
+const RELEASED: &str = "released ";
 
 impl Members {
     /// Starts announcing this instance and listening to the others, on
@@ -316,6 +337,9 @@ impl Members {
         let members = Arc::new(Members {
             me: uuid::Uuid::now_v7().simple().to_string(),
             seen: Mutex::default(),
+            released: Mutex::default(),
+            client: client.clone(),
+            subject: subject.clone(),
         });
         let mut heard = client.subscribe(subject.clone()).await.map_err(|e| {
             Error::new(
@@ -333,6 +357,16 @@ impl Members {
                 let Ok(id) = std::str::from_utf8(&message.payload) else {
                     continue;
                 };
+                if let Some(partition) = id.strip_prefix(RELEASED) {
+                    if let Ok(partition) = partition.parse() {
+                        members
+                            .released
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(partition, Instant::now());
+                    }
+                    continue;
+                }
                 if id.is_empty() || id.len() > 64 {
                     continue;
                 }
@@ -358,6 +392,28 @@ impl Members {
             }
         });
         Ok(members)
+    }
+
+    /// Tells the other instances that this one released `partition`
+    /// (everything it delivered from it settled).
+    pub(super) async fn announce_release(&self, partition: u32) {
+        let _ = self
+            .client
+            .publish(
+                self.subject.clone(),
+                format!("{RELEASED}{partition}").into(),
+            )
+            .await;
+        let _ = self.client.flush().await;
+    }
+
+    /// Whether `partition` was released by its holder moments ago.
+    pub(super) fn released_recently(&self, partition: u32) -> bool {
+        self.released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&partition)
+            .is_some_and(|at| at.elapsed() < RELEASE_FRESH)
     }
 
     /// The instance that should hold partition `index` of `count` now,
