@@ -2226,7 +2226,9 @@ impl Puller {
         &mut self,
         message: Option<jetstream::Message>,
     ) -> Option<jetstream::Message> {
-        let pinned = self.pinned.as_mut()?;
+        let Some(pinned) = self.pinned.as_mut() else {
+            return message;
+        };
         if pinned.catching_up.is_none() && message.is_some() && pinned.pin.take_acquired() {
             let first = message.as_ref().and_then(|m| m.info().ok());
             if let Some(first) = first {
