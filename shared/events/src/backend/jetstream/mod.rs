@@ -1703,9 +1703,8 @@ struct CatchUp {
     next_progress: Instant,
     /// The consumer sequence of the first delivery after the pin was taken.
     first: u64,
-    /// Until when everything is held whatever the count says (a takeover
-    /// from an instance gone silent; see `Puller::catch_up`).
-    hold_until: Instant,
+    /// The highest consumer sequence received.
+    seen: u64,
     /// Once asked: the previous holder's unsettled deliveries not yet
     /// redelivered, and the last consumer sequence delivered then.
     theirs: Option<(u64, u64)>,
@@ -2242,11 +2241,7 @@ impl Puller {
                     until: now + ack_wait.saturating_mul(3),
                     next_progress: now + ack_wait / 3,
                     first: first.consumer_sequence,
-                    hold_until: if pinned.members.released_recently(pinned.index) {
-                        now
-                    } else {
-                        now + ack_wait
-                    },
+                    seen: first.consumer_sequence,
                     theirs: None,
                     redelivered: 0,
                 });
@@ -2266,6 +2261,7 @@ impl Puller {
                     if info.delivered > 1 && after {
                         catch_up.redelivered += 1;
                     }
+                    catch_up.seen = catch_up.seen.max(info.consumer_sequence);
                     let sequence = info.stream_sequence;
                     catch_up.held.insert(sequence, message);
                 }
@@ -2293,10 +2289,13 @@ impl Puller {
             }
         }
         let expired = now >= catch_up.until;
-        let done = now >= catch_up.hold_until
-            && catch_up
-                .theirs
-                .is_some_and(|(theirs, _)| catch_up.redelivered >= theirs);
+        // Done once everything delivered before the count was asked for
+        // has arrived here (a redelivery sent just after a newer event is
+        // among it), and the previous holder's events not yet redelivered
+        // then have arrived since.
+        let done = catch_up
+            .theirs
+            .is_some_and(|(theirs, last)| catch_up.seen >= last && catch_up.redelivered >= theirs);
         if !done && !expired {
             return None;
         }
@@ -2396,9 +2395,6 @@ impl Puller {
         {
             Ok(Ok(())) => {
                 pin.drop_pin();
-                if let Some(pinned) = &self.pinned {
-                    pinned.members.announce_release(pinned.index).await;
-                }
                 true
             }
             Ok(Err(e)) => {

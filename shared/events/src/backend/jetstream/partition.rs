@@ -318,17 +318,7 @@ pub(super) struct Members {
     me: String,
     /// Instance -> (first heard, last heard).
     seen: Mutex<HashMap<String, (Instant, Instant)>>,
-    /// Partition -> when an instance last said it released it.
-    released: Mutex<HashMap<u32, Instant>>,
-    client: async_nats::Client,
-    subject: String,
 }
-
-/// How recently a partition must have been released for a pin taken on it
-/// to count as a handover (not a takeover from an instance gone silent).
-const RELEASE_FRESH: Duration = Duration::from_secs(5);
-/// The prefix of a release announcement (the rest is the partition).
-const RELEASED: &str = "released ";
 
 impl Members {
     /// Starts announcing this instance and listening to the others, on
@@ -337,9 +327,6 @@ impl Members {
         let members = Arc::new(Members {
             me: uuid::Uuid::now_v7().simple().to_string(),
             seen: Mutex::default(),
-            released: Mutex::default(),
-            client: client.clone(),
-            subject: subject.clone(),
         });
         let mut heard = client.subscribe(subject.clone()).await.map_err(|e| {
             Error::new(
@@ -357,16 +344,6 @@ impl Members {
                 let Ok(id) = std::str::from_utf8(&message.payload) else {
                     continue;
                 };
-                if let Some(partition) = id.strip_prefix(RELEASED) {
-                    if let Ok(partition) = partition.parse() {
-                        members
-                            .released
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(partition, Instant::now());
-                    }
-                    continue;
-                }
                 if id.is_empty() || id.len() > 64 {
                     continue;
                 }
@@ -392,28 +369,6 @@ impl Members {
             }
         });
         Ok(members)
-    }
-
-    /// Tells the other instances that this one released `partition`
-    /// (everything it delivered from it settled).
-    pub(super) async fn announce_release(&self, partition: u32) {
-        let _ = self
-            .client
-            .publish(
-                self.subject.clone(),
-                format!("{RELEASED}{partition}").into(),
-            )
-            .await;
-        let _ = self.client.flush().await;
-    }
-
-    /// Whether `partition` was released by its holder moments ago.
-    pub(super) fn released_recently(&self, partition: u32) -> bool {
-        self.released
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&partition)
-            .is_some_and(|at| at.elapsed() < RELEASE_FRESH)
     }
 
     /// The instance that should hold partition `index` of `count` now,
