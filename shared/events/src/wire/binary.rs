@@ -7,12 +7,12 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::{
-    apply_extension, format_time, metadata_from_attributes, percent, settle_tracestate, RawEvent,
+    apply_extension, format_time, metadata_from_attributes, settle_tracestate, RawEvent,
     SPEC_VERSION,
 };
 use crate::envelope::{EventMetadata, ExtensionValue};
 use crate::error::{Error, ErrorKind, Result};
-use crate::transport::{Headers, Message};
+use crate::transport::{percent, Headers, Message};
 
 pub(super) fn encode<T: Serialize>(
     metadata: &EventMetadata,

@@ -19,7 +19,6 @@
 
 mod binary;
 mod keys;
-pub(crate) mod percent;
 mod structured;
 
 use std::borrow::Cow;
