@@ -595,20 +595,34 @@ fn starts_with_ignore_case(value: &str, prefix: &str) -> bool {
         && value.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
+/// The context attributes a decoder read (extensions aside), each as the
+/// text it came as: borrowed where the decoder could borrow it. `None` is an
+/// attribute the event does not have.
+#[derive(Debug, Default)]
+pub(crate) struct Attributes<'a> {
+    pub(crate) specversion: Option<Cow<'a, str>>,
+    pub(crate) id: Option<Cow<'a, str>>,
+    pub(crate) source: Option<Cow<'a, str>>,
+    pub(crate) ce_type: Option<Cow<'a, str>>,
+    pub(crate) time: Option<Cow<'a, str>>,
+    pub(crate) subject: Option<Cow<'a, str>>,
+    pub(crate) data_content_type: Option<Cow<'a, str>>,
+    pub(crate) data_schema: Option<Cow<'a, str>>,
+}
+
 /// Required attributes shared by both decoders: checks them and builds the
-/// metadata. Takes borrowed text where the decoder could borrow it, and
-/// allocates only for what the metadata keeps.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn metadata_from_attributes(
-    specversion: Option<Cow<'_, str>>,
-    id: Option<Cow<'_, str>>,
-    source: Option<Cow<'_, str>>,
-    ce_type: Option<Cow<'_, str>>,
-    time: Option<Cow<'_, str>>,
-    subject: Option<Cow<'_, str>>,
-    data_content_type: Option<Cow<'_, str>>,
-    data_schema: Option<Cow<'_, str>>,
-) -> Result<EventMetadata> {
+/// metadata, allocating only for what the metadata keeps.
+pub(crate) fn metadata_from_attributes(attributes: Attributes<'_>) -> Result<EventMetadata> {
+    let Attributes {
+        specversion,
+        id,
+        source,
+        ce_type,
+        time,
+        subject,
+        data_content_type,
+        data_schema,
+    } = attributes;
     let specversion =
         specversion.ok_or_else(|| Error::decode("missing required attribute specversion"))?;
     if specversion != SPEC_VERSION {
