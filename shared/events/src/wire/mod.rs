@@ -613,18 +613,9 @@ pub(crate) struct Attributes<'a> {
 /// Required attributes shared by both decoders: checks them and builds the
 /// metadata, allocating only for what the metadata keeps.
 pub(crate) fn metadata_from_attributes(attributes: Attributes<'_>) -> Result<EventMetadata> {
-    let Attributes {
-        specversion,
-        id,
-        source,
-        ce_type,
-        time,
-        subject,
-        data_content_type,
-        data_schema,
-    } = attributes;
-    let specversion =
-        specversion.ok_or_else(|| Error::decode("missing required attribute specversion"))?;
+    let specversion = attributes
+        .specversion
+        .ok_or_else(|| Error::decode("missing required attribute specversion"))?;
     if specversion != SPEC_VERSION {
         return Err(Error::decode(format!(
             "specversion {specversion:?} is not supported (only 1.0)"
@@ -635,19 +626,21 @@ pub(crate) fn metadata_from_attributes(attributes: Attributes<'_>) -> Result<Eve
         Some(_) => Err(Error::decode(format!("required attribute {name} is empty"))),
         None => Err(Error::decode(format!("missing required attribute {name}"))),
     };
-    let id = required("id", id)?;
-    let source = required("source", source)?;
-    let ce_type = ce_type
+    let id = required("id", attributes.id)?;
+    let source = required("source", attributes.source)?;
+    let ce_type = attributes
+        .ce_type
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Error::decode("missing or empty required attribute type"))?;
-    let time = time.as_deref().map(parse_time).transpose()?;
+    let time = attributes.time.as_deref().map(parse_time).transpose()?;
+    let subject = attributes.subject;
     if subject.as_deref() == Some("") {
         return Err(Error::decode("attribute subject is empty"));
     }
     let (base, version) = split_versioned_type(&ce_type);
     // Without a suffix the base is the whole type, written back as it came.
     let type_has_version = base.len() < ce_type.len();
-    let data_content_type = data_content_type.map(|ct| {
+    let data_content_type = attributes.data_content_type.map(|ct| {
         // Nearly every event is JSON: share the constant instead of allocating.
         if ct == crate::envelope::JSON_CONTENT_TYPE {
             Cow::Borrowed(crate::envelope::JSON_CONTENT_TYPE)
@@ -664,7 +657,7 @@ pub(crate) fn metadata_from_attributes(attributes: Attributes<'_>) -> Result<Eve
         time,
         subject.map(Cow::into_owned),
         data_content_type,
-        data_schema.map(Cow::into_owned),
+        attributes.data_schema.map(Cow::into_owned),
     ))
 }
 
