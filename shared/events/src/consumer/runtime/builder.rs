@@ -18,6 +18,7 @@ use super::Shared;
 use crate::bus::Bus;
 use crate::consumer::handler::{Env, Handler};
 use crate::consumer::idempotency::IdempotencyStore;
+use crate::consumer::layer::Layer;
 use crate::consumer::retry::RetryPolicy;
 use crate::envelope::{validate_subject_token, EventPayload};
 use crate::error::{Error, ErrorKind, Result};
@@ -87,6 +88,7 @@ pub struct Consumer<S = ()> {
     handler_timeout: Option<Duration>,
     ack_wait: Option<Duration>,
     prefetch: Option<usize>,
+    layers: Vec<Arc<dyn Layer>>,
 }
 
 impl Consumer<()> {
@@ -117,14 +119,16 @@ impl Consumer<()> {
             handler_timeout: None,
             ack_wait: None,
             prefetch: None,
+            layers: Vec::new(),
         })
     }
 }
 
 impl<S: Send + Sync + 'static> Consumer<S> {
     /// Shared application state, which every handler's
-    /// [`Context`](crate::consumer::Context) sees: one value, shared by all handlings (never cloned, so it need not be
-    /// `Clone`: a connection pool or a cache as is) and dropped when
+    /// [`Context`](crate::consumer::Context) sees: one value, shared by all
+    /// handlings (never cloned, so it need not be `Clone`: a connection pool
+    /// or a cache as is) and dropped when
     /// [`run`](Self::run) returns.
     ///
     /// Call it before `handle`. A handler registered earlier is written for
@@ -181,6 +185,7 @@ impl<S: Send + Sync + 'static> Consumer<S> {
             handler_timeout: self.handler_timeout,
             ack_wait: self.ack_wait,
             prefetch: self.prefetch,
+            layers: self.layers,
         }
     }
 
@@ -201,6 +206,16 @@ impl<S: Send + Sync + 'static> Consumer<S> {
             _type: PhantomData,
         });
         self.handlers.insert(T::TYPE, erased);
+        self
+    }
+
+    /// Wraps every handler call in `layer` (see [`Layer`]): the first layer
+    /// added is the outermost. What a layer returns is the attempt's result,
+    /// settled as a handler's would be: retries and dead letters stay
+    /// outside every layer, and the handler timeout counts the layers' time
+    /// too.
+    pub fn layer(mut self, layer: impl Layer) -> Self {
+        self.layers.push(Arc::new(layer));
         self
     }
 
@@ -515,6 +530,7 @@ impl<S: Send + Sync + 'static> Consumer<S> {
             version_policy: self.version_policy,
             newer_version: self.newer_version,
             handler_timeout: self.handler_timeout,
+            layers: self.layers,
             stats: Stats::default(),
             cancelled: AtomicBool::new(false),
         });
@@ -599,6 +615,7 @@ impl<S> fmt::Debug for Consumer<S> {
             .field("ordered_by_key", &self.ordered_by_key)
             .field("dead_letter_subject", &self.dead_letter_subject)
             .field("idempotency", &self.idempotency)
+            .field("layers", &self.layers.len())
             .finish_non_exhaustive()
     }
 }

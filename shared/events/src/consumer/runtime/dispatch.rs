@@ -157,7 +157,13 @@ impl<S: Send + Sync + 'static> Shared<S> {
     ) -> Option<BoxFuture<'static, ()>> {
         if let Some((event_type, handler)) = self.routes.get(from) {
             let span = |metadata: &EventMetadata| self.span(metadata, &delivery);
-            let fast = handler.try_call(delivery.message(), &self.env, delivery.attempt(), &span);
+            let fast = handler.try_call(
+                delivery.message(),
+                &self.env,
+                delivery.attempt(),
+                &self.layers,
+                &span,
+            );
             if let Some((span, future)) = fast {
                 return self.drive((event_type, handler), span, future, delivery, false, cx);
             }
@@ -317,6 +323,7 @@ impl<S: Send + Sync + 'static> Shared<S> {
         let parts = ContextParts {
             env: self.env.clone(),
             attempt,
+            layers: &self.layers,
         };
         // Decoding runs user code too (upcasters, custom `Deserialize`):
         // a panic there dead-letters the event instead of ending `run`.

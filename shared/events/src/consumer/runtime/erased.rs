@@ -8,6 +8,7 @@ use std::panic::AssertUnwindSafe;
 
 use super::HandlerFuture;
 use crate::consumer::handler::{Context, Env, Handler, HandlerError};
+use crate::consumer::layer::{layered, Layer};
 use crate::envelope::{Cause, Event, EventMetadata, EventPayload};
 use crate::error::Result;
 use crate::transport::Message;
@@ -21,7 +22,7 @@ pub(super) trait ErasedHandler<S>: Send + Sync {
         &self,
         raw: RawEvent,
         policy: VersionPolicy,
-        ctx: ContextParts<S>,
+        ctx: ContextParts<'_, S>,
     ) -> Result<HandlerFuture>;
 
     /// The fast path: `message` decoded in one pass straight into the
@@ -32,13 +33,16 @@ pub(super) trait ErasedHandler<S>: Send + Sync {
         message: &Message,
         env: &Arc<Env<S>>,
         attempt: u32,
+        layers: &[Arc<dyn Layer>],
         span: &dyn Fn(&EventMetadata) -> tracing::Span,
     ) -> Option<(tracing::Span, HandlerFuture)>;
 }
 
-pub(super) struct ContextParts<S> {
+pub(super) struct ContextParts<'a, S> {
     pub(super) env: Arc<Env<S>>,
     pub(super) attempt: u32,
+    /// The consumer's layers, outermost first.
+    pub(super) layers: &'a [Arc<dyn Layer>],
 }
 
 pub(super) struct Typed<T, H> {
@@ -56,11 +60,11 @@ where
         &self,
         raw: RawEvent,
         policy: VersionPolicy,
-        ctx: ContextParts<S>,
+        ctx: ContextParts<'_, S>,
     ) -> Result<HandlerFuture> {
         let decoded = raw.into_event::<T>(&ctx.env.bus.inner().upcasters, policy)?;
         let context = Context::new(ctx.env, ctx.attempt, Cause::of(&decoded.event.metadata));
-        Ok(self.call(decoded.event, context))
+        Ok(self.call(decoded.event, context, ctx.layers))
     }
 
     fn try_call(
@@ -68,6 +72,7 @@ where
         message: &Message,
         env: &Arc<Env<S>>,
         attempt: u32,
+        layers: &[Arc<dyn Layer>],
         span: &dyn Fn(&EventMetadata) -> tracing::Span,
     ) -> Option<(tracing::Span, HandlerFuture)> {
         // A panic in the payload's `Deserialize` is left to the general
@@ -79,7 +84,7 @@ where
         let context = Context::new(env.clone(), attempt, Cause::of(&event.metadata));
         let future = {
             let _entered = span.enter();
-            self.call(event, context)
+            self.call(event, context, layers)
         };
         Some((span, future))
     }
@@ -89,12 +94,28 @@ impl<T: EventPayload, H> Typed<T, H> {
     /// Calls the handler. Its synchronous part (a closure may do work
     /// before returning its future) runs here: a panic there fails the
     /// attempt, as a panic in its future does, and the handler is not
-    /// called again for it.
-    pub(super) fn call<S>(&self, event: Event<T>, context: Context<S>) -> HandlerFuture
+    /// called again for it. With `layers`, the call goes through them
+    /// (outermost first), and a panic in a layer counts as the handler's.
+    pub(super) fn call<S>(
+        &self,
+        event: Event<T>,
+        context: Context<S>,
+        layers: &[Arc<dyn Layer>],
+    ) -> HandlerFuture
     where
         H: Handler<T, S>,
     {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| self.handler.call(event, context))) {
+        let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            if layers.is_empty() {
+                self.handler.call(event, context)
+            } else {
+                let attempt = context.attempt();
+                layered(layers, T::TYPE, attempt, || {
+                    self.handler.call(event, context)
+                })
+            }
+        }));
+        match called {
             Ok(future) => future,
             Err(panic) => Box::pin(std::future::ready(Err(panicked(&*panic)))),
         }
@@ -114,11 +135,12 @@ impl<S: Send + Sync + 'static, S2> ErasedHandler<S2> for Restated<S> {
         &self,
         raw: RawEvent,
         policy: VersionPolicy,
-        ctx: ContextParts<S2>,
+        ctx: ContextParts<'_, S2>,
     ) -> Result<HandlerFuture> {
         let parts = ContextParts {
             env: self.env.clone(),
             attempt: ctx.attempt,
+            layers: ctx.layers,
         };
         self.handler.prepare(raw, policy, parts)
     }
@@ -128,9 +150,11 @@ impl<S: Send + Sync + 'static, S2> ErasedHandler<S2> for Restated<S> {
         message: &Message,
         _env: &Arc<Env<S2>>,
         attempt: u32,
+        layers: &[Arc<dyn Layer>],
         span: &dyn Fn(&EventMetadata) -> tracing::Span,
     ) -> Option<(tracing::Span, HandlerFuture)> {
-        self.handler.try_call(message, &self.env, attempt, span)
+        self.handler
+            .try_call(message, &self.env, attempt, layers, span)
     }
 }
 

@@ -33,11 +33,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-
 use crate::bus::Bus;
-use crate::consumer::handler::{Env, HandlerError};
+use crate::consumer::handler::Env;
 use crate::consumer::idempotency::IdempotencyStore;
+use crate::consumer::layer::{HandlerFuture, Layer};
 use crate::consumer::retry::RetryPolicy;
 use crate::error::{ErrorKind, Result};
 use crate::transport::{self, Subject};
@@ -58,6 +57,8 @@ struct Shared<S> {
     version_policy: VersionPolicy,
     newer_version: NewerVersion,
     handler_timeout: Option<Duration>,
+    /// User layers around handler calls, outermost first.
+    layers: Vec<Arc<dyn Layer>>,
     stats: Stats,
     /// Set when shutdown's deadline passes. Handlings check it each time
     /// they are polled (no waker registered per event): `run` polls every
@@ -70,9 +71,6 @@ type Route<'a, S> = (&'static str, &'a Arc<dyn ErasedHandler<S>>);
 
 /// A delivery being handled, boxed: see [`Shared::process`].
 type Held = Box<transport::Delivery>;
-
-/// What a handler returns, once called.
-type HandlerFuture = BoxFuture<'static, Result<(), HandlerError>>;
 
 /// The type label of messages that could not be read far enough to know it.
 const UNKNOWN_TYPE: &str = "unknown";
