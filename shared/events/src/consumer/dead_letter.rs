@@ -6,8 +6,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
+use crate::transport::percent;
 use crate::transport::{Message, Subject, Subscription, Transport};
-use crate::wire::{format_time, parse_time, percent};
+use crate::wire::{format_time, parse_time};
 
 /// Header names a dead-letter copy adds to the original headers.
 pub mod headers {

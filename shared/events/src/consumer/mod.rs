@@ -6,7 +6,7 @@
 //! ```text
 //!  delivery ─► concurrency limit ─► per-key order (opt.) ─► idempotency claim (opt.)
 //!           ─► decode + upcast ──(fails)──────────────────────────────► dead letter
-//!           ─► handler (per-attempt timeout opt.)
+//!           ─► user layers (opt., see [`Layer`]) ─► handler (per-attempt timeout opt.)
 //!                 Ok            ─► ack
 //!                 reject        ─► dead letter
 //!                 retry         ─► attempts left? nack(delay) / in-process sleep : dead letter
@@ -27,6 +27,7 @@
 mod dead_letter;
 mod handler;
 mod idempotency;
+mod layer;
 mod retry;
 mod runtime;
 mod settings;
@@ -34,6 +35,7 @@ mod settings;
 pub use dead_letter::{headers as dead_letter_headers, replay, DeadLetter, Reason, ReplayReport};
 pub use handler::{Context, Handler, HandlerError};
 pub use idempotency::{Claim, ClaimToken, IdempotencyStore, MemoryIdempotencyStore};
+pub use layer::{HandlerFuture, Layer, Next};
 pub use retry::RetryPolicy;
 pub use runtime::{shutdown_signal, Consumer, NewerVersion, Running, Summary};
 pub use settings::{ConsumerSettings, DEFAULT_ENV_PREFIX};

@@ -788,3 +788,147 @@ struct Done;
 impl EventPayload for Done {
     const TYPE: &'static str = "jobs.done";
 }
+
+/// Records when the call enters and leaves it, under its name.
+struct Recording {
+    name: &'static str,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Layer for Recording {
+    fn call(&self, next: Next<'_>) -> HandlerFuture {
+        let (name, log) = (self.name, self.log.clone());
+        log.lock().unwrap().push(format!(
+            "{name} in {} {}",
+            next.event_type(),
+            next.attempt()
+        ));
+        let handling = next.run();
+        Box::pin(async move {
+            let result = handling.await;
+            log.lock()
+                .unwrap()
+                .push(format!("{name} out {}", result.is_ok()));
+            result
+        })
+    }
+}
+
+/// Layers wrap every attempt, the first added outermost, and what the
+/// handler returns goes back out through them.
+#[tokio::test(start_paused = true)]
+async fn layers_wrap_each_attempt_the_first_added_outermost() {
+    let bus = Bus::memory("test");
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let layer = |name| Recording {
+        name,
+        log: log.clone(),
+    };
+    let handler_log = log.clone();
+    let running = Consumer::new(&bus, "worker")
+        .unwrap()
+        .layer(layer("outer"))
+        .layer(layer("inner"))
+        .handle(move |_e: Event<Job>, ctx: Context<()>| {
+            let log = handler_log.clone();
+            async move {
+                log.lock()
+                    .unwrap()
+                    .push(format!("handler {}", ctx.attempt()));
+                if ctx.attempt() == 1 {
+                    return Err(HandlerError::retry("first attempt fails"));
+                }
+                Ok(())
+            }
+        })
+        .retry(two_quick_attempts())
+        .start()
+        .await
+        .unwrap();
+    bus.publish(&bus.event(Job { n: 1 })).await.unwrap();
+    wait_until(|| log.lock().unwrap().len() == 10).await;
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "outer in jobs.created 1",
+            "inner in jobs.created 1",
+            "handler 1",
+            "inner out false",
+            "outer out false",
+            "outer in jobs.created 2",
+            "inner in jobs.created 2",
+            "handler 2",
+            "inner out true",
+            "outer out true",
+        ]
+    );
+    assert_eq!(outcome(&running.shutdown().await.unwrap()), (1, 1, 0));
+}
+
+/// Refuses every event without calling the handler.
+struct Refuse;
+
+impl Layer for Refuse {
+    fn call(&self, _next: Next<'_>) -> HandlerFuture {
+        Box::pin(async { Err(HandlerError::reject("refused by the layer")) })
+    }
+}
+
+/// A layer that does not run the rest settles the event with its own
+/// result, on the dispatch loop's fast path and on the ordered path alike.
+#[tokio::test(start_paused = true)]
+async fn a_layer_that_does_not_run_next_decides_the_outcome_alone() {
+    for ordered in [false, true] {
+        let bus = Bus::memory("test");
+        let mut dlq = dead_letters(&bus, "worker").await;
+        let called = Arc::new(Mutex::new(0));
+        let handler_called = called.clone();
+        let running = Consumer::new(&bus, "worker")
+            .unwrap()
+            .ordered_by_key(ordered)
+            .layer(Refuse)
+            .handle(move |_e: Event<Job>, _ctx: Context<()>| {
+                *handler_called.lock().unwrap() += 1;
+                async { Ok::<_, HandlerError>(()) }
+            })
+            .start()
+            .await
+            .unwrap();
+        let mut event = bus.event(Job { n: 1 });
+        event.metadata.set_subject(Some("key-1".to_owned()));
+        bus.publish(&event).await.unwrap();
+        let letter = next_dead_letter(&mut dlq).await;
+        assert_letter(&letter, Reason::Rejected, 1, "refused by the layer");
+        assert_eq!(*called.lock().unwrap(), 0, "ordered: {ordered}");
+        let summary = running.shutdown().await.unwrap();
+        assert_eq!(outcome(&summary), (0, 0, 1), "ordered: {ordered}");
+    }
+}
+
+/// The README's layer example is `Layer`'s doc test, whose hidden lines
+/// (`# `) the README leaves out: the two must not drift apart.
+#[test]
+fn the_readme_layer_example_is_the_doc_test() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("../../README.md")).unwrap();
+    let section = &readme[readme.find("### Your own layers").unwrap()..];
+    let start = section.find("```rust\n").unwrap() + "```rust\n".len();
+    let end = start + section[start..].find("```").unwrap();
+    let in_readme: Vec<&str> = section[start..end].lines().collect();
+
+    let source = std::fs::read_to_string(root.join("src/consumer/layer.rs")).unwrap();
+    let doc: Vec<&str> = source
+        .lines()
+        .filter_map(|l| l.strip_prefix("///"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .collect();
+    let open = doc.iter().position(|l| *l == "```").unwrap();
+    let close = open + 1 + doc[open + 1..].iter().position(|l| *l == "```").unwrap();
+    let in_doc: Vec<&str> = doc[open + 1..close]
+        .iter()
+        .copied()
+        .filter(|l| !l.starts_with("# ") && *l != "#")
+        .collect();
+    assert!(in_doc.len() > 20, "{in_doc:?}");
+    assert_eq!(in_readme, in_doc);
+}

@@ -7,7 +7,10 @@
 //! safe: a service holds an `Arc<dyn Transport>` chosen from configuration.
 
 mod capabilities;
+#[cfg(feature = "runtime")]
+pub(crate) mod idempotency;
 mod message;
+pub(crate) mod percent;
 
 use std::fmt;
 use std::future::Future;
@@ -88,11 +91,14 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
 
     /// Checks, where the backend can tell in advance, that messages published
     /// to `subject` will be accepted and kept: JetStream answers
-    /// [`ErrorKind::InvalidInput`] when no stream captures the subject. The
-    /// consumer runtime asks this of its dead-letter subject before it
-    /// starts, so a missing stream is a start-up error rather than every
-    /// dead letter failing later. The default (every subject is fine) suits
-    /// backends without storage.
+    /// [`ErrorKind::InvalidInput`] when no stream captures the subject. Any
+    /// publisher that must not find this out one failed publish at a time
+    /// asks it before it starts (the consumer runtime does for its
+    /// dead-letter subject, so a missing stream is a start-up error rather
+    /// than every dead letter failing later). It is a question about the
+    /// backend's storage, which only the transport can answer, so it stays
+    /// on the trait rather than in an extension of the runtime's. The
+    /// default (every subject is fine) suits backends without storage.
     fn check_subject(&self, subject: &Subject) -> BoxFuture<'_, Result<()>> {
         let _ = subject;
         Box::pin(async { Ok(()) })

@@ -7,12 +7,12 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::{
-    apply_extension, format_time, metadata_from_attributes, percent, settle_tracestate, RawEvent,
-    SPEC_VERSION,
+    apply_extension, format_time, metadata_from_attributes, settle_tracestate, Attributes,
+    RawEvent, SPEC_VERSION,
 };
 use crate::envelope::{EventMetadata, ExtensionValue};
 use crate::error::{Error, ErrorKind, Result};
-use crate::transport::{Headers, Message};
+use crate::transport::{percent, Headers, Message};
 
 pub(super) fn encode<T: Serialize>(
     metadata: &EventMetadata,
@@ -80,14 +80,7 @@ fn headers(m: &EventMetadata) -> Headers {
 }
 
 pub(super) fn decode(message: &Message) -> Result<RawEvent> {
-    let mut specversion = None;
-    let mut id = None;
-    let mut source = None;
-    let mut ce_type = None;
-    let mut time = None;
-    let mut subject = None;
-    let mut datacontenttype = None;
-    let mut dataschema = None;
+    let mut attributes = Attributes::default();
     let mut extensions = Vec::new();
 
     for (name, value) in message.headers.iter() {
@@ -100,14 +93,14 @@ pub(super) fn decode(message: &Message) -> Result<RawEvent> {
         };
         let value = percent::decode_attribute(name, value)?;
         let slot = match attribute.as_str() {
-            "specversion" => &mut specversion,
-            "id" => &mut id,
-            "source" => &mut source,
-            "type" => &mut ce_type,
-            "time" => &mut time,
-            "subject" => &mut subject,
-            "datacontenttype" => &mut datacontenttype,
-            "dataschema" => &mut dataschema,
+            "specversion" => &mut attributes.specversion,
+            "id" => &mut attributes.id,
+            "source" => &mut attributes.source,
+            "type" => &mut attributes.ce_type,
+            "time" => &mut attributes.time,
+            "subject" => &mut attributes.subject,
+            "datacontenttype" => &mut attributes.data_content_type,
+            "dataschema" => &mut attributes.data_schema,
             "data" | "data_base64" => {
                 return Err(Error::decode(format!(
                     "header {name:?} is not a valid attribute in binary mode"
@@ -124,22 +117,15 @@ pub(super) fn decode(message: &Message) -> Result<RawEvent> {
         if slot.is_some() {
             return Err(Error::decode(format!("header {name:?} appears twice")));
         }
-        *slot = Some(value);
+        *slot = Some(Cow::Owned(value));
     }
-    if datacontenttype.is_none() {
-        datacontenttype = message.headers.get("content-type").map(str::to_owned);
+    if attributes.data_content_type.is_none() {
+        attributes.data_content_type = message
+            .headers
+            .get("content-type")
+            .map(|v| Cow::Owned(v.to_owned()));
     }
-    let c = |v: Option<String>| v.map(Cow::Owned);
-    let mut metadata = metadata_from_attributes(
-        c(specversion),
-        c(id),
-        c(source),
-        c(ce_type),
-        c(time),
-        c(subject),
-        c(datacontenttype),
-        c(dataschema),
-    )?;
+    let mut metadata = metadata_from_attributes(attributes)?;
     for (name, value) in extensions {
         apply_extension(&mut metadata, name, ExtensionValue::String(value))?;
     }

@@ -19,7 +19,6 @@
 
 mod binary;
 mod keys;
-pub(crate) mod percent;
 mod structured;
 
 use std::borrow::Cow;
@@ -596,22 +595,27 @@ fn starts_with_ignore_case(value: &str, prefix: &str) -> bool {
         && value.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
+/// The context attributes a decoder read (extensions aside), each as the
+/// text it came as: borrowed where the decoder could borrow it. `None` is an
+/// attribute the event does not have.
+#[derive(Debug, Default)]
+pub(crate) struct Attributes<'a> {
+    pub(crate) specversion: Option<Cow<'a, str>>,
+    pub(crate) id: Option<Cow<'a, str>>,
+    pub(crate) source: Option<Cow<'a, str>>,
+    pub(crate) ce_type: Option<Cow<'a, str>>,
+    pub(crate) time: Option<Cow<'a, str>>,
+    pub(crate) subject: Option<Cow<'a, str>>,
+    pub(crate) data_content_type: Option<Cow<'a, str>>,
+    pub(crate) data_schema: Option<Cow<'a, str>>,
+}
+
 /// Required attributes shared by both decoders: checks them and builds the
-/// metadata. Takes borrowed text where the decoder could borrow it, and
-/// allocates only for what the metadata keeps.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn metadata_from_attributes(
-    specversion: Option<Cow<'_, str>>,
-    id: Option<Cow<'_, str>>,
-    source: Option<Cow<'_, str>>,
-    ce_type: Option<Cow<'_, str>>,
-    time: Option<Cow<'_, str>>,
-    subject: Option<Cow<'_, str>>,
-    data_content_type: Option<Cow<'_, str>>,
-    data_schema: Option<Cow<'_, str>>,
-) -> Result<EventMetadata> {
-    let specversion =
-        specversion.ok_or_else(|| Error::decode("missing required attribute specversion"))?;
+/// metadata, allocating only for what the metadata keeps.
+pub(crate) fn metadata_from_attributes(attributes: Attributes<'_>) -> Result<EventMetadata> {
+    let specversion = attributes
+        .specversion
+        .ok_or_else(|| Error::decode("missing required attribute specversion"))?;
     if specversion != SPEC_VERSION {
         return Err(Error::decode(format!(
             "specversion {specversion:?} is not supported (only 1.0)"
@@ -622,19 +626,21 @@ pub(crate) fn metadata_from_attributes(
         Some(_) => Err(Error::decode(format!("required attribute {name} is empty"))),
         None => Err(Error::decode(format!("missing required attribute {name}"))),
     };
-    let id = required("id", id)?;
-    let source = required("source", source)?;
-    let ce_type = ce_type
+    let id = required("id", attributes.id)?;
+    let source = required("source", attributes.source)?;
+    let ce_type = attributes
+        .ce_type
         .filter(|t| !t.is_empty())
         .ok_or_else(|| Error::decode("missing or empty required attribute type"))?;
-    let time = time.as_deref().map(parse_time).transpose()?;
+    let time = attributes.time.as_deref().map(parse_time).transpose()?;
+    let subject = attributes.subject;
     if subject.as_deref() == Some("") {
         return Err(Error::decode("attribute subject is empty"));
     }
     let (base, version) = split_versioned_type(&ce_type);
     // Without a suffix the base is the whole type, written back as it came.
     let type_has_version = base.len() < ce_type.len();
-    let data_content_type = data_content_type.map(|ct| {
+    let data_content_type = attributes.data_content_type.map(|ct| {
         // Nearly every event is JSON: share the constant instead of allocating.
         if ct == crate::envelope::JSON_CONTENT_TYPE {
             Cow::Borrowed(crate::envelope::JSON_CONTENT_TYPE)
@@ -651,7 +657,7 @@ pub(crate) fn metadata_from_attributes(
         time,
         subject.map(Cow::into_owned),
         data_content_type,
-        data_schema.map(Cow::into_owned),
+        attributes.data_schema.map(Cow::into_owned),
     ))
 }
 

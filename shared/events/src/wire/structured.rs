@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{
-    apply_extension, format_time, metadata_from_attributes, settle_tracestate, RawEvent,
-    SPEC_VERSION, STRUCTURED_CONTENT_TYPE,
+    apply_extension, format_time, metadata_from_attributes, settle_tracestate, Attributes,
+    RawEvent, SPEC_VERSION, STRUCTURED_CONTENT_TYPE,
 };
 use crate::envelope::{Event, EventMetadata, EventPayload, ExtensionValue};
 use crate::error::{Error, ErrorKind, Result};
@@ -190,16 +190,16 @@ fn finish<T>(parsed: Parsed<'_, T>) -> Result<(EventMetadata, Data<'_, T>)> {
         extensions,
         after_typed_data: _,
     } = parsed;
-    let mut metadata = metadata_from_attributes(
+    let mut metadata = metadata_from_attributes(Attributes {
         specversion,
         id,
         source,
         ce_type,
         time,
         subject,
-        datacontenttype,
-        dataschema,
-    )?;
+        data_content_type: datacontenttype,
+        data_schema: dataschema,
+    })?;
     for (name, value) in extensions {
         if value.is_null() {
             continue;

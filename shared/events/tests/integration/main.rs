@@ -14,6 +14,7 @@ mod fixtures;
 mod idempotency;
 #[cfg(feature = "jetstream")]
 mod jetstream;
+mod layers;
 mod lifecycle;
 #[cfg(feature = "nats")]
 mod nats;

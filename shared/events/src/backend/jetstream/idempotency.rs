@@ -12,8 +12,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 use super::JetStreamTransport;
-use crate::consumer::{Claim, ClaimToken, IdempotencyStore};
 use crate::error::{Error, ErrorKind, Result};
+use crate::transport::idempotency::{Claim, ClaimToken, IdempotencyStore};
 
 const PENDING: &[u8] = b"pending";
 const DONE: &[u8] = b"done";

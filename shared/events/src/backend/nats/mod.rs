@@ -714,7 +714,7 @@ pub(crate) fn from_nats_headers(headers: Option<&async_nats::HeaderMap>) -> Resu
                 tracing::debug!(header = %name, "received header value percent-encoded");
                 out.append(
                     name.to_string(),
-                    crate::wire::percent::encode(value.as_str()),
+                    crate::transport::percent::encode(value.as_str()),
                 )
                 .map_err(|e| Error::decode(format!("received header {name}: {}", e.detail())))?;
             }

@@ -1,4 +1,8 @@
-//! Percent-encoding of header values in binary content mode.
+//! Percent-encoding of header values: CloudEvents attributes in binary
+//! content mode (used by [`crate::wire`]), the crate's own dead-letter
+//! headers, and received header values the [`Headers`](super::Headers)
+//! type refuses (used by the NATS backends). It lives here, at the bottom,
+//! so that both layers use it without a backend depending on `wire`.
 //!
 //! The NATS binding (main branch, like the HTTP and Kafka bindings) encodes
 //! space, `"`, `%` and every byte outside U+0021..U+007E of the value's UTF-8
