@@ -74,6 +74,8 @@ if [ "${NATS_MATRIX:-1}" != 0 ]; then
   echo "== full suite on $("$newest" --version) ($newest)"
   NATS_SERVER_BIN="$newest" cargo test -p events --all-features --no-fail-fast \
     --lib --test integration "$@" || status=1
+  # The CLI against the newest server too (streams partitioned by key need 2.10+).
+  NATS_SERVER_BIN="$newest" cargo test -p events-cli --no-fail-fast --test cli "$@" || status=1
   for bin in "${bins[@]:1}"; do
     echo "== $SUITES on $("$bin" --version) ($bin)"
     # shellcheck disable=SC2086 # the suites are separate filters

@@ -150,6 +150,15 @@ impl Conn {
         }
     }
 
+    /// Whether the stream that stores `subject` (if any) is partitioned
+    /// by key.
+    pub(crate) async fn partitioned(&mut self, subject: &Subject) -> Outcome<bool> {
+        match self.stream_for(subject).await? {
+            Some(stream) => Ok(self.bound(&stream).await?.capabilities().key_partitions > 0),
+            None => Ok(false),
+        }
+    }
+
     /// The library's JetStream transport bound to `stream`.
     pub(crate) async fn bound(&mut self, stream: &str) -> Outcome<&JetStreamTransport> {
         if !self.bound.contains_key(stream) {

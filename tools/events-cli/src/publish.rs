@@ -71,10 +71,16 @@ pub(crate) async fn run(connection: &Connection, args: PublishArgs) -> Outcome<(
     } else {
         ContentMode::Structured
     };
-    let message = Codec::new(&connection.prefix)?.encode_raw(&event, mode)?;
-    let subject = message.subject.clone();
+    let codec = Codec::new(&connection.prefix)?;
+    let mut message = codec.encode_raw(&event, mode)?;
 
     let mut conn = Conn::open(connection).await?;
+    // A stream partitioned by key stores events published with the key in
+    // the subject, as the library's bus on it writes them.
+    if conn.partitioned(&message.subject).await? {
+        message = codec.with_keys_in_subjects(true).encode_raw(&event, mode)?;
+    }
+    let subject = message.subject.clone();
     let stored = conn.publish(message).await;
     conn.close().await?;
     let where_to = match stored? {

@@ -10,7 +10,7 @@ use events::backend::jetstream::{JetStreamConfig, JetStreamTransport, StreamConf
 use events::backend::nats::NatsConfig;
 use events::consumer::{Consumer, Context, HandlerError, RetryPolicy};
 use events::testing::NatsServer;
-use events::transport::{SubjectPattern, SubscribeOptions};
+use events::transport::{SubjectPattern, SubscribeOptions, Transport as _};
 use events::wire::ContentMode;
 use events::{Bus, Event, EventPayload};
 use futures_util::StreamExt as _;
@@ -218,6 +218,56 @@ async fn publish_goes_through_the_library_codec_and_waits_for_the_stream_ack() {
     )
     .await;
     assert_eq!(stored_count(&js, "events.>").await, 2);
+}
+
+#[tokio::test]
+async fn publish_to_a_stream_partitioned_by_key_puts_the_key_in_the_subject() {
+    let server = NatsServer::with_jetstream();
+    let config = JetStreamConfig::new(
+        NatsConfig::new(server.url()),
+        StreamConfig::new("KEYED", ["events.>"]).partitions(4),
+    );
+    let transport = match JetStreamTransport::connect(config).await {
+        Ok(transport) => transport,
+        Err(e) if e.kind() == events::ErrorKind::Unsupported => {
+            // nats-server 2.9: no partitions (scripts/test.sh runs this on
+            // the newest release too).
+            eprintln!("skipped: {e}");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let js = transport.context().clone();
+    let out = ok(
+        &server.url(),
+        &[
+            "publish",
+            "orders.order_placed",
+            "--subject",
+            "o-1",
+            "--data",
+            r#"{"order_id":"o-1","total_cents":5}"#,
+        ],
+    )
+    .await;
+    assert!(
+        out.contains("on events.o-1.orders.order_placed (stored in stream KEYED)"),
+        "{out}"
+    );
+    // Stored in the key's partition, where a consumer ordered by key reads it.
+    let partition = events::wire::partition_of("o-1", 4);
+    let stored = js
+        .get_stream("KEYED")
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.subject.as_str(),
+        format!("events.{partition}.o-1.orders.order_placed")
+    );
+    transport.close().await.unwrap();
 }
 
 #[tokio::test]
