@@ -159,6 +159,30 @@ impl Conn {
         }
     }
 
+    /// Whether a stream that stores subjects `pattern` matches is
+    /// partitioned by key: its events' subjects then carry the key after
+    /// the prefix (`<prefix>.<key>.<type>`).
+    pub(crate) async fn keyed(&mut self, pattern: &str) -> Outcome<bool> {
+        let names: Vec<String> = self
+            .streams()
+            .await?
+            .into_iter()
+            .filter(|info| {
+                info.config
+                    .subjects
+                    .iter()
+                    .any(|s| subjects::overlap(pattern, s))
+            })
+            .map(|info| info.config.name)
+            .collect();
+        for name in names {
+            if self.bound(&name).await?.capabilities().key_partitions > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The library's JetStream transport bound to `stream`.
     pub(crate) async fn bound(&mut self, stream: &str) -> Outcome<&JetStreamTransport> {
         if !self.bound.contains_key(stream) {

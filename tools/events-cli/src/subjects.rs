@@ -16,6 +16,28 @@ pub(crate) fn events_pattern(prefix: &str, what: &str) -> Outcome<SubjectPattern
     })
 }
 
+/// The pattern of `what` (as for [`events_pattern`]) on a stream
+/// partitioned by key, whose events are published as
+/// `<prefix>.<key>.<type>`: any key.
+pub(crate) fn keyed_pattern(prefix: &str, what: &str) -> Outcome<SubjectPattern> {
+    if what == ">" {
+        return events_pattern(prefix, what);
+    }
+    events_pattern(prefix, &format!("*.{what}"))
+}
+
+/// A stored subject of a stream partitioned by key
+/// (`<prefix>.<partition>.<key>.<type>`) as it was published
+/// (`<prefix>.<key>.<type>`); other subjects unchanged.
+pub(crate) fn without_partition(prefix: &str, stored: &str) -> Option<String> {
+    let rest = stored.strip_prefix(prefix)?.strip_prefix('.')?;
+    let (partition, rest) = rest.split_once('.')?;
+    if partition.is_empty() || !partition.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(format!("{prefix}.{rest}"))
+}
+
 /// Whether some subject matches both patterns.
 pub(crate) fn overlap(a: &str, b: &str) -> bool {
     let mut a = a.split('.');
@@ -66,6 +88,22 @@ pub(crate) fn filters(pattern: &str, stream_subjects: &[String]) -> Vec<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use events::transport::Subject;
+
+    #[test]
+    fn keyed_patterns_take_any_key_and_stored_subjects_lose_their_partition() {
+        let keyed = keyed_pattern("events", "orders.order_placed").unwrap();
+        assert_eq!(keyed.as_str(), "events.*.orders.order_placed");
+        assert!(keyed.matches(&Subject::parse("events.o-1.orders.order_placed").unwrap()));
+        assert!(!keyed.matches(&Subject::parse("events.orders.order_placed").unwrap()));
+        assert_eq!(keyed_pattern("events", ">").unwrap().as_str(), "events.>");
+        assert_eq!(
+            without_partition("events", "events.3.o-1.orders.order_placed").as_deref(),
+            Some("events.o-1.orders.order_placed")
+        );
+        assert_eq!(without_partition("events", "events.o-1.orders.x"), None);
+        assert_eq!(without_partition("events", "other.3.o-1.x"), None);
+    }
 
     #[test]
     fn patterns_overlap_when_one_subject_matches_both() {

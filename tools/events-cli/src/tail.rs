@@ -6,7 +6,7 @@ use async_nats::jetstream::consumer::DeliverPolicy;
 use clap::Args;
 use futures_util::StreamExt as _;
 
-use events::transport::{SubjectPattern, SubscribeOptions, Transport};
+use events::transport::{Subject, SubjectPattern, SubscribeOptions, Transport};
 
 use crate::conn::{self, Conn};
 use crate::failure::{Failure, Outcome};
@@ -17,7 +17,8 @@ use crate::{subjects, Connection};
 #[derive(Debug, Args)]
 pub(crate) struct TailArgs {
     /// An event type (orders.order_placed) or a pattern of types
-    /// (orders.*, orders.>, or > for every event)
+    /// (orders.*, orders.>, or > for every event); on a stream partitioned
+    /// by key, of any key
     #[arg(value_name = "TYPE|PATTERN")]
     what: String,
     /// Read from JetStream through an ephemeral ordered consumer (no acks:
@@ -54,7 +55,15 @@ pub(crate) struct TailArgs {
 pub(crate) async fn run(connection: &Connection, args: TailArgs) -> Outcome<()> {
     let pattern = subjects::events_pattern(&connection.prefix, &args.what)?;
     let since = args.since.as_deref().map(parse_since).transpose()?;
-    let conn = Conn::open(connection).await?;
+    let mut conn = Conn::open(connection).await?;
+    // On a stream partitioned by key, events are published with their key
+    // after the prefix and stored with the partition before it.
+    let keyed = conn.keyed(pattern.as_str()).await?;
+    let pattern = if keyed {
+        subjects::keyed_pattern(&connection.prefix, &args.what)?
+    } else {
+        pattern
+    };
     let format = Format {
         json: args.json,
         raw: args.raw,
@@ -71,7 +80,12 @@ pub(crate) async fn run(connection: &Connection, args: TailArgs) -> Outcome<()> 
                 None if args.last.is_some() => DeliverPolicy::All,
                 None => DeliverPolicy::New,
             };
-            tail_stream(&conn, &pattern, name, deliver, args.last, &mut printer).await
+            let view = StreamView {
+                pattern: &pattern,
+                name,
+                keyed: keyed.then_some(connection.prefix.as_str()),
+            };
+            tail_stream(&conn, &view, deliver, args.last, &mut printer).await
         }
     };
     conn.close().await?;
@@ -142,14 +156,24 @@ async fn tail_core(conn: &Conn, pattern: &SubjectPattern, printer: &mut Printer)
     }
 }
 
+/// What `tail --stream` reads.
+struct StreamView<'a> {
+    /// The events, by published subject.
+    pattern: &'a SubjectPattern,
+    /// The stream's name; empty for the one that stores `pattern`.
+    name: &'a str,
+    /// The prefix, when the events are in a stream partitioned by key.
+    keyed: Option<&'a str>,
+}
+
 async fn tail_stream(
     conn: &Conn,
-    pattern: &SubjectPattern,
-    name: &str,
+    view: &StreamView<'_>,
     deliver: DeliverPolicy,
     last: Option<usize>,
     printer: &mut Printer,
 ) -> Outcome<()> {
+    let (pattern, name) = (view.pattern, view.name);
     let streams = conn.streams().await?;
     let holding: Vec<_> = streams
         .iter()
@@ -183,14 +207,21 @@ async fn tail_stream(
     let stream_name = info.config.name.clone();
     // One filter where the stream allows it; else the whole stream, each
     // message checked against the pattern here.
-    let filter = match subjects::filters(pattern.as_str(), &info.config.subjects).as_slice() {
+    // A partitioned stream stores `<prefix>.<partition>.<key>.<type>`.
+    let stored_pattern = match view.keyed {
+        Some(prefix) if pattern.as_str() != format!("{prefix}.>") => {
+            format!("{prefix}.*.{}", &pattern.as_str()[prefix.len() + 1..])
+        }
+        _ => pattern.as_str().to_owned(),
+    };
+    let filter = match subjects::filters(&stored_pattern, &info.config.subjects).as_slice() {
         [one] => one.clone(),
         _ => String::new(),
     };
     let stream = conn.stream(&stream_name).await?;
     let reader = conn.ordered(&stream, &filter, deliver).await?;
     let reader_name = reader.cached_info().name.clone();
-    let result = follow(reader, pattern, &stream_name, last, printer).await;
+    let result = follow(reader, view, &stream_name, last, printer).await;
     conn::forget(&stream, &reader_name).await;
     result
 }
@@ -201,11 +232,12 @@ async fn follow(
     reader: async_nats::jetstream::consumer::Consumer<
         async_nats::jetstream::consumer::pull::OrderedConfig,
     >,
-    pattern: &SubjectPattern,
+    view: &StreamView<'_>,
     stream_name: &str,
     last: Option<usize>,
     printer: &mut Printer,
 ) -> Outcome<()> {
+    let pattern = view.pattern;
     let mut backlog = last.map(|n| (n, VecDeque::with_capacity(n.min(1024))));
     let mut caught_up = reader.cached_info().num_pending == 0;
     let mut messages = reader
@@ -236,7 +268,15 @@ async fn follow(
         let message =
             next.map_err(|e| Failure::with(format!("reading stream {stream_name} failed"), &e))?;
         caught_up = message.info().map(|i| i.pending == 0).unwrap_or(true);
-        let stored = conn::stored(&message, stream_name)?;
+        let mut stored = conn::stored(&message, stream_name)?;
+        if let Some(prefix) = view.keyed {
+            if let Some(published) =
+                subjects::without_partition(prefix, stored.message.subject.as_str())
+                    .and_then(|s| Subject::parse(&s).ok())
+            {
+                stored.message.subject = published;
+            }
+        }
         if !pattern.matches(&stored.message.subject) {
             continue;
         }
