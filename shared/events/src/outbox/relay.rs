@@ -163,7 +163,7 @@ impl Relay {
         self
     }
 
-    /// The longest pause between rounds after a failure (default 2 s): the
+    /// The longest pause between turns after a failure (default 2 s): the
     /// database or the transport unreachable, or a publish not confirmed.
     /// Pauses start at 50 ms and double up to it.
     pub fn max_backoff(mut self, backoff: Duration) -> Self {
@@ -242,7 +242,7 @@ impl Relay {
             // if `wakeable`.
             let pause = match self.round(&stop).await {
                 Ok(round) => {
-                    summary.rounds += 1;
+                    summary.turns += 1;
                     summary.published += round.published;
                     summary.failed += round.failed;
                     if let Some(error) = round.closed {
@@ -902,5 +902,5 @@ pub struct RelaySummary {
     /// Rows moved to the failed table.
     pub failed: u64,
     /// Turns tried (also those that found another relay in its turn).
-    pub rounds: u64,
+    pub turns: u64,
 }
