@@ -288,35 +288,23 @@ impl EventMetadata {
         Ok(())
     }
 
-    /// Builds metadata from decoded attributes. The caller has checked the
-    /// required ones; `type_has_version` says whether the received `type`
-    /// ended in the version suffix.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn from_wire(
-        id: String,
-        event_type: String,
-        version: u32,
-        type_has_version: bool,
-        source: String,
-        time: Option<DateTime<Utc>>,
-        subject: Option<String>,
-        data_content_type: Option<Cow<'static, str>>,
-        data_schema: Option<String>,
-    ) -> Self {
+    /// Builds metadata from decoded attributes, which the caller has
+    /// checked.
+    pub(crate) fn from_wire(decoded: Received) -> Self {
         EventMetadata {
-            id,
-            event_type: Cow::Owned(event_type),
-            version,
-            source,
-            time,
-            subject,
+            id: decoded.id,
+            event_type: Cow::Owned(decoded.event_type),
+            version: decoded.version,
+            source: decoded.source,
+            time: decoded.time,
+            subject: decoded.subject,
             correlation_id: None,
             causation_id: None,
             trace: None,
-            data_content_type,
-            data_schema,
+            data_content_type: decoded.data_content_type,
+            data_schema: decoded.data_schema,
             extensions: Extensions::default(),
-            type_without_version: !type_has_version,
+            type_without_version: !decoded.type_has_version,
         }
     }
 
@@ -519,6 +507,22 @@ impl Extensions {
 #[allow(dead_code)]
 const NON_EXHAUSTIVE: () = ();
 
+/// The checked attributes of a received event, for
+/// [`EventMetadata::from_wire`].
+pub(crate) struct Received {
+    pub(crate) id: String,
+    /// The type without its version suffix.
+    pub(crate) event_type: String,
+    pub(crate) version: u32,
+    /// Whether the received `type` ended in the version suffix.
+    pub(crate) type_has_version: bool,
+    pub(crate) source: String,
+    pub(crate) time: Option<DateTime<Utc>>,
+    pub(crate) subject: Option<String>,
+    pub(crate) data_content_type: Option<Cow<'static, str>>,
+    pub(crate) data_schema: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,17 +637,17 @@ mod tests {
 
     #[test]
     fn a_received_type_without_version_survives_serde_and_ends_with_an_upcast() {
-        let mut m = EventMetadata::from_wire(
-            "sdk-1".into(),
-            "com.example.someevent".into(),
-            1,
-            false,
-            "/sdk".into(),
-            None,
-            None,
-            None,
-            None,
-        );
+        let mut m = EventMetadata::from_wire(super::Received {
+            id: "sdk-1".into(),
+            event_type: "com.example.someevent".into(),
+            version: 1,
+            type_has_version: false,
+            source: "/sdk".into(),
+            time: None,
+            subject: None,
+            data_content_type: None,
+            data_schema: None,
+        });
         assert_eq!(m.cloudevents_type(), "com.example.someevent");
         let json = serde_json::to_value(&m).unwrap();
         assert_eq!(json["typewithoutversion"], true);

@@ -29,7 +29,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use crate::envelope::{parse_version_token, Event, EventMetadata, EventPayload};
+use crate::envelope::{parse_version_token, Event, EventMetadata, EventPayload, Received};
 use crate::error::{Error, Result};
 use crate::transport::{Message, Subject, SubjectPattern};
 use crate::versioning::{Upcasters, VersionPolicy};
@@ -648,17 +648,17 @@ pub(crate) fn metadata_from_attributes(attributes: Attributes<'_>) -> Result<Eve
             Cow::Owned(ct.into_owned())
         }
     });
-    Ok(EventMetadata::from_wire(
+    Ok(EventMetadata::from_wire(Received {
         id,
-        base.to_owned(),
+        event_type: base.to_owned(),
         version,
         type_has_version,
         source,
         time,
-        subject.map(Cow::into_owned),
+        subject: subject.map(Cow::into_owned),
         data_content_type,
-        attributes.data_schema.map(Cow::into_owned),
-    ))
+        data_schema: attributes.data_schema.map(Cow::into_owned),
+    }))
 }
 
 /// Sorts a decoded extension into the typed fields it maps onto, or keeps it
