@@ -84,6 +84,8 @@ use crate::transport::{
 
 /// The header JetStream deduplicates on.
 const MSG_ID: &str = "Nats-Msg-Id";
+/// The header of a message's time to live.
+const TTL: &str = "Nats-TTL";
 /// Publishes sent before their acks are awaited, in a batch.
 const PIPELINE_WINDOW: usize = 256;
 
@@ -437,9 +439,6 @@ struct Prepared {
 enum Slot {
     /// Not stored yet: to send (again).
     Waiting {
-        /// The headers prepared for the first send (a resend prepares them
-        /// again).
-        headers: Option<Option<async_nats::HeaderMap>>,
         dedup: bool,
         /// Sent in this round, ack not in yet.
         in_flight: bool,
@@ -468,20 +467,33 @@ enum Interrupted {
 }
 
 impl Inner {
-    fn prepare(&self, message: &Message) -> Result<Prepared> {
-        let mut headers = message.headers.clone();
-        // Only the message's own dedup id may reach the server: a header
-        // copied from a received message would make the server drop this
-        // one as a duplicate.
-        headers.remove(MSG_ID);
+    /// Checks the message's dedup id and that the message fits the server's
+    /// payload limit with the headers it is sent with; whether it carries a
+    /// dedup id.
+    fn check(&self, message: &Message) -> Result<bool> {
+        // The header lines (`name: value\r\n`) it is sent with.
+        let mut lines: usize = message
+            .headers
+            .iter()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case(MSG_ID))
+            .map(|(name, value)| name.len() + value.len() + 4)
+            .sum();
         if let Some(id) = &message.dedup_id {
-            headers.append(MSG_ID, id.clone())?;
+            if id.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+                return Err(Error::invalid(format!(
+                    "header {MSG_ID:?}: value must not contain CR, LF or NUL"
+                )));
+            }
+            lines += MSG_ID.len() + id.len() + 4;
         }
-        if let Some(ttl) = self.config.message_ttl {
-            headers.append("Nats-TTL", format!("{}s", ttl.as_secs().max(1)))?;
+        if let Some(secs) = self.ttl_secs() {
+            // `Nats-TTL: <secs>s`
+            lines += TTL.len() + secs.checked_ilog10().unwrap_or(0) as usize + 2 + 4;
         }
+        // `NATS/1.0\r\n` before the lines, `\r\n` after them.
+        let headers = if lines == 0 { 0 } else { lines + 12 };
         let limit = self.client.max_payload();
-        let size = headers.wire_len() + message.payload.len();
+        let size = headers + message.payload.len();
         if size > limit {
             return Err(Error::new(
                 ErrorKind::PayloadTooLarge,
@@ -491,9 +503,44 @@ impl Inner {
                 ),
             ));
         }
+        Ok(message.dedup_id.is_some())
+    }
+
+    /// The `Nats-TTL` every message carries, in whole seconds, if one is
+    /// configured.
+    fn ttl_secs(&self) -> Option<u64> {
+        self.config.message_ttl.map(|ttl| ttl.as_secs().max(1))
+    }
+
+    /// The headers a message is sent with: its own, its dedup id as
+    /// `Nats-Msg-Id` (only the message's own dedup id may reach the server:
+    /// a header copied from a received message would make the server drop
+    /// this one as a duplicate), the configured `Nats-TTL`.
+    fn headers(&self, message: &Message) -> Result<Option<async_nats::HeaderMap>> {
+        let mut map = async_nats::HeaderMap::new();
+        core::add_nats_headers(&mut map, &message.headers, |name| {
+            name.eq_ignore_ascii_case(MSG_ID)
+        })?;
+        if let Some(id) = &message.dedup_id {
+            let id = async_nats::HeaderValue::try_from(id.as_str()).map_err(|e| {
+                Error::invalid("the dedup id is not a valid header value").with_source(e)
+            })?;
+            map.insert(async_nats::header::NATS_MESSAGE_ID, id);
+        }
+        if let Some(secs) = self.ttl_secs() {
+            let ttl = async_nats::HeaderValue::try_from(format!("{secs}s"))
+                .map_err(|e| Error::invalid("invalid Nats-TTL value").with_source(e))?;
+            map.append(async_nats::header::NATS_MESSAGE_TTL, ttl);
+        }
+        Ok((!map.is_empty()).then_some(map))
+    }
+
+    /// The message checked and its headers built, ready for its first send.
+    fn prepare(&self, message: &Message) -> Result<Prepared> {
+        let dedup = self.check(message)?;
         Ok(Prepared {
-            headers: core::to_nats_headers(&headers)?,
-            dedup: message.dedup_id.is_some(),
+            headers: self.headers(message)?,
+            dedup,
         })
     }
 
@@ -561,7 +608,7 @@ impl Inner {
             attempt += 1;
             let headers = match headers.take() {
                 Some(headers) => headers,
-                None => self.prepare(message)?.headers,
+                None => self.headers(message)?,
             };
             let outcome = async {
                 self.connected(&message.subject, &deadline).await?;
@@ -881,10 +928,9 @@ impl Inner {
         let mut slots: Vec<Slot> = window
             .iter()
             .map(
-                |message| match self.check_open().and_then(|()| self.prepare(message)) {
-                    Ok(p) => Slot::Waiting {
-                        headers: Some(p.headers),
-                        dedup: p.dedup,
+                |message| match self.check_open().and_then(|()| self.check(message)) {
+                    Ok(dedup) => Slot::Waiting {
+                        dedup,
                         in_flight: false,
                         sends: 0,
                         last: None,
@@ -992,14 +1038,12 @@ impl Inner {
         }
         let state = self.tracker.watch();
         for (i, (slot, message)) in slots.iter_mut().zip(window).enumerate() {
-            let Slot::Waiting { headers, .. } = slot else {
+            if !matches!(slot, Slot::Waiting { .. }) {
                 continue;
-            };
-            let headers = match headers.take() {
-                Some(headers) => Ok(headers),
-                None => self.prepare(message).map(|p| p.headers),
-            };
-            let sent = match headers {
+            }
+            // Built just before the send, which takes them: a window does
+            // not hold every message's headers at once.
+            let sent = match self.headers(message) {
                 Ok(headers) => self.send(message, headers, deadline).await,
                 Err(e) => Err(e),
             };
