@@ -635,10 +635,22 @@ fn publish_error(subject: &Subject, e: async_nats::PublishError) -> Error {
     Error::new(kind, detail).with_source(e)
 }
 
-/// The subject for async-nats (a copy: handing async-nats shared `Bytes`
-/// of a cached subject lost messages intermittently in our tests).
-pub(crate) fn nats_subject(subject: &Subject) -> async_nats::Subject {
-    async_nats::Subject::from(subject.as_str())
+/// The subject for async-nats, copied when async-nats takes it (a copy:
+/// handing async-nats shared `Bytes` of a cached subject lost messages
+/// intermittently in our tests).
+pub(crate) fn nats_subject(subject: &Subject) -> NatsSubject<'_> {
+    NatsSubject(subject)
+}
+
+/// A subject async-nats copies once, when it takes it: an
+/// `async_nats::Subject` handed over is cloned again, which for a fresh
+/// copy costs one more allocation.
+pub(crate) struct NatsSubject<'a>(&'a Subject);
+
+impl async_nats::subject::ToSubject for NatsSubject<'_> {
+    fn to_subject(&self) -> async_nats::Subject {
+        async_nats::Subject::from(self.0.as_str())
+    }
 }
 
 /// Refuses a message larger than the server accepts, before sending: a
