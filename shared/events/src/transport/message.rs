@@ -236,6 +236,13 @@ impl Headers {
         self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
     }
 
+    /// All headers in order, names and values as stored (the names the
+    /// crate writes are borrowed `'static` text).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub(crate) fn entries(&self) -> &[(Cow<'static, str>, Cow<'static, str>)] {
+        &self.0
+    }
+
     /// All headers in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))

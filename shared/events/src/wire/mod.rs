@@ -491,45 +491,57 @@ pub(crate) fn split_versioned_type(ce_type: &str) -> (&str, u32) {
 /// 6 or 9). Written by hand: chrono's formatter costs several hundred
 /// nanoseconds per event, which is most of the envelope's budget.
 pub(crate) fn format_time(time: DateTime<Utc>) -> String {
+    let mut buf = [0; TIME_TEXT_MAX];
+    match time_text(time, &mut buf) {
+        Some(text) => text.iter().map(|&b| char::from(b)).collect(),
+        None => time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+    }
+}
+
+/// The longest [`time_text`]: `9999-12-31T23:59:59.123456789Z`.
+pub(crate) const TIME_TEXT_MAX: usize = 30;
+
+/// [`format_time`] into `buf`, for the four-digit years without a leap
+/// second; `None` for the rest, which chrono formats. The text is ASCII
+/// digits, `-`, `:`, `T`, `.` and `Z`: nothing JSON would escape.
+pub(crate) fn time_text(time: DateTime<Utc>, buf: &mut [u8; TIME_TEXT_MAX]) -> Option<&[u8]> {
     use chrono::{Datelike, Timelike};
     let (year, nanos) = (time.year(), time.nanosecond());
     if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
-        // Out of the four-digit range, or a leap second: let chrono do it.
-        return time.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        return None;
     }
-    let mut out = String::with_capacity(30);
-    fn push(out: &mut String, n: u32, width: usize) {
-        let mut digits = [b'0'; 9];
+    let mut at = 0;
+    let mut put = |n: u32, width: usize, after: Option<u8>| {
         let mut v = n;
-        for d in digits[..width].iter_mut().rev() {
+        for d in buf[at..at + width].iter_mut().rev() {
             *d = b'0' + (v % 10) as u8;
             v /= 10;
         }
-        out.extend(digits[..width].iter().map(|&b| b as char));
-    }
-    push(&mut out, year as u32, 4);
-    out.push('-');
-    push(&mut out, time.month(), 2);
-    out.push('-');
-    push(&mut out, time.day(), 2);
-    out.push('T');
-    push(&mut out, time.hour(), 2);
-    out.push(':');
-    push(&mut out, time.minute(), 2);
-    out.push(':');
-    push(&mut out, time.second(), 2);
+        at += width;
+        if let Some(c) = after {
+            buf[at] = c;
+            at += 1;
+        }
+    };
+    put(year as u32, 4, Some(b'-'));
+    put(time.month(), 2, Some(b'-'));
+    put(time.day(), 2, Some(b'T'));
+    put(time.hour(), 2, Some(b':'));
+    put(time.minute(), 2, Some(b':'));
     let fraction = match nanos {
         0 => None,
         n if n % 1_000_000 == 0 => Some((n / 1_000_000, 3)),
         n if n % 1_000 == 0 => Some((n / 1_000, 6)),
         n => Some((n, 9)),
     };
-    if let Some((value, width)) = fraction {
-        out.push('.');
-        push(&mut out, value, width);
+    match fraction {
+        None => put(time.second(), 2, Some(b'Z')),
+        Some((value, width)) => {
+            put(time.second(), 2, Some(b'.'));
+            put(value, width, Some(b'Z'));
+        }
     }
-    out.push('Z');
-    out
+    Some(&buf[..at])
 }
 
 /// Parses RFC 3339. The common UTC form (`...Z`) takes a hand-written path;

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{
-    apply_extension, format_time, metadata_from_attributes, settle_tracestate, Attributes,
-    RawEvent, SPEC_VERSION, STRUCTURED_CONTENT_TYPE,
+    apply_extension, format_time, metadata_from_attributes, settle_tracestate, time_text,
+    Attributes, RawEvent, SPEC_VERSION, STRUCTURED_CONTENT_TYPE, TIME_TEXT_MAX,
 };
 use crate::envelope::{Event, EventMetadata, EventPayload, ExtensionValue};
 use crate::error::{Error, ErrorKind, Result};
@@ -100,7 +100,15 @@ fn write_attributes(out: &mut Vec<u8>, m: &EventMetadata) -> Result<()> {
         let _ = write!(out, ".v{}\"", m.version());
     }
     if let Some(time) = m.time() {
-        field(out, "time", &format_time(time));
+        let mut buf = [0; TIME_TEXT_MAX];
+        match time_text(time, &mut buf) {
+            Some(text) => {
+                out.extend_from_slice(b",\"time\":\"");
+                out.extend_from_slice(text);
+                out.push(b'"');
+            }
+            None => field(out, "time", &format_time(time)),
+        }
     }
     let optional = [
         ("subject", m.subject()),

@@ -84,6 +84,8 @@ use crate::transport::{
 
 /// The header JetStream deduplicates on.
 const MSG_ID: &str = "Nats-Msg-Id";
+/// The header of a message's time to live.
+const TTL: &str = "Nats-TTL";
 /// Publishes sent before their acks are awaited, in a batch.
 const PIPELINE_WINDOW: usize = 256;
 
@@ -437,9 +439,6 @@ struct Prepared {
 enum Slot {
     /// Not stored yet: to send (again).
     Waiting {
-        /// The headers prepared for the first send (a resend prepares them
-        /// again).
-        headers: Option<Option<async_nats::HeaderMap>>,
         dedup: bool,
         /// Sent in this round, ack not in yet.
         in_flight: bool,
@@ -468,20 +467,12 @@ enum Interrupted {
 }
 
 impl Inner {
-    fn prepare(&self, message: &Message) -> Result<Prepared> {
-        let mut headers = message.headers.clone();
-        // Only the message's own dedup id may reach the server: a header
-        // copied from a received message would make the server drop this
-        // one as a duplicate.
-        headers.remove(MSG_ID);
-        if let Some(id) = &message.dedup_id {
-            headers.append(MSG_ID, id.clone())?;
-        }
-        if let Some(ttl) = self.config.message_ttl {
-            headers.append("Nats-TTL", format!("{}s", ttl.as_secs().max(1)))?;
-        }
+    /// Checks the message's dedup id and that the message fits the server's
+    /// payload limit with the headers it is sent with; whether it carries a
+    /// dedup id.
+    fn check(&self, message: &Message) -> Result<bool> {
         let limit = self.client.max_payload();
-        let size = headers.wire_len() + message.payload.len();
+        let size = sent_headers_len(message, self.ttl_secs())? + message.payload.len();
         if size > limit {
             return Err(Error::new(
                 ErrorKind::PayloadTooLarge,
@@ -491,9 +482,26 @@ impl Inner {
                 ),
             ));
         }
+        Ok(message.dedup_id.is_some())
+    }
+
+    /// The `Nats-TTL` every message carries, in whole seconds, if one is
+    /// configured.
+    fn ttl_secs(&self) -> Option<u64> {
+        self.config.message_ttl.map(|ttl| ttl.as_secs().max(1))
+    }
+
+    /// The headers a message is sent with (see [`sent_headers`]).
+    fn headers(&self, message: &Message) -> Result<Option<async_nats::HeaderMap>> {
+        sent_headers(message, self.ttl_secs())
+    }
+
+    /// The message checked and its headers built, ready for its first send.
+    fn prepare(&self, message: &Message) -> Result<Prepared> {
+        let dedup = self.check(message)?;
         Ok(Prepared {
-            headers: core::to_nats_headers(&headers)?,
-            dedup: message.dedup_id.is_some(),
+            headers: self.headers(message)?,
+            dedup,
         })
     }
 
@@ -561,7 +569,7 @@ impl Inner {
             attempt += 1;
             let headers = match headers.take() {
                 Some(headers) => headers,
-                None => self.prepare(message)?.headers,
+                None => self.headers(message)?,
             };
             let outcome = async {
                 self.connected(&message.subject, &deadline).await?;
@@ -881,10 +889,9 @@ impl Inner {
         let mut slots: Vec<Slot> = window
             .iter()
             .map(
-                |message| match self.check_open().and_then(|()| self.prepare(message)) {
-                    Ok(p) => Slot::Waiting {
-                        headers: Some(p.headers),
-                        dedup: p.dedup,
+                |message| match self.check_open().and_then(|()| self.check(message)) {
+                    Ok(dedup) => Slot::Waiting {
+                        dedup,
                         in_flight: false,
                         sends: 0,
                         last: None,
@@ -992,14 +999,12 @@ impl Inner {
         }
         let state = self.tracker.watch();
         for (i, (slot, message)) in slots.iter_mut().zip(window).enumerate() {
-            let Slot::Waiting { headers, .. } = slot else {
+            if !matches!(slot, Slot::Waiting { .. }) {
                 continue;
-            };
-            let headers = match headers.take() {
-                Some(headers) => Ok(headers),
-                None => self.prepare(message).map(|p| p.headers),
-            };
-            let sent = match headers {
+            }
+            // Built just before the send, which takes them: a window does
+            // not hold every message's headers at once.
+            let sent = match self.headers(message) {
                 Ok(headers) => self.send(message, headers, deadline).await,
                 Err(e) => Err(e),
             };
@@ -1095,6 +1100,59 @@ impl Inner {
             Ok(())
         }
     }
+}
+
+/// The bytes the headers a message is sent with take on the wire (see
+/// [`sent_headers`]), counted without building them; fails on a dedup id
+/// that cannot be a header value.
+fn sent_headers_len(message: &Message, ttl_secs: Option<u64>) -> Result<usize> {
+    // The header lines, `name: value\r\n` each.
+    let mut lines: usize = message
+        .headers
+        .iter()
+        .filter(|(name, _)| !name.eq_ignore_ascii_case(MSG_ID))
+        .map(|(name, value)| name.len() + value.len() + 4)
+        .sum();
+    if let Some(id) = &message.dedup_id {
+        if id.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+            return Err(Error::invalid(format!(
+                "header {MSG_ID:?}: value must not contain CR, LF or NUL"
+            )));
+        }
+        lines += MSG_ID.len() + id.len() + 4;
+    }
+    if let Some(secs) = ttl_secs {
+        // `<secs>s`
+        let value = secs.checked_ilog10().unwrap_or(0) as usize + 2;
+        lines += TTL.len() + value + 4;
+    }
+    // `NATS/1.0\r\n` before the lines, `\r\n` after them; nothing at all
+    // without a line.
+    Ok(if lines == 0 { 0 } else { lines + 12 })
+}
+
+/// The headers a message is sent with: its own, its dedup id as
+/// `Nats-Msg-Id` (only the message's own dedup id may reach the server: a
+/// header copied from a received message would make the server drop this
+/// one as a duplicate), and `Nats-TTL` when `ttl_secs` is set. `None`
+/// without any.
+fn sent_headers(message: &Message, ttl_secs: Option<u64>) -> Result<Option<async_nats::HeaderMap>> {
+    let mut map = async_nats::HeaderMap::new();
+    core::add_nats_headers(&mut map, &message.headers, |name| {
+        name.eq_ignore_ascii_case(MSG_ID)
+    })?;
+    if let Some(id) = &message.dedup_id {
+        let id = async_nats::HeaderValue::try_from(id.as_str()).map_err(|e| {
+            Error::invalid(format!("header {MSG_ID:?}: value not valid for nats")).with_source(e)
+        })?;
+        map.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    }
+    if let Some(secs) = ttl_secs {
+        let ttl = async_nats::HeaderValue::try_from(format!("{secs}s"))
+            .map_err(|e| Error::invalid("invalid Nats-TTL value").with_source(e))?;
+        map.append(async_nats::header::NATS_MESSAGE_TTL, ttl);
+    }
+    Ok((!map.is_empty()).then_some(map))
 }
 
 /// Refuses consumer `name` unless it reads exactly `filter`: its
@@ -1289,6 +1347,70 @@ fn publish_error(subject: &Subject, e: jetstream::context::PublishError) -> Erro
 #[cfg(test)]
 mod publish_tests {
     use super::*;
+
+    /// The headers as the map and size are defined: the message's own
+    /// without any `Nats-Msg-Id`, then its dedup id, then the TTL.
+    fn expected(message: &Message, ttl_secs: Option<u64>) -> crate::transport::Headers {
+        let mut headers = message.headers.clone();
+        headers.remove(MSG_ID);
+        if let Some(id) = &message.dedup_id {
+            headers.append(MSG_ID, id.clone()).unwrap();
+        }
+        if let Some(secs) = ttl_secs {
+            headers.append(TTL, format!("{secs}s")).unwrap();
+        }
+        headers
+    }
+
+    #[test]
+    fn sent_headers_drop_copied_dedup_ids_and_keep_repeated_names() {
+        let subject = Subject::parse("events.a").unwrap();
+        let mut messages = vec![Message::new(subject.clone(), &b"{}"[..])];
+        let mut m = Message::new(subject.clone(), &b"{}"[..]);
+        m.headers
+            .append("Content-Type", "application/json")
+            .unwrap();
+        messages.push(m.clone());
+        m.dedup_id = Some("id-1".into());
+        messages.push(m.clone());
+        m.headers.append("nats-msg-id", "copied").unwrap();
+        m.headers.append("x-list", "one").unwrap();
+        m.headers.append(String::from("x-list"), "two").unwrap();
+        m.headers.append(String::from("Nats-TTL"), "5s").unwrap();
+        messages.push(m.clone());
+        m.headers = crate::transport::Headers::new();
+        m.headers.append("Nats-Msg-Id", "copied").unwrap();
+        messages.push(m.clone());
+        m.dedup_id = None;
+        messages.push(m);
+        for message in &messages {
+            for ttl in [None, Some(1), Some(9), Some(10), Some(86_400)] {
+                let want = expected(message, ttl);
+                assert_eq!(
+                    sent_headers_len(message, ttl).unwrap(),
+                    want.wire_len(),
+                    "{message:?} {ttl:?}"
+                );
+                // Each header appended in order, names parsed.
+                let mut map = async_nats::HeaderMap::new();
+                for (name, value) in want.iter() {
+                    map.append(
+                        async_nats::HeaderName::try_from(name).unwrap(),
+                        async_nats::HeaderValue::try_from(value).unwrap(),
+                    );
+                }
+                let map = (!map.is_empty()).then_some(map);
+                assert_eq!(
+                    sent_headers(message, ttl).unwrap(),
+                    map,
+                    "{message:?} {ttl:?}"
+                );
+            }
+        }
+        let mut bad = Message::new(subject, &b"{}"[..]);
+        bad.dedup_id = Some("a\0b".into());
+        assert!(sent_headers_len(&bad, None).is_err());
+    }
 
     fn stored(stream: &str, sequence: u64, resent: bool) -> Slot {
         Slot::Stored {

@@ -27,6 +27,7 @@
 mod config;
 mod status;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -634,10 +635,22 @@ fn publish_error(subject: &Subject, e: async_nats::PublishError) -> Error {
     Error::new(kind, detail).with_source(e)
 }
 
-/// The subject for async-nats (a copy: handing async-nats shared `Bytes`
-/// of a cached subject lost messages intermittently in our tests).
-pub(crate) fn nats_subject(subject: &Subject) -> async_nats::Subject {
-    async_nats::Subject::from(subject.as_str())
+/// The subject for async-nats, copied when async-nats takes it (a copy:
+/// handing async-nats shared `Bytes` of a cached subject lost messages
+/// intermittently in our tests).
+pub(crate) fn nats_subject(subject: &Subject) -> NatsSubject<'_> {
+    NatsSubject(subject)
+}
+
+/// A subject async-nats copies once, when it takes it: an
+/// `async_nats::Subject` handed over is cloned again, which for a fresh
+/// copy costs one more allocation.
+pub(crate) struct NatsSubject<'a>(&'a Subject);
+
+impl async_nats::subject::ToSubject for NatsSubject<'_> {
+    fn to_subject(&self) -> async_nats::Subject {
+        async_nats::Subject::from(self.0.as_str())
+    }
 }
 
 /// Refuses a message larger than the server accepts, before sending: a
@@ -665,16 +678,48 @@ pub(crate) fn to_nats_headers(headers: &Headers) -> Result<Option<async_nats::He
         return Ok(None);
     }
     let mut map = async_nats::HeaderMap::new();
-    for (name, value) in headers.iter() {
-        let n = async_nats::HeaderName::try_from(name).map_err(|e| {
-            Error::invalid(format!("header name {name:?} is not valid for nats")).with_source(e)
-        })?;
-        let v = value.parse::<async_nats::HeaderValue>().map_err(|e| {
+    add_nats_headers(&mut map, headers, |_| false)?;
+    Ok(Some(map))
+}
+
+/// Adds our headers, except those `skip` names, to an async-nats map with
+/// their values in order, and returns the bytes they take on the wire
+/// (`name: value\r\n` each). `map` must not hold any of their names yet.
+///
+/// A name the crate wrote (`'static` text) becomes a header name without
+/// being copied or checked again: every name in [`Headers`] was checked
+/// on the way in, by rules stricter than async-nats's. Values are checked
+/// by async-nats's fallible constructor.
+pub(crate) fn add_nats_headers(
+    map: &mut async_nats::HeaderMap,
+    headers: &Headers,
+    skip: impl Fn(&str) -> bool,
+) -> Result<usize> {
+    let entries = headers.entries();
+    let mut wire = 0;
+    for (i, (name, value)) in entries.iter().enumerate() {
+        if skip(name) {
+            continue;
+        }
+        let n = match name {
+            Cow::Borrowed(name) => async_nats::HeaderName::from_static(name),
+            Cow::Owned(name) => async_nats::HeaderName::try_from(name.as_str()).map_err(|e| {
+                Error::invalid(format!("header name {name:?} is not valid for nats")).with_source(e)
+            })?,
+        };
+        let v = async_nats::HeaderValue::try_from(value.as_ref()).map_err(|e| {
             Error::invalid(format!("header {name:?} has a value not valid for nats")).with_source(e)
         })?;
-        map.append(n, v);
+        wire += name.len() + value.len() + 4;
+        // A name seen before gets one more value; a new one is inserted
+        // (one lookup instead of two).
+        if entries[..i].iter().any(|(earlier, _)| earlier == name) {
+            map.append(n, v);
+        } else {
+            map.insert(n, v);
+        }
     }
-    Ok(Some(map))
+    Ok(wire)
 }
 
 /// Not part of the API: the received-header conversion, exposed for the
