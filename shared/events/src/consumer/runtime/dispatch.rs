@@ -471,6 +471,17 @@ impl Stream for Merged {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
+        // One subscription (one event type): nothing to take turns with.
+        if let [(from, stream)] = &mut self.streams[..] {
+            return match stream.poll_next_unpin(cx) {
+                Poll::Ready(Some(item)) => Poll::Ready(Some((*from, item))),
+                Poll::Ready(None) => {
+                    self.streams.clear();
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
         let mut polled = 0;
         while polled < self.streams.len() {
             let index = (self.next + polled) % self.streams.len();
