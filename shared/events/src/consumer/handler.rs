@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
 
 use crate::bus::Bus;
 use crate::envelope::{Cause, Event, EventPayload};
@@ -295,8 +296,10 @@ where
         event: Event<T>,
         context: Context<S>,
     ) -> BoxFuture<'static, Result<(), HandlerError>> {
-        let fut = (self)(event, context);
-        Box::pin(async move { fut.await.map_err(Into::into) })
+        // A `map` rather than an `async` block: the block would hold the
+        // handler's future twice (captured, and moved into its `.await`),
+        // and the box is allocated and written once per event.
+        Box::pin((self)(event, context).map(|result| result.map_err(Into::into)))
     }
 }
 

@@ -12,21 +12,66 @@ use crate::error::{Error, Result};
 
 /// What a reaction needs of its cause: its id, its correlation (its own id
 /// if it starts one) and its trace context. Kept by a handler's context
-/// instead of a clone of the whole metadata.
+/// instead of a clone of the whole metadata; ids as short as a UUID are
+/// kept without an allocation.
 #[derive(Debug, Clone)]
 pub(crate) struct Cause {
-    id: String,
-    correlation_id: Option<String>,
+    id: ShortString,
+    correlation_id: Option<ShortString>,
     trace: Option<TraceContext>,
 }
 
 impl Cause {
     pub(crate) fn of(metadata: &EventMetadata) -> Self {
         Cause {
-            id: metadata.id.clone(),
-            correlation_id: metadata.correlation_id.clone(),
+            id: ShortString::new(&metadata.id),
+            correlation_id: metadata.correlation_id.as_deref().map(ShortString::new),
             trace: metadata.trace.clone(),
         }
+    }
+}
+
+/// A string stored inline up to [`ShortString::INLINE`] bytes (a UUID's 36
+/// fit), on the heap beyond.
+#[derive(Clone)]
+enum ShortString {
+    Inline {
+        len: u8,
+        bytes: [u8; ShortString::INLINE],
+    },
+    Heap(Box<str>),
+}
+
+impl ShortString {
+    const INLINE: usize = 46;
+
+    fn new(s: &str) -> Self {
+        if s.len() <= Self::INLINE {
+            let mut bytes = [0; Self::INLINE];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            ShortString::Inline {
+                // At most `INLINE`: fits.
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            ShortString::Heap(s.into())
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            ShortString::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)])
+                // A whole `str` was copied in.
+                .expect("a copy of a str"),
+            ShortString::Heap(s) => s,
+        }
+    }
+}
+
+impl fmt::Debug for ShortString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -234,13 +279,13 @@ impl EventMetadata {
 
     /// [`set_caused_by`](Self::set_caused_by) from the parts kept of a cause.
     pub(crate) fn set_cause(&mut self, cause: &Cause) {
-        self.correlation_id = Some(
-            cause
-                .correlation_id
-                .clone()
-                .unwrap_or_else(|| cause.id.clone()),
-        );
-        self.causation_id = Some(cause.id.clone());
+        let id = cause.id.as_str();
+        let correlation_id = cause
+            .correlation_id
+            .as_ref()
+            .map_or(id, ShortString::as_str);
+        self.correlation_id = Some(correlation_id.to_owned());
+        self.causation_id = Some(id.to_owned());
         if self.trace.is_none() {
             self.trace = cause.trace.clone();
         }
@@ -557,6 +602,21 @@ mod tests {
             "correlation is inherited"
         );
         assert_eq!(third.causation_id(), Some(second.id()));
+    }
+
+    #[test]
+    fn a_cause_keeps_ids_of_any_length() {
+        for len in [1, 36, ShortString::INLINE, ShortString::INLINE + 1, 300] {
+            let id = "é".repeat(len / 2) + &"x".repeat(len % 2);
+            let correlation = format!("c-{id}");
+            let mut cause = EventMetadata::new("orders.placed", 1, "orders");
+            cause.set_id(id.clone());
+            cause.set_correlation_id(Some(correlation.clone()));
+            let mut reaction = EventMetadata::new("stock.reserved", 1, "inventory");
+            reaction.set_caused_by(&cause);
+            assert_eq!(reaction.causation_id(), Some(id.as_str()));
+            assert_eq!(reaction.correlation_id(), Some(correlation.as_str()));
+        }
     }
 
     #[test]

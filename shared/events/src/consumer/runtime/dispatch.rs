@@ -4,11 +4,14 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
+use futures_util::task::{waker_ref, ArcWake, AtomicWaker};
 use futures_util::{Stream, StreamExt};
 use std::panic::AssertUnwindSafe;
 use tokio::sync::watch;
@@ -44,43 +47,65 @@ pub(super) struct Dispatch<S> {
 
 impl<S: Send + Sync + 'static> Dispatch<S> {
     pub(super) async fn run(mut self, stop: impl Future<Output = ()> + Send) -> Result<Summary> {
-        let mut stop = std::pin::pin!(stop);
-        // Set when the subscription ends by itself (not by shutdown): the
-        // last error it reported, which `run` returns after draining.
+        let mut stop = Gated::new(stop);
+        // The last error the subscription reported, returned by `run` after
+        // draining if the subscription ends by itself (not by shutdown).
         let mut subscription_error: Option<Error> = None;
-        let mut ended: Option<Error> = None;
-
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut stop => break,
-                Some(()) = self.in_flight.next(), if !self.in_flight.is_empty() => {}
-                // Backpressure: pull the next event only when a slot is free.
-                item = self.deliveries.next(), if self.in_flight.len() < self.concurrency => {
-                    let Some((from, item)) = item else {
-                        ended = Some(subscription_error.take().unwrap_or_else(|| {
-                            Error::closed("the subscription ended (the transport was closed?)")
-                        }));
-                        break;
-                    };
-                    match item {
-                        Ok(delivery) => self.dispatch(from, delivery).await,
-                        Err(error) => {
-                            tracing::warn!(consumer = %self.shared.name, error = %error, "subscription error");
-                            subscription_error = Some(error);
-                        }
-                    }
-                }
-            }
-        }
+        let ended =
+            std::future::poll_fn(|cx| self.poll_run(&mut stop, &mut subscription_error, cx)).await;
         self.shut_down(ended).await
     }
 
+    /// The dispatch loop until shutdown (`Ready(None)`) or the end of the
+    /// subscriptions (`Ready(Some(why))`). Each turn, in this order: is it
+    /// time to stop; a finished handling; a new delivery, only while a slot
+    /// is free (backpressure). Every delivery ready is started within one
+    /// call, without a return to the executor in between.
+    fn poll_run<F: Future<Output = ()>>(
+        &mut self,
+        stop: &mut Gated<F>,
+        subscription_error: &mut Option<Error>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Error>> {
+        stop.register(cx);
+        loop {
+            if stop.poll().is_ready() {
+                return Poll::Ready(None);
+            }
+            if !self.in_flight.is_empty() {
+                if let Poll::Ready(Some(())) = self.in_flight.poll_next_unpin(cx) {
+                    continue;
+                }
+            }
+            if self.in_flight.len() >= self.concurrency {
+                return Poll::Pending;
+            }
+            match self.deliveries.poll_next_unpin(cx) {
+                Poll::Ready(Some((from, Ok(delivery)))) => self.dispatch(from, delivery, cx),
+                Poll::Ready(Some((_, Err(error)))) => {
+                    tracing::warn!(consumer = %self.shared.name, error = %error, "subscription error");
+                    *subscription_error = Some(error);
+                }
+                Poll::Ready(None) => {
+                    return Poll::Ready(Some(subscription_error.take().unwrap_or_else(|| {
+                        Error::closed("the subscription ended (the transport was closed?)")
+                    })));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
     /// Starts handling one delivery.
-    pub(super) async fn dispatch(&mut self, from: usize, delivery: transport::Delivery) {
+    pub(super) fn dispatch(
+        &mut self,
+        from: usize,
+        delivery: transport::Delivery,
+        cx: &mut std::task::Context<'_>,
+    ) {
         let shared = &self.shared;
         if !self.ordered_by_key && shared.idempotency.is_none() {
-            let rest = poll_once(|cx| shared.begin(from, delivery, cx)).await;
+            let rest = shared.begin(from, delivery, cx);
             self.in_flight.extend(rest);
             return;
         }
@@ -90,8 +115,8 @@ impl<S: Send + Sync + 'static> Dispatch<S> {
                 start(
                     &mut self.in_flight,
                     shared.clone().unreadable(delivery, error),
-                )
-                .await;
+                    cx,
+                );
                 return;
             }
         };
@@ -115,7 +140,7 @@ impl<S: Send + Sync + 'static> Dispatch<S> {
             // registered only if the handling has to wait; its successors
             // then wait for it.
             let ordered = key.is_some();
-            let rest = poll_once(|cx| shared.begin_raw(from, raw, delivery, ordered, cx)).await;
+            let rest = shared.begin_raw(from, raw, delivery, ordered, cx);
             match (rest, key) {
                 (Some(rest), Some(key)) => {
                     let (done_tx, done_rx) = watch::channel(false);
@@ -135,8 +160,57 @@ impl<S: Send + Sync + 'static> Dispatch<S> {
             let handling = shared
                 .clone()
                 .process(from, Box::new(raw), Box::new(delivery), order);
-            start(&mut self.in_flight, Box::pin(handling)).await;
+            start(&mut self.in_flight, Box::pin(handling), cx);
         }
+    }
+}
+
+/// The shutdown future, polled only when it may have become ready: on the
+/// first turn, and after it woke the task. Polling it on every turn of the
+/// dispatch loop would cost every event a poll (a lock, for some).
+pub(super) struct Gated<F> {
+    future: std::pin::Pin<Box<F>>,
+    woken: Arc<WakeFlag>,
+}
+
+/// Set by the gated future's waker, which then wakes the task.
+struct WakeFlag {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl ArcWake for WakeFlag {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        arc_self.woken.store(true, Ordering::Release);
+        arc_self.task.wake();
+    }
+}
+
+impl<F: Future<Output = ()>> Gated<F> {
+    fn new(future: F) -> Self {
+        Gated {
+            future: Box::pin(future),
+            woken: Arc::new(WakeFlag {
+                woken: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            }),
+        }
+    }
+
+    /// Makes `cx`'s task the one woken: called each time the task polls.
+    fn register(&self, cx: &std::task::Context<'_>) {
+        self.woken.task.register(cx.waker());
+    }
+
+    /// Polls the future if its waker was called since the last poll.
+    fn poll(&mut self) -> Poll<()> {
+        if !self.woken.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = waker_ref(&self.woken);
+        self.future
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
     }
 }
 
@@ -225,7 +299,6 @@ impl<S: Send + Sync + 'static> Shared<S> {
         ordered: bool,
         cx: &mut std::task::Context<'_>,
     ) -> Option<BoxFuture<'static, ()>> {
-        use std::task::Poll;
         let entered = span.enter();
         let started = self.handler_timeout.map(|_| tokio::time::Instant::now());
         let begun = match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
@@ -338,24 +411,22 @@ impl<S: Send + Sync + 'static> Shared<S> {
     }
 }
 
-/// Runs `f` once with the task's context: for the dispatch loop's fast
-/// path, which polls a handler in place.
+/// Runs `f` once with the task's context, for code in an `async fn` that
+/// polls something in place.
 pub(super) async fn poll_once<T>(f: impl FnOnce(&mut std::task::Context<'_>) -> T) -> T {
     let mut f = Some(f);
-    std::future::poll_fn(|cx| std::task::Poll::Ready(f.take().expect("polled once")(cx))).await
+    std::future::poll_fn(|cx| Poll::Ready(f.take().expect("polled once")(cx))).await
 }
 
 /// Polls a new handling once, and adds it to `in_flight` only if it is
 /// still running: most finish in that first poll (a quick handler, an ack
 /// without a round trip) and so skip the in-flight set's bookkeeping.
-pub(super) async fn start(
+pub(super) fn start(
     in_flight: &mut FuturesUnordered<BoxFuture<'static, ()>>,
     mut handling: BoxFuture<'static, ()>,
+    cx: &mut std::task::Context<'_>,
 ) {
-    if poll_once(|cx| handling.as_mut().poll(cx))
-        .await
-        .is_pending()
-    {
+    if handling.as_mut().poll(cx).is_pending() {
         in_flight.push(handling);
     }
 }
@@ -400,7 +471,17 @@ impl Stream for Merged {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
+        // One subscription (one event type): nothing to take turns with.
+        if let [(from, stream)] = &mut self.streams[..] {
+            return match stream.poll_next_unpin(cx) {
+                Poll::Ready(Some(item)) => Poll::Ready(Some((*from, item))),
+                Poll::Ready(None) => {
+                    self.streams.clear();
+                    Poll::Ready(None)
+                }
+                Poll::Pending => Poll::Pending,
+            };
+        }
         let mut polled = 0;
         while polled < self.streams.len() {
             let index = (self.next + polled) % self.streams.len();

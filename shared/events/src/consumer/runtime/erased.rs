@@ -77,9 +77,14 @@ where
     ) -> Option<(tracing::Span, HandlerFuture)> {
         // A panic in the payload's `Deserialize` is left to the general
         // path, which decodes again, catches it and dead-letters the event.
-        let decoded =
-            std::panic::catch_unwind(AssertUnwindSafe(|| wire::decode_fast::<T>(message)));
-        let event = decoded.ok()??;
+        // Written in place rather than returned through `catch_unwind`: an
+        // event is large, and each move of it is a copy.
+        let mut decoded = None;
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            decoded = wire::decode_fast::<T>(message);
+        }))
+        .ok()?;
+        let event = decoded?;
         let span = span(&event.metadata);
         let context = Context::new(env.clone(), attempt, Cause::of(&event.metadata));
         let future = {

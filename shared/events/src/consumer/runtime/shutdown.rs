@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::dispatch::{start, Dispatch};
+use super::dispatch::{poll_once, start, Dispatch};
 use super::ordering::busy;
 use super::stats::{Counter, Summary};
 use super::{settle, Shared};
@@ -257,7 +257,7 @@ impl<S: Send + Sync + 'static> Dispatch<S> {
                     let _ = done_tx.send(true);
                 }));
             }
-            _ => start(&mut self.in_flight, Box::pin(released)).await,
+            _ => poll_once(|cx| start(&mut self.in_flight, Box::pin(released), cx)).await,
         }
     }
 }
