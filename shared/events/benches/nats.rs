@@ -456,7 +456,10 @@ async fn prepare(server: &NatsServer, key: &str, side: Side, p: &Payload, n: usi
         // The runtime creates its consumer when it starts, so here both
         // sides create theirs inside the window (counted once per round, a
         // few requests), and both clocks run from the first event handled
-        // to the `n`th.
+        // to the `n`th. The hand-written durable's name is as long as the
+        // runtime's (`runtime_bench_payload_` and a hash): the name is in
+        // every delivery's reply subject, which both clients parse and
+        // copy, at some 20 instructions per character and event.
         ("js-runtime", Side::Hand) => {
             let js = fresh_stream(server).await;
             hand_js_publish(&js, &p, n).await;
@@ -468,7 +471,7 @@ async fn prepare(server: &NatsServer, key: &str, side: Side, p: &Payload, n: usi
                         .await
                         .unwrap()
                         .create_consumer(jetstream::consumer::pull::Config {
-                            durable_name: Some("hand".into()),
+                            durable_name: Some("runtime_bench_payload_hand0000".into()),
                             filter_subject: SUBJECT.into(),
                             ack_policy: jetstream::consumer::AckPolicy::Explicit,
                             ..Default::default()
