@@ -355,9 +355,13 @@ enum Mode {
 
 fn mode(message: &Message) -> Mode {
     let headers = &message.headers;
+    const CLOUDEVENTS: &str = "application/cloudevents";
     match headers.get("content-type") {
-        Some(ct) if starts_with_ignore_case(ct, "application/cloudevents-batch") => Mode::Batch,
-        Some(ct) if starts_with_ignore_case(ct, "application/cloudevents") => Mode::Structured,
+        // `application/cloudevents-batch` is read once, in two parts.
+        Some(ct) if starts_with_ignore_case(ct, CLOUDEVENTS) => match ct.get(CLOUDEVENTS.len()..) {
+            Some(rest) if starts_with_ignore_case(rest, "-batch") => Mode::Batch,
+            _ => Mode::Structured,
+        },
         _ if headers.get("ce-specversion").is_some() => Mode::Binary,
         _ => Mode::Structured,
     }

@@ -2528,16 +2528,33 @@ fn ack_info(reply: &str) -> Option<AckInfo> {
         9 => &numbers[4..9],
         _ => return None,
     };
-    let delivered = numbers[0].parse().ok()?;
-    let stream_sequence = numbers[1].parse().ok()?;
-    let consumer_sequence = numbers[2].parse().ok()?;
-    numbers[3].parse::<i64>().ok()?;
-    numbers[4].parse::<u64>().ok()?;
+    let delivered = ack_number(numbers[0])?;
+    let stream_sequence = ack_number(numbers[1])?;
+    let consumer_sequence = ack_number(numbers[2])?;
+    let timestamp = numbers[3];
+    let plain = !timestamp.is_empty()
+        && timestamp.len() <= 18
+        && timestamp.bytes().all(|b| b.is_ascii_digit());
+    if !plain {
+        timestamp.parse::<i64>().ok()?;
+    }
+    ack_number(numbers[4])?;
     Some(AckInfo {
         delivered,
         stream_sequence,
         consumer_sequence,
     })
+}
+
+/// A count or sequence of an ack subject, as `u64::from_str` reads it; the
+/// common form (up to 19 digits, which cannot overflow) without its
+/// per-digit overflow checks.
+fn ack_number(token: &str) -> Option<u64> {
+    let digits = token.as_bytes();
+    if !digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit) {
+        return Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')));
+    }
+    token.parse().ok()
 }
 
 /// Settles one JetStream delivery through its reply subject.
@@ -2642,9 +2659,29 @@ mod tests {
             "$JS.ACK.S.C.2.10.7.1.-3",
             "$JS.ACK.S.C.2.10.7.99999999999999999999.3",
             "$JS.ACK.d.h.S.C.2.10.7.1",
+            "$JS.ACK.S.C.2.10.7.9223372036854775808.3",
+            "$JS.ACK.S.C.2.10.7..3",
         ] {
             assert_eq!(ack_info(bad), None, "{bad}");
         }
+        // Numbers as `from_str` reads them, up to the type's bounds.
+        for token in [
+            "0",
+            "7",
+            "+7",
+            "18446744073709551615",
+            "18446744073709551616",
+            "",
+            "-1",
+            "1a",
+            "0009",
+        ] {
+            assert_eq!(ack_number(token), token.parse::<u64>().ok(), "{token}");
+        }
+        assert_eq!(
+            ack_info("$JS.ACK.S.C.1.2.3.-9223372036854775808.0"),
+            Some(info(1, 2, 3))
+        );
     }
 
     #[test]
