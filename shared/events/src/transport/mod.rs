@@ -11,6 +11,8 @@ mod capabilities;
 pub(crate) mod idempotency;
 mod message;
 pub(crate) mod percent;
+#[cfg(feature = "jetstream")]
+pub(crate) mod reply;
 
 use std::fmt;
 use std::future::Future;
@@ -373,9 +375,10 @@ enum Settle {
     Nothing,
     /// Through a backend's [`Acker`].
     Acker(Box<dyn Acker>),
-    /// Through JetStream, held in place: settling it allocates nothing.
+    /// By a publish to the reply subject, held in place: settling it
+    /// allocates neither an acker nor a future.
     #[cfg(feature = "jetstream")]
-    JetStream(crate::backend::jetstream::JetStreamAcker),
+    Reply(reply::ReplyAcker),
 }
 
 impl Settle {
@@ -404,17 +407,17 @@ impl Delivery {
         }
     }
 
-    /// A JetStream delivery.
+    /// A delivery settled by a publish to its reply subject.
     #[cfg(feature = "jetstream")]
-    pub(crate) fn jetstream(
+    pub(crate) fn settled_by_reply(
         message: Message,
         info: DeliveryInfo,
-        acker: crate::backend::jetstream::JetStreamAcker,
+        acker: reply::ReplyAcker,
     ) -> Self {
         Delivery {
             message: Some(message),
             info,
-            settle: Settle::JetStream(acker),
+            settle: Settle::Reply(acker),
             ack_wait_since: None,
         }
     }
@@ -474,7 +477,7 @@ impl Delivery {
                 Settle::Nothing => Ok(()),
                 Settle::Acker(acker) => acker.ack().await,
                 #[cfg(feature = "jetstream")]
-                Settle::JetStream(acker) => acker.ack().await,
+                Settle::Reply(acker) => acker.ack().await,
             }
         }
     }
@@ -490,7 +493,7 @@ impl Delivery {
             Settle::Nothing => None,
             Settle::Acker(acker) => Some(acker.ack()),
             #[cfg(feature = "jetstream")]
-            Settle::JetStream(acker) => Some(Box::pin(acker.ack())),
+            Settle::Reply(acker) => Some(Box::pin(acker.ack())),
         }
     }
 
@@ -513,7 +516,7 @@ impl Delivery {
                     acker.nack(message, delay).await
                 }
                 #[cfg(feature = "jetstream")]
-                Settle::JetStream(acker) => acker.nack(delay).await,
+                Settle::Reply(acker) => acker.nack(delay).await,
             }
         }
     }
@@ -536,8 +539,9 @@ impl Delivery {
                         .expect("message is present until settled");
                     acker.release(message).await
                 }
+                // Released as `Acker::release` does by default: a nack.
                 #[cfg(feature = "jetstream")]
-                Settle::JetStream(acker) => acker.nack(None).await,
+                Settle::Reply(acker) => acker.nack(None).await,
             }
         }
     }
@@ -550,7 +554,7 @@ impl Delivery {
                 Settle::Nothing => Ok(()),
                 Settle::Acker(acker) => acker.term().await,
                 #[cfg(feature = "jetstream")]
-                Settle::JetStream(acker) => acker.term().await,
+                Settle::Reply(acker) => acker.term().await,
             }
         }
     }
@@ -561,14 +565,14 @@ impl Delivery {
             Settle::Nothing => Ok(()),
             Settle::Acker(acker) => acker.in_progress().await,
             #[cfg(feature = "jetstream")]
-            Settle::JetStream(acker) => acker.in_progress().await,
+            Settle::Reply(acker) => acker.in_progress().await,
         }
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        // A JetStream delivery dropped unsettled is redelivered after its
+        // One settled by reply, dropped unsettled, is redelivered after the
         // ack wait, as the default `Acker::abandon` leaves it.
         if let (Settle::Acker(acker), Some(message)) = (self.settle.take(), self.message.take()) {
             acker.abandon(message);

@@ -77,6 +77,7 @@ pub use idempotency::KvIdempotencyStore;
 
 use crate::backend::nats::{self as core, ConnectionState, Deadline, NatsStatus, Tracker};
 use crate::error::{Error, ErrorKind, Result};
+use crate::transport::reply::{ReplyAcker, ReplySettle, SendSettlement};
 use crate::transport::{
     Capabilities, Delivery, DeliveryInfo, Message, Subject, SubscribeOptions, Subscription,
     Transport,
@@ -2485,14 +2486,12 @@ fn to_delivery(
         payload: message.payload,
         dedup_id,
     };
-    Ok(Delivery::jetstream(
+    let backend: Arc<dyn ReplySettle> = inner.clone();
+    let guard = outstanding.map(|o| Box::new(o) as Box<dyn std::any::Any + Send + Sync>);
+    Ok(Delivery::settled_by_reply(
         message,
         delivery_info,
-        JetStreamAcker {
-            reply,
-            inner: inner.clone(),
-            _outstanding: outstanding,
-        },
+        ReplyAcker::new(reply, backend, guard),
     ))
 }
 
@@ -2557,72 +2556,32 @@ fn ack_number(token: &str) -> Option<u64> {
     token.parse().ok()
 }
 
-/// Settles one JetStream delivery through its reply subject.
-pub(crate) struct JetStreamAcker {
-    reply: async_nats::Subject,
-    inner: Arc<Inner>,
-    /// For a partition: counted until settled (this acker dropped, after
-    /// its settlement was sent).
-    _outstanding: Option<partition::Outstanding>,
-}
-
-impl fmt::Debug for JetStreamAcker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JetStreamAcker").finish_non_exhaustive()
-    }
-}
-
-impl JetStreamAcker {
-    async fn send(&self, reply: async_nats::Subject, kind: jetstream::AckKind) -> Result<()> {
-        // An ack is a publish: while disconnected it would wait for room in
-        // the client's buffer without bound. Bounded like a publish (no
-        // timer for one that completes at once).
-        let inner = &*self.inner;
-        let limit = inner.config.connection.get_publish_timeout();
-        match inner
-            .tracker
-            .bounded_send(inner.client.publish(reply, kind.into()), limit)
-            .await
-        {
-            Some(Ok(())) => {
-                inner.acks_sent.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Some(Err(e)) => Err(
-                Error::new(ErrorKind::Backend, format!("sending {kind:?} failed")).with_source(e),
-            ),
-            None => Err(Error::new(
-                ErrorKind::Unavailable,
-                format!("sending {kind:?} gave up after {limit:?}: the nats server is unreachable"),
-            )),
-        }
+/// JetStream settles a delivery by a publish to its reply subject.
+impl ReplySettle for Inner {
+    fn client(&self) -> &async_nats::Client {
+        &self.client
     }
 
-    /// The message was handled.
-    pub(crate) async fn ack(mut self) -> Result<()> {
-        let reply = std::mem::replace(&mut self.reply, async_nats::Subject::from_static(""));
-        self.send(reply, jetstream::AckKind::Ack).await
+    fn limit(&self) -> Duration {
+        self.config.connection.get_publish_timeout()
     }
 
-    /// Deliver it again, after `delay` if given.
-    pub(crate) async fn nack(mut self, delay: Option<Duration>) -> Result<()> {
+    fn poll_send(
+        &self,
+        mut send: SendSettlement<'_>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<std::result::Result<(), async_nats::PublishError>>> {
+        self.tracker.poll_send(std::pin::Pin::new(&mut send), cx)
+    }
+
+    fn sent(&self) {
+        self.acks_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn nak_delay(&self, delay: Duration) -> Duration {
         // A delay beyond the server's i64 nanoseconds would reach it as a
         // number it cannot read, and it would redeliver at once.
-        let delay = delay.filter(|d| !d.is_zero()).map(config::server_duration);
-        let reply = std::mem::replace(&mut self.reply, async_nats::Subject::from_static(""));
-        self.send(reply, jetstream::AckKind::Nak(delay)).await
-    }
-
-    /// Never deliver it again.
-    pub(crate) async fn term(mut self) -> Result<()> {
-        let reply = std::mem::replace(&mut self.reply, async_nats::Subject::from_static(""));
-        self.send(reply, jetstream::AckKind::Term).await
-    }
-
-    /// Handling goes on: the ack wait starts again.
-    pub(crate) async fn in_progress(&self) -> Result<()> {
-        self.send(self.reply.clone(), jetstream::AckKind::Progress)
-            .await
+        config::server_duration(delay)
     }
 }
 
