@@ -13,17 +13,8 @@ use crate::error::{Error, Result};
 ///
 /// Subjects we build are made only of validated tokens
 /// (`[A-Za-z0-9_-]+`); subjects received from a broker are taken as they are.
-#[derive(Clone)]
-pub struct Subject(SubjectText);
-
-/// Where a subject's text lives: shared text of our own, or the broker
-/// client's buffer of a received message (not copied).
-#[derive(Clone)]
-enum SubjectText {
-    Shared(Arc<str>),
-    #[cfg(feature = "nats")]
-    Nats(async_nats::Subject),
-}
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Subject(Arc<str>);
 
 impl Subject {
     /// Joins validated tokens with dots.
@@ -56,59 +47,33 @@ impl Subject {
 
     /// A subject built from tokens the caller has already validated.
     pub(crate) fn from_valid(subject: String) -> Self {
-        Subject(SubjectText::Shared(subject.into()))
+        Subject(subject.into())
     }
 
     /// A subject as a broker delivered it. Not validated: it only labels a
     /// received message and is never used to publish.
     pub fn received(subject: impl Into<Cow<'static, str>>) -> Self {
-        Subject(SubjectText::Shared(match subject.into() {
+        Subject(match subject.into() {
             Cow::Borrowed(s) => Arc::from(s),
             Cow::Owned(s) => Arc::from(s),
-        }))
+        })
     }
 
-    /// [`received`](Self::received) from the NATS client, keeping its text
-    /// where it is.
+    /// [`received`](Self::received) from the NATS client, copied once
+    /// (a subject stays the size of a pointer: messages move often).
     #[cfg(feature = "nats")]
     pub(crate) fn received_nats(subject: async_nats::Subject) -> Self {
-        Subject(SubjectText::Nats(subject))
+        Subject(Arc::from(subject.as_str()))
     }
 
     /// The subject as text.
     pub fn as_str(&self) -> &str {
-        match &self.0 {
-            SubjectText::Shared(s) => s,
-            #[cfg(feature = "nats")]
-            SubjectText::Nats(s) => s.as_str(),
-        }
+        &self.0
     }
 
     /// The subject's tokens.
     pub fn tokens(&self) -> impl Iterator<Item = &str> {
         self.as_str().split('.')
-    }
-}
-
-impl PartialEq for Subject {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-impl Eq for Subject {}
-impl std::hash::Hash for Subject {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
-    }
-}
-impl PartialOrd for Subject {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Subject {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
     }
 }
 
