@@ -37,7 +37,7 @@ impl Subject {
         if out.is_empty() {
             return Err(Error::invalid("a subject needs at least one token"));
         }
-        Ok(Subject(out.into()))
+        Ok(Subject::from_valid(out))
     }
 
     /// Parses a dotted subject, validating every token.
@@ -59,6 +59,13 @@ impl Subject {
         })
     }
 
+    /// [`received`](Self::received) from the NATS client, copied once
+    /// (a subject stays the size of a pointer: messages move often).
+    #[cfg(feature = "nats")]
+    pub(crate) fn received_nats(subject: async_nats::Subject) -> Self {
+        Subject(Arc::from(subject.as_str()))
+    }
+
     /// The subject as text.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -66,18 +73,18 @@ impl Subject {
 
     /// The subject's tokens.
     pub fn tokens(&self) -> impl Iterator<Item = &str> {
-        self.0.split('.')
+        self.as_str().split('.')
     }
 }
 
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 impl fmt::Debug for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -162,13 +169,117 @@ impl fmt::Debug for SubjectPattern {
 /// Every value that goes in has been checked: names are visible ASCII
 /// without `:`, values contain no CR, LF or NUL. So a header can never split
 /// a NATS protocol line, whatever the user data.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(Cow<'static, str>, Cow<'static, str>)>);
+#[derive(Clone)]
+pub struct Headers(HeaderList);
+
+/// Where the headers live: a list of our own, or the map the NATS client
+/// parsed a received message's headers into, read in place (every name
+/// and value in it checked, one name possibly left out). The map becomes a
+/// list when it is changed.
+#[derive(Clone)]
+enum HeaderList {
+    Owned(Vec<(Cow<'static, str>, Cow<'static, str>)>),
+    #[cfg(feature = "nats")]
+    /// Boxed: a message moves often, and the map is twice a list's size.
+    Received(Box<Received>),
+}
+
+#[cfg(feature = "nats")]
+#[derive(Clone)]
+struct Received {
+    map: async_nats::HeaderMap,
+    /// A header name (compared case-insensitively) not among these headers.
+    hidden: Option<&'static str>,
+    /// How many values there are, less the hidden ones.
+    len: usize,
+}
+
+#[cfg(feature = "nats")]
+impl Received {
+    fn iter(&self) -> ReceivedIter<'_> {
+        ReceivedIter {
+            entries: self.map.iter(),
+            values: None,
+            hidden: self.hidden,
+        }
+    }
+
+    /// As `iter().find(..)`, in one plain loop (every typed receive asks).
+    fn get(&self, wanted: &str) -> Option<&str> {
+        for (name, values) in self.map.iter() {
+            let name: &str = name.as_ref();
+            if !name.eq_ignore_ascii_case(wanted)
+                || self.hidden.is_some_and(|h| name.eq_ignore_ascii_case(h))
+            {
+                continue;
+            }
+            if let Some(value) = values.first() {
+                return Some(value.as_str());
+            }
+        }
+        None
+    }
+}
+
+/// The headers of a received map, in its order, without the hidden ones.
+#[cfg(feature = "nats")]
+struct ReceivedIter<'a> {
+    entries:
+        std::collections::hash_map::Iter<'a, async_nats::HeaderName, Vec<async_nats::HeaderValue>>,
+    /// The entry being read: its name and the values left.
+    values: Option<(&'a str, std::slice::Iter<'a, async_nats::HeaderValue>)>,
+    hidden: Option<&'static str>,
+}
+
+#[cfg(feature = "nats")]
+impl<'a> Iterator for ReceivedIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((name, values)) = &mut self.values {
+                if let Some(value) = values.next() {
+                    return Some((name, value.as_str()));
+                }
+            }
+            let (name, values) = self.entries.next()?;
+            let name: &str = name.as_ref();
+            if !self.hidden.is_some_and(|h| name.eq_ignore_ascii_case(h)) {
+                self.values = Some((name, values.iter()));
+            }
+        }
+    }
+}
+
+/// The iterator of [`Headers::iter`].
+enum HeadersIter<'a> {
+    Owned(std::slice::Iter<'a, (Cow<'static, str>, Cow<'static, str>)>),
+    #[cfg(feature = "nats")]
+    Received(ReceivedIter<'a>),
+}
+
+impl<'a> Iterator for HeadersIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            HeadersIter::Owned(list) => list.next().map(|(n, v)| (n.as_ref(), v.as_ref())),
+            #[cfg(feature = "nats")]
+            HeadersIter::Received(received) => received.next(),
+        }
+    }
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Headers::new()
+    }
+}
 
 impl Headers {
     /// No headers.
     pub const fn new() -> Self {
-        Headers(Vec::new())
+        Headers(HeaderList::Owned(Vec::new()))
     }
 
     /// Room for `n` headers, reserved up front for at most
@@ -176,12 +287,64 @@ impl Headers {
     /// grows). A larger reservation would only risk an allocation failure
     /// (`usize::MAX` panics), for headers no message carries.
     pub fn with_capacity(n: usize) -> Self {
-        Headers(Vec::with_capacity(n.min(Self::MAX_RESERVED)))
+        Headers(HeaderList::Owned(Vec::with_capacity(
+            n.min(Self::MAX_RESERVED),
+        )))
     }
 
     /// The most headers [`with_capacity`](Self::with_capacity) reserves
     /// room for.
     pub const MAX_RESERVED: usize = 1024;
+
+    /// Headers the NATS client received, read in place, without the ones
+    /// called `hidden`, and the first value of those; the map back when
+    /// some name or value is not one [`Headers`] accepts as it is.
+    #[cfg(feature = "nats")]
+    pub(crate) fn received(
+        map: async_nats::HeaderMap,
+        hidden: Option<&'static str>,
+    ) -> std::result::Result<(Self, Option<String>), async_nats::HeaderMap> {
+        let mut len = 0;
+        let mut hidden_value = None;
+        for (name, values) in map.iter() {
+            let name: &str = name.as_ref();
+            if !is_header_name(name) || values.iter().any(|v| !is_header_value_fast(v.as_str())) {
+                return Err(map);
+            }
+            if hidden.is_some_and(|h| name.eq_ignore_ascii_case(h)) {
+                if hidden_value.is_none() {
+                    hidden_value = values.first().map(|v| v.as_str().to_owned());
+                }
+            } else {
+                len += values.len();
+            }
+        }
+        Ok((
+            Headers(HeaderList::Received(Box::new(Received {
+                map,
+                hidden,
+                len,
+            }))),
+            hidden_value,
+        ))
+    }
+
+    /// The list, made from the received map first if need be.
+    fn owned(&mut self) -> &mut Vec<(Cow<'static, str>, Cow<'static, str>)> {
+        #[cfg(feature = "nats")]
+        if let HeaderList::Received(received) = &self.0 {
+            let list = received
+                .iter()
+                .map(|(n, v)| (Cow::Owned(n.to_owned()), Cow::Owned(v.to_owned())))
+                .collect();
+            self.0 = HeaderList::Owned(list);
+        }
+        match &mut self.0 {
+            HeaderList::Owned(list) => list,
+            #[cfg(feature = "nats")]
+            HeaderList::Received(_) => unreachable!("made a list just above"),
+        }
+    }
 
     /// Appends a header after checking name and value.
     pub fn append(
@@ -193,7 +356,7 @@ impl Headers {
         let value = value.into();
         check_header_name(&name)?;
         check_header_value(&name, &value)?;
-        self.0.push((name, value));
+        self.owned().push((name, value));
         Ok(())
     }
 
@@ -220,20 +383,24 @@ impl Headers {
         debug_assert!(
             check_header_name(&name).is_ok() && check_header_value(&name, &value).is_ok()
         );
-        self.0.push((name, value));
+        self.owned().push((name, value));
     }
 
     /// The first value of `name`, compared case-insensitively.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_ref())
+        match &self.0 {
+            HeaderList::Owned(list) => list
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_ref()),
+            #[cfg(feature = "nats")]
+            HeaderList::Received(received) => received.get(name),
+        }
     }
 
     /// Removes every header called `name`.
     pub fn remove(&mut self, name: &str) {
-        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.owned().retain(|(n, _)| !n.eq_ignore_ascii_case(name));
     }
 
     /// All headers in order, names and values as stored (the names the
@@ -245,34 +412,56 @@ impl Headers {
 
     /// All headers in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
+        match &self.0 {
+            HeaderList::Owned(list) => HeadersIter::Owned(list.iter()),
+            #[cfg(feature = "nats")]
+            HeaderList::Received(received) => HeadersIter::Received(received.iter()),
+        }
     }
 
     /// How many headers there are.
     pub fn len(&self) -> usize {
-        self.0.len()
+        match &self.0 {
+            HeaderList::Owned(list) => list.len(),
+            #[cfg(feature = "nats")]
+            HeaderList::Received(received) => received.len,
+        }
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 
     /// The bytes these headers take on the NATS wire (`NATS/1.0\r\n`, one
     /// `name: value\r\n` line each, the closing `\r\n`), which count against
     /// the server's payload limit.
     pub fn wire_len(&self) -> usize {
-        if self.0.is_empty() {
+        if self.is_empty() {
             return 0;
         }
+        if let HeaderList::Owned(list) = &self.0 {
+            return 10
+                + list
+                    .iter()
+                    .map(|(n, v)| n.len() + v.len() + 4)
+                    .sum::<usize>()
+                + 2;
+        }
         10 + self
-            .0
             .iter()
             .map(|(n, v)| n.len() + v.len() + 4)
             .sum::<usize>()
             + 2
     }
 }
+
+impl PartialEq for Headers {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+impl Eq for Headers {}
 
 impl fmt::Debug for Headers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -295,8 +484,39 @@ fn check_header_name(name: &str) -> Result<()> {
     }
 }
 
+/// [`is_header_value`] eight bytes at a time (the values of every received
+/// message are checked).
+#[cfg(feature = "nats")]
+fn is_header_value_fast(value: &str) -> bool {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    // Whether some byte of `x` is zero.
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS != 0;
+    let mut chunks = value.as_bytes().chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        if zero_byte(x)
+            | zero_byte(x ^ (ONES * u64::from(b'\r')))
+            | zero_byte(x ^ (ONES * u64::from(b'\n')))
+        {
+            return false;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .all(|b| !matches!(b, b'\r' | b'\n' | 0))
+}
+
+/// Whether `value` is a header value [`Headers`] accepts.
+fn is_header_value(value: &str) -> bool {
+    !value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0))
+}
+
 fn check_header_value(name: &str, value: &str) -> Result<()> {
-    if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+    if !is_header_value(value) {
         Err(Error::invalid(format!(
             "header {name:?}: value must not contain CR, LF or NUL"
         )))
@@ -437,6 +657,53 @@ mod tests {
         h.insert("CONTENT-TYPE", "b").unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h.get("Content-Type"), Some("b"));
+    }
+
+    #[cfg(feature = "nats")]
+    #[test]
+    fn the_word_wise_value_check_agrees_with_the_plain_one() {
+        for b in 0..0x80u8 {
+            for len in 1..20 {
+                for at in 0..len {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = b;
+                    let text = String::from_utf8(bytes).unwrap();
+                    assert_eq!(
+                        is_header_value_fast(&text),
+                        is_header_value(&text),
+                        "{b} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(is_header_value_fast(""));
+        assert!(is_header_value_fast("\u{e9}\u{80}\u{ff}\u{100}\u{2028}x"));
+    }
+
+    #[test]
+    fn received_subjects_compare_by_text() {
+        let ours = s("a.b");
+        let received = Subject::received("a.b");
+        assert_eq!(ours, received);
+        #[cfg(feature = "nats")]
+        {
+            let nats = Subject::received_nats(async_nats::Subject::from_static("a.b"));
+            assert_eq!(nats, ours);
+            assert_eq!(nats.as_str(), "a.b");
+            assert_eq!(format!("{nats:?}"), format!("{ours:?}"));
+            use std::hash::BuildHasher;
+            let state = std::collections::hash_map::RandomState::new();
+            assert_eq!(state.hash_one(&nats), state.hash_one(&ours));
+            assert!(nats < s("a.c"));
+        }
+    }
+
+    #[test]
+    fn headers_take_no_more_room_in_a_message_than_a_list() {
+        assert_eq!(
+            std::mem::size_of::<Headers>(),
+            std::mem::size_of::<Vec<(Cow<'static, str>, Cow<'static, str>)>>()
+        );
     }
 
     #[test]

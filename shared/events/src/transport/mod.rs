@@ -11,6 +11,8 @@ mod capabilities;
 pub(crate) mod idempotency;
 mod message;
 pub(crate) mod percent;
+#[cfg(feature = "jetstream")]
+pub(crate) mod reply;
 
 use std::fmt;
 use std::future::Future;
@@ -359,12 +361,39 @@ pub trait Acker: Send + Sync + fmt::Debug + 'static {
 pub struct Delivery {
     message: Option<Message>,
     info: DeliveryInfo,
-    acker: Option<Box<dyn Acker>>,
+    settle: Settle,
     /// When the backend's ack wait last (re)started for it, where that was
     /// before it was handed over (a delivery kept alive in a buffer).
     /// Read by the consumer runtime's keep-alive.
     #[cfg_attr(not(feature = "runtime"), allow(dead_code))]
     ack_wait_since: Option<std::time::Instant>,
+}
+
+/// How a delivery is settled.
+enum Settle {
+    /// Not at all: the backend has no acknowledgements, or it was settled.
+    Nothing,
+    /// Through a backend's [`Acker`].
+    Acker(Box<dyn Acker>),
+    /// By a publish to the reply subject, held in place: settling it
+    /// allocates neither an acker nor a future.
+    #[cfg(feature = "jetstream")]
+    Reply(reply::ReplyAcker),
+}
+
+impl Settle {
+    fn take(&mut self) -> Settle {
+        std::mem::replace(self, Settle::Nothing)
+    }
+}
+
+/// The error of handing a message back on a transport without
+/// acknowledgements.
+fn cannot_redeliver() -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        "this transport has no acknowledgements, so it cannot redeliver",
+    )
 }
 
 impl Delivery {
@@ -373,7 +402,22 @@ impl Delivery {
         Delivery {
             message: Some(message),
             info,
-            acker: Some(acker),
+            settle: Settle::Acker(acker),
+            ack_wait_since: None,
+        }
+    }
+
+    /// A delivery settled by a publish to its reply subject.
+    #[cfg(feature = "jetstream")]
+    pub(crate) fn settled_by_reply(
+        message: Message,
+        info: DeliveryInfo,
+        acker: reply::ReplyAcker,
+    ) -> Self {
+        Delivery {
+            message: Some(message),
+            info,
+            settle: Settle::Reply(acker),
             ack_wait_since: None,
         }
     }
@@ -383,7 +427,7 @@ impl Delivery {
         Delivery {
             message: Some(message),
             info,
-            acker: None,
+            settle: Settle::Nothing,
             ack_wait_since: None,
         }
     }
@@ -419,7 +463,7 @@ impl Delivery {
 
     /// Whether this delivery must be settled (the backend has acks).
     pub fn needs_ack(&self) -> bool {
-        self.acker.is_some()
+        !matches!(self.settle, Settle::Nothing)
     }
 
     /// Marks the message handled.
@@ -429,9 +473,11 @@ impl Delivery {
         // future in every handling.
         let mut delivery = self;
         async move {
-            match delivery.acker.take() {
-                Some(acker) => acker.ack().await,
-                None => Ok(()),
+            match delivery.settle.take() {
+                Settle::Nothing => Ok(()),
+                Settle::Acker(acker) => acker.ack().await,
+                #[cfg(feature = "jetstream")]
+                Settle::Reply(acker) => acker.ack().await,
             }
         }
     }
@@ -443,7 +489,12 @@ impl Delivery {
     /// redelivers after its ack wait, or never on memory), so poll it.
     #[cfg(feature = "runtime")]
     pub(crate) fn into_ack(mut self) -> Option<BoxFuture<'static, Result<()>>> {
-        self.acker.take().map(|acker| acker.ack())
+        match self.settle.take() {
+            Settle::Nothing => None,
+            Settle::Acker(acker) => Some(acker.ack()),
+            #[cfg(feature = "jetstream")]
+            Settle::Reply(acker) => Some(Box::pin(acker.ack())),
+        }
     }
 
     /// Asks for the message again, after `delay` if given.
@@ -451,30 +502,21 @@ impl Delivery {
         self,
         delay: Option<Duration>,
     ) -> impl Future<Output = Result<()>> + Send + 'static {
-        self.hand_back(move |acker, message| acker.nack(message, delay))
-    }
-
-    /// Hands the message back to the broker through `send`; `Unsupported`
-    /// on a transport without acknowledgements. Not an `async fn`: that
-    /// would keep the delivery twice in its future (argument and local).
-    fn hand_back(
-        self,
-        send: impl FnOnce(Box<dyn Acker>, Message) -> BoxFuture<'static, Result<()>> + Send + 'static,
-    ) -> impl Future<Output = Result<()>> + Send + 'static {
+        // Not an `async fn`: that would keep the delivery twice in its
+        // future (argument and local).
         let mut delivery = self;
         async move {
-            match delivery.acker.take() {
-                Some(acker) => {
+            match delivery.settle.take() {
+                Settle::Nothing => Err(cannot_redeliver()),
+                Settle::Acker(acker) => {
                     let message = delivery
                         .message
                         .take()
                         .expect("message is present until settled");
-                    send(acker, message).await
+                    acker.nack(message, delay).await
                 }
-                None => Err(Error::new(
-                    ErrorKind::Unsupported,
-                    "this transport has no acknowledgements, so it cannot redeliver",
-                )),
+                #[cfg(feature = "jetstream")]
+                Settle::Reply(acker) => acker.nack(delay).await,
             }
         }
     }
@@ -486,32 +528,53 @@ impl Delivery {
     /// [`ErrorKind::Unsupported`] without acknowledgements (the message is
     /// gone: at-most-once).
     pub fn release(self) -> impl Future<Output = Result<()>> + Send + 'static {
-        self.hand_back(|acker, message| acker.release(message))
+        let mut delivery = self;
+        async move {
+            match delivery.settle.take() {
+                Settle::Nothing => Err(cannot_redeliver()),
+                Settle::Acker(acker) => {
+                    let message = delivery
+                        .message
+                        .take()
+                        .expect("message is present until settled");
+                    acker.release(message).await
+                }
+                // Released as `Acker::release` does by default: a nack.
+                #[cfg(feature = "jetstream")]
+                Settle::Reply(acker) => acker.nack(None).await,
+            }
+        }
     }
 
     /// Marks the message as never deliverable again.
     pub fn term(self) -> impl Future<Output = Result<()>> + Send + 'static {
         let mut delivery = self;
         async move {
-            match delivery.acker.take() {
-                Some(acker) => acker.term().await,
-                None => Ok(()),
+            match delivery.settle.take() {
+                Settle::Nothing => Ok(()),
+                Settle::Acker(acker) => acker.term().await,
+                #[cfg(feature = "jetstream")]
+                Settle::Reply(acker) => acker.term().await,
             }
         }
     }
 
     /// Tells the backend that handling goes on (resets its ack wait).
     pub async fn in_progress(&self) -> Result<()> {
-        match &self.acker {
-            Some(acker) => acker.in_progress().await,
-            None => Ok(()),
+        match &self.settle {
+            Settle::Nothing => Ok(()),
+            Settle::Acker(acker) => acker.in_progress().await,
+            #[cfg(feature = "jetstream")]
+            Settle::Reply(acker) => acker.in_progress().await,
         }
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        if let (Some(acker), Some(message)) = (self.acker.take(), self.message.take()) {
+        // One settled by reply, dropped unsettled, is redelivered after the
+        // ack wait, as the default `Acker::abandon` leaves it.
+        if let (Settle::Acker(acker), Some(message)) = (self.settle.take(), self.message.take()) {
             acker.abandon(message);
         }
     }
@@ -522,7 +585,7 @@ impl fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("message", &self.message)
             .field("info", &self.info)
-            .field("needs_ack", &self.acker.is_some())
+            .field("needs_ack", &self.needs_ack())
             .finish()
     }
 }

@@ -77,9 +77,10 @@ pub use idempotency::KvIdempotencyStore;
 
 use crate::backend::nats::{self as core, ConnectionState, Deadline, NatsStatus, Tracker};
 use crate::error::{Error, ErrorKind, Result};
+use crate::transport::reply::{ReplyAcker, ReplySettle, SendSettlement};
 use crate::transport::{
-    Acker, Capabilities, Delivery, DeliveryInfo, Headers, Message, Subject, SubscribeOptions,
-    Subscription, Transport,
+    Capabilities, Delivery, DeliveryInfo, Message, Subject, SubscribeOptions, Subscription,
+    Transport,
 };
 
 /// The header JetStream deduplicates on.
@@ -2259,19 +2260,36 @@ impl Puller {
                     }
                 }
             };
-            let next = tokio::select! {
-                next = batch.next() => next,
-                () = reconnected(&mut self.state) => {
-                    // A pull request lives on the server that took it: after
-                    // a reconnect (a restarted server forgot it) waiting for
-                    // its expiry would stall the subscription. Pull again.
-                    tracing::debug!(consumer = %self.consumer.cached_info().name, "reconnected; pulling again");
-                    self.current = None;
-                    continue;
+            // What an unpinned pull has already received is taken at once,
+            // without setting up the waits for a reconnect or a stop: a stop
+            // is seen above, a reconnect once the pull has to wait.
+            let ready = match batch {
+                Pull::Batch(batch) if self.pinned.is_none() => {
+                    std::future::poll_fn(|cx| Poll::Ready(batch.poll_next_unpin(cx))).await
                 }
-                () = self.stop.notify.notified() => continue,
+                _ => Poll::Pending,
+            };
+            let next = match ready {
+                Poll::Ready(next) => next.map(|r| r.map_err(|e| e.to_string())),
+                Poll::Pending => tokio::select! {
+                    next = batch.next() => next,
+                    () = reconnected(&mut self.state) => {
+                        // A pull request lives on the server that took it:
+                        // after a reconnect (a restarted server forgot it)
+                        // waiting for its expiry would stall the
+                        // subscription. Pull again.
+                        tracing::debug!(consumer = %self.consumer.cached_info().name, "reconnected; pulling again");
+                        self.current = None;
+                        continue;
+                    }
+                    () = self.stop.notify.notified() => continue,
+                },
             };
             match next {
+                Some(Ok(message)) if self.pinned.is_none() => {
+                    self.in_current += 1;
+                    return Some(self.delivery(message));
+                }
                 Some(Ok(message)) => {
                     self.in_current += 1;
                     if let Some(message) = self.catch_up(Some(message)).await {
@@ -2558,112 +2576,194 @@ fn to_delivery(
     inner: &Arc<Inner>,
     outstanding: Option<partition::Outstanding>,
 ) -> Result<Delivery> {
-    let info = message.info().map_err(|e| {
-        Error::decode("a jetstream message without a valid reply subject").with_source(e)
-    })?;
+    // The message's context (a copy of the client's) is not needed: the
+    // acker publishes through the transport's client.
+    let message = message.message;
+    let Some((reply, info)) = message
+        .reply
+        .and_then(|reply| ack_info(reply.as_str()).map(|info| (reply, info)))
+    else {
+        return Err(Error::decode(
+            "a jetstream message without a valid reply subject",
+        ));
+    };
     let delivery_info = DeliveryInfo {
         attempt: u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1),
         stream_sequence: Some(info.stream_sequence),
         consumer_sequence: Some(info.consumer_sequence),
         ack_wait: Some(ack_wait),
     };
-    let (message, acker) = message.split();
-    let mut headers: Headers = core::from_nats_headers(message.headers.as_ref())?;
-    let dedup_id = headers.get(MSG_ID).map(str::to_owned);
-    headers.remove(MSG_ID);
-    let subject = match &inner.partitioning {
-        Some(partitioning) => partitioning
-            .published_subject(message.subject.as_str())
-            .unwrap_or_else(|| message.subject.to_string()),
-        None => message.subject.to_string(),
+    let (headers, dedup_id) = core::received_headers(message.headers, Some(MSG_ID))?;
+    let subject = match inner
+        .partitioning
+        .as_ref()
+        .and_then(|partitioning| partitioning.published_subject(message.subject.as_str()))
+    {
+        Some(published) => Subject::received(published),
+        None => Subject::received_nats(message.subject),
     };
     let message = Message {
-        subject: Subject::received(subject),
+        subject,
         headers,
         payload: message.payload,
         dedup_id,
     };
-    Ok(Delivery::new(
+    let backend: Arc<dyn ReplySettle> = inner.clone();
+    let guard = outstanding.map(|o| Box::new(o) as Box<dyn std::any::Any + Send + Sync>);
+    Ok(Delivery::settled_by_reply(
         message,
         delivery_info,
-        Box::new(JetStreamAcker {
-            acker,
-            inner: inner.clone(),
-            _outstanding: outstanding,
-        }),
+        ReplyAcker::new(reply, backend, guard),
     ))
 }
 
-/// Settles one JetStream delivery through its reply subject.
-struct JetStreamAcker {
-    acker: jetstream::message::Acker,
-    inner: Arc<Inner>,
-    /// For a partition: counted until settled (this acker dropped, after
-    /// its settlement was sent).
-    _outstanding: Option<partition::Outstanding>,
+/// What a JetStream delivery's reply subject tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AckInfo {
+    delivered: u64,
+    stream_sequence: u64,
+    consumer_sequence: u64,
 }
 
-impl fmt::Debug for JetStreamAcker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JetStreamAcker").finish_non_exhaustive()
-    }
-}
-
-impl JetStreamAcker {
-    async fn send(&self, kind: jetstream::AckKind) -> Result<()> {
-        // An ack is a publish: while disconnected it would wait for room in
-        // the client's buffer without bound. Bounded like a publish (no
-        // timer for one that completes at once).
-        let limit = self.inner.config.connection.get_publish_timeout();
-        match self
-            .inner
-            .tracker
-            .bounded_send(self.acker.ack_with(kind), limit)
-            .await
-        {
-            Some(Ok(())) => {
-                self.inner.acks_sent.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+/// Reads a JetStream ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.
+/// <stream seq>.<consumer seq>.<timestamp>.<pending>`, or the form with a
+/// domain and account hash before the stream and any tokens after the
+/// pending count (ADR-15). `None` when it is neither, or a number does not
+/// parse (the timestamp as `i64` nanoseconds).
+fn ack_info(reply: &str) -> Option<AckInfo> {
+    let rest = reply.strip_prefix("$JS.ACK.")?;
+    let mut tokens = rest.split('.');
+    let mut numbers: [&str; 9] = [""; 9];
+    let mut count = 0;
+    for slot in &mut numbers {
+        match tokens.next() {
+            Some(token) => {
+                *slot = token;
+                count += 1;
             }
-            Some(Err(e)) => Err(
-                Error::new(ErrorKind::Backend, format!("sending {kind:?} failed")).with_source(e),
-            ),
-            None => Err(Error::new(
-                ErrorKind::Unavailable,
-                format!("sending {kind:?} gave up after {limit:?}: the nats server is unreachable"),
-            )),
+            None => break,
         }
     }
+    let numbers = match count {
+        7 => &numbers[2..7],
+        9 => &numbers[4..9],
+        _ => return None,
+    };
+    let delivered = ack_number(numbers[0])?;
+    let stream_sequence = ack_number(numbers[1])?;
+    let consumer_sequence = ack_number(numbers[2])?;
+    let timestamp = numbers[3];
+    let plain = !timestamp.is_empty()
+        && timestamp.len() <= 18
+        && timestamp.bytes().all(|b| b.is_ascii_digit());
+    if !plain {
+        timestamp.parse::<i64>().ok()?;
+    }
+    ack_number(numbers[4])?;
+    Some(AckInfo {
+        delivered,
+        stream_sequence,
+        consumer_sequence,
+    })
 }
 
-impl Acker for JetStreamAcker {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move { self.send(jetstream::AckKind::Ack).await })
+/// A count or sequence of an ack subject, as `u64::from_str` reads it; the
+/// common form (up to 19 digits, which cannot overflow) without its
+/// per-digit overflow checks.
+fn ack_number(token: &str) -> Option<u64> {
+    let digits = token.as_bytes();
+    if !digits.is_empty() && digits.len() <= 19 && digits.iter().all(u8::is_ascii_digit) {
+        return Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')));
+    }
+    token.parse().ok()
+}
+
+/// JetStream settles a delivery by a publish to its reply subject.
+impl ReplySettle for Inner {
+    fn client(&self) -> &async_nats::Client {
+        &self.client
     }
 
-    fn nack(
-        self: Box<Self>,
-        _message: Message,
-        delay: Option<Duration>,
-    ) -> BoxFuture<'static, Result<()>> {
+    fn limit(&self) -> Duration {
+        self.config.connection.get_publish_timeout()
+    }
+
+    fn poll_send(
+        &self,
+        mut send: SendSettlement<'_>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<std::result::Result<(), async_nats::PublishError>>> {
+        self.tracker.poll_send(std::pin::Pin::new(&mut send), cx)
+    }
+
+    fn sent(&self) {
+        self.acks_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn nak_delay(&self, delay: Duration) -> Duration {
         // A delay beyond the server's i64 nanoseconds would reach it as a
         // number it cannot read, and it would redeliver at once.
-        let delay = delay.filter(|d| !d.is_zero()).map(config::server_duration);
-        Box::pin(async move { self.send(jetstream::AckKind::Nak(delay)).await })
-    }
-
-    fn term(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
-        Box::pin(async move { self.send(jetstream::AckKind::Term).await })
-    }
-
-    fn in_progress(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move { self.send(jetstream::AckKind::Progress).await })
+        config::server_duration(delay)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ack_subjects_of_both_forms_are_read() {
+        let info = |delivered, stream_sequence, consumer_sequence| AckInfo {
+            delivered,
+            stream_sequence,
+            consumer_sequence,
+        };
+        let now = "1700000000000000000";
+        assert_eq!(
+            ack_info(&format!("$JS.ACK.S.C.2.10.7.{now}.3")),
+            Some(info(2, 10, 7))
+        );
+        assert_eq!(
+            ack_info(&format!("$JS.ACK.dom.hash.S.C.1.5.4.{now}.0")),
+            Some(info(1, 5, 4))
+        );
+        assert_eq!(
+            ack_info(&format!("$JS.ACK.dom.hash.S.C.1.5.4.{now}.0.tok.more")),
+            Some(info(1, 5, 4))
+        );
+        for bad in [
+            "",
+            "$JS.ACK.",
+            "_INBOX.x.y",
+            "$JS.ACK.S.C.2.10.7",
+            "$JS.ACK.S.C.x.10.7.1.3",
+            "$JS.ACK.S.C.2.10.7.1.-3",
+            "$JS.ACK.S.C.2.10.7.99999999999999999999.3",
+            "$JS.ACK.d.h.S.C.2.10.7.1",
+            "$JS.ACK.S.C.2.10.7.9223372036854775808.3",
+            "$JS.ACK.S.C.2.10.7..3",
+        ] {
+            assert_eq!(ack_info(bad), None, "{bad}");
+        }
+        // Numbers as `from_str` reads them, up to the type's bounds.
+        for token in [
+            "0",
+            "7",
+            "+7",
+            "18446744073709551615",
+            "18446744073709551616",
+            "",
+            "-1",
+            "1a",
+            "0009",
+        ] {
+            assert_eq!(ack_number(token), token.parse::<u64>().ok(), "{token}");
+        }
+        assert_eq!(
+            ack_info("$JS.ACK.S.C.1.2.3.-9223372036854775808.0"),
+            Some(info(1, 2, 3))
+        );
+    }
 
     #[test]
     fn server_versions_parse_with_suffixes() {

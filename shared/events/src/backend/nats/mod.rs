@@ -279,9 +279,9 @@ impl Transport for NatsTransport {
             round_trip(&inner.client, inner.config.get_publish_timeout()).await?;
             tracing::debug!(pattern = %options.get_pattern(), group = ?options.get_queue_group(), "nats subscription opened");
             let stream = subscriber.map(|m| {
-                let headers = from_nats_headers(m.headers.as_ref())?;
+                let (headers, _) = received_headers(m.headers, None)?;
                 let message = Message {
-                    subject: Subject::received(m.subject.to_string()),
+                    subject: Subject::received_nats(m.subject),
                     headers,
                     payload: m.payload,
                     dedup_id: None,
@@ -730,6 +730,31 @@ pub fn __fuzz_from_nats_headers(headers: Option<&async_nats::HeaderMap>) -> Resu
     from_nats_headers(headers)
 }
 
+/// Received headers in our form, as [`from_nats_headers`] makes them, but
+/// read in place when every name and value is valid as it is (the common
+/// case); without the headers called `hidden`, whose first value comes
+/// back beside them.
+pub(crate) fn received_headers(
+    headers: Option<async_nats::HeaderMap>,
+    hidden: Option<&'static str>,
+) -> Result<(Headers, Option<String>)> {
+    let Some(map) = headers else {
+        return Ok((Headers::new(), None));
+    };
+    match Headers::received(map, hidden) {
+        Ok(received) => Ok(received),
+        Err(map) => {
+            let mut headers = from_nats_headers(Some(&map))?;
+            let value = hidden.and_then(|name| {
+                let value = headers.get(name).map(str::to_owned);
+                headers.remove(name);
+                value
+            });
+            Ok((headers, value))
+        }
+    }
+}
+
 /// Received headers in our form. Every value is checked again: a broker is
 /// not trusted to uphold our invariants.
 pub(crate) fn from_nats_headers(headers: Option<&async_nats::HeaderMap>) -> Result<Headers> {
@@ -801,6 +826,52 @@ mod tests {
         raw.append("ce-id", "7");
         let kept = from_nats_headers(Some(&raw)).unwrap();
         assert_eq!(kept.iter().collect::<Vec<_>>(), [("ce-id", "7")]);
+    }
+
+    #[test]
+    fn received_headers_read_in_place_equal_the_converted_ones() {
+        let maps: Vec<Vec<(&str, &str)>> = vec![
+            vec![],
+            vec![("Content-Type", "application/cloudevents+json")],
+            vec![
+                ("ce-id", "1"),
+                ("Nats-Msg-Id", "m-1"),
+                ("x-multi", "a"),
+                ("x-multi", "b"),
+            ],
+            vec![("nats-msg-id", "m-2"), ("NATS-MSG-ID", "m-3")],
+            // Not valid as they are: converted (dropped, percent-encoded).
+            vec![("", "empty"), ("ce-id", "7")],
+            vec![("x-nul", "a\0b"), ("Nats-Msg-Id", "m\0")],
+        ];
+        for pairs in maps {
+            let mut map = async_nats::HeaderMap::new();
+            for (name, value) in &pairs {
+                map.append(*name, *value);
+            }
+            for hidden in [None, Some("Nats-Msg-Id")] {
+                let mut expected = from_nats_headers(Some(&map)).unwrap();
+                let expected_value = hidden.and_then(|h| expected.get(h).map(str::to_owned));
+                if let Some(h) = hidden {
+                    expected.remove(h);
+                }
+                let (headers, value) = received_headers(Some(map.clone()), hidden).unwrap();
+                assert_eq!(headers, expected, "{pairs:?} without {hidden:?}");
+                assert_eq!(headers.len(), expected.len());
+                assert_eq!(headers.wire_len(), expected.wire_len());
+                assert_eq!(value, expected_value, "{pairs:?} without {hidden:?}");
+                for (name, _) in &pairs {
+                    let upper = name.to_ascii_uppercase();
+                    assert_eq!(headers.get(&upper), expected.get(&upper), "{name}");
+                }
+                // Changed, a received map becomes a list with the change.
+                let mut changed = headers.clone();
+                changed.append("x-added", "1").unwrap();
+                expected.append("x-added", "1").unwrap();
+                assert_eq!(changed, expected);
+            }
+        }
+        assert_eq!(received_headers(None, None).unwrap().0, Headers::new());
     }
 
     fn _transport_is_object_safe(t: NatsTransport) -> Arc<dyn Transport> {
