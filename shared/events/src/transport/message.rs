@@ -404,10 +404,15 @@ impl Headers {
     }
 
     /// All headers in order, names and values as stored (the names the
-    /// crate writes are borrowed `'static` text).
+    /// crate writes are borrowed `'static` text); `None` for headers read
+    /// in place from a received message.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
-    pub(crate) fn entries(&self) -> &[(Cow<'static, str>, Cow<'static, str>)] {
-        &self.0
+    pub(crate) fn entries(&self) -> Option<&[(Cow<'static, str>, Cow<'static, str>)]> {
+        match &self.0 {
+            HeaderList::Owned(list) => Some(list),
+            #[cfg(feature = "nats")]
+            HeaderList::Received(_) => None,
+        }
     }
 
     /// All headers in order.

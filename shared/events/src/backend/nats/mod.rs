@@ -695,8 +695,26 @@ pub(crate) fn add_nats_headers(
     headers: &Headers,
     skip: impl Fn(&str) -> bool,
 ) -> Result<usize> {
-    let entries = headers.entries();
     let mut wire = 0;
+    let Some(entries) = headers.entries() else {
+        // Received headers sent on (a dead letter, a replay): every name
+        // checked by async-nats's constructor too.
+        for (name, value) in headers.iter() {
+            if skip(name) {
+                continue;
+            }
+            let n = async_nats::HeaderName::try_from(name).map_err(|e| {
+                Error::invalid(format!("header name {name:?} is not valid for nats")).with_source(e)
+            })?;
+            let v = async_nats::HeaderValue::try_from(value).map_err(|e| {
+                Error::invalid(format!("header {name:?} has a value not valid for nats"))
+                    .with_source(e)
+            })?;
+            wire += name.len() + value.len() + 4;
+            map.append(n, v);
+        }
+        return Ok(wire);
+    };
     for (i, (name, value)) in entries.iter().enumerate() {
         if skip(name) {
             continue;
