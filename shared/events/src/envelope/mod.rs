@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 pub use id::new_event_id;
 #[cfg(feature = "runtime")]
-pub(crate) use metadata::{Cause, Received};
+pub(crate) use metadata::Cause;
+pub(crate) use metadata::Received;
 pub use metadata::{EventMetadata, ExtensionValue, Extensions, TraceContext, JSON_CONTENT_TYPE};
 pub use payload::EventPayload;
 pub(crate) use validate::{is_attribute_name, parse_version_token, validate_non_empty};
