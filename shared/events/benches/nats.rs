@@ -26,6 +26,9 @@
 
 #![allow(missing_docs)]
 
+#[path = "support/callgrind.rs"]
+mod callgrind;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::process::Command;
@@ -242,6 +245,28 @@ async fn hand_js_publish(js: &jetstream::Context, p: &Payload, n: usize) {
     }
 }
 
+/// A hand-written durable pull consumer of the bench's subject, and its
+/// message stream (async-nats's defaults).
+async fn hand_messages(
+    js: &jetstream::Context,
+    durable: &str,
+) -> jetstream::consumer::pull::Stream {
+    js.get_stream(STREAM)
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some(durable.into()),
+            filter_subject: SUBJECT.into(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .messages()
+        .await
+        .unwrap()
+}
+
 /// First and last event seen, for windows that start at the first event
 /// handled (the runtime row), on both sides.
 #[derive(Clone, Default)]
@@ -406,19 +431,7 @@ async fn prepare(server: &NatsServer, key: &str, side: Side, p: &Payload, n: usi
         ("js-consume", Side::Hand) => {
             let js = fresh_stream(server).await;
             hand_js_publish(&js, &p, n).await;
-            let consumer = js
-                .get_stream(STREAM)
-                .await
-                .unwrap()
-                .create_consumer(jetstream::consumer::pull::Config {
-                    durable_name: Some("hand".into()),
-                    filter_subject: SUBJECT.into(),
-                    ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            let mut messages = consumer.messages().await.unwrap();
+            let mut messages = hand_messages(&js, "hand").await;
             Round {
                 run: Box::pin(async move {
                     let start = Instant::now();
@@ -466,19 +479,7 @@ async fn prepare(server: &NatsServer, key: &str, side: Side, p: &Payload, n: usi
             let marks = Marks::default();
             Round {
                 run: Box::pin(async move {
-                    let consumer = js
-                        .get_stream(STREAM)
-                        .await
-                        .unwrap()
-                        .create_consumer(jetstream::consumer::pull::Config {
-                            durable_name: Some("runtime_bench_payload_hand0000".into()),
-                            filter_subject: SUBJECT.into(),
-                            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                            ..Default::default()
-                        })
-                        .await
-                        .unwrap();
-                    let mut messages = consumer.messages().await.unwrap();
+                    let mut messages = hand_messages(&js, "runtime_bench_payload_hand0000").await;
                     for _ in 0..n {
                         let m = messages.next().await.unwrap().unwrap();
                         std::hint::black_box(hand_decode(&m.payload));
@@ -559,39 +560,8 @@ fn median(mut xs: Vec<Duration>) -> Duration {
 /// Instructions per event of one side of one row, from a callgrind run of
 /// this binary in `--one` mode; `None` without valgrind.
 fn instructions(key: &str, side: Side, size: usize, n: usize) -> Option<f64> {
-    let dir = std::env::temp_dir().join(format!("events-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).ok()?;
-    let out = dir.join(format!("{key}-{}.callgrind", side.name()));
-    let status = Command::new("valgrind")
-        .args([
-            "--tool=callgrind",
-            "--collect-atstart=no",
-            "--toggle-collect=*measured_window*",
-        ])
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(std::env::current_exe().ok()?)
-        .args(["--one", key, side.name(), &size.to_string(), &n.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .ok()?;
-    if !status.success() {
-        eprintln!("callgrind run of {key} ({}) failed: {status}", side.name());
-        return None;
-    }
-    let text = std::fs::read_to_string(&out).ok()?;
-    let _ = std::fs::remove_dir_all(&dir);
-    let total: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("totals:")
-                .or_else(|| l.strip_prefix("summary:"))
-        })?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(total / n as f64)
+    let (size, count) = (size.to_string(), n.to_string());
+    callgrind::instructions_per_event(&["--one", key, side.name(), &size, &count], n as u64)
 }
 
 fn main() {

@@ -17,6 +17,9 @@
 
 #![allow(missing_docs)]
 
+#[path = "support/callgrind.rs"]
+mod callgrind;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::process::Command;
@@ -192,39 +195,7 @@ fn rate(d: Duration) -> f64 {
 /// Instructions per event of one variant, from a callgrind run of this
 /// binary in `--one` mode; `None` without valgrind.
 fn instructions(key: &str, n: u64) -> Option<f64> {
-    let dir = std::env::temp_dir().join(format!("events-runtime-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).ok()?;
-    let out = dir.join(format!("{key}.callgrind"));
-    let status = Command::new("valgrind")
-        .args([
-            "--tool=callgrind",
-            "--collect-atstart=no",
-            "--toggle-collect=*measured_window*",
-        ])
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(std::env::current_exe().ok()?)
-        .args(["--one", key, &n.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .ok()?;
-    if !status.success() {
-        eprintln!("callgrind run of {key} failed: {status}");
-        return None;
-    }
-    let text = std::fs::read_to_string(&out).ok()?;
-    let _ = std::fs::remove_dir_all(&dir);
-    let total: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("totals:")
-                .or_else(|| l.strip_prefix("summary:"))
-        })?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(total / n as f64)
+    callgrind::instructions_per_event(&["--one", key, &n.to_string()], n)
 }
 
 fn concurrency_of(key: &str) -> Option<usize> {

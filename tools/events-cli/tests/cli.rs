@@ -220,22 +220,29 @@ async fn publish_goes_through_the_library_codec_and_waits_for_the_stream_ack() {
     assert_eq!(stored_count(&js, "events.>").await, 2);
 }
 
+/// The stream `KEYED` on `events.>`, partitioned by key in 4; `None`
+/// (the test skipped) on a server without partitions (2.9:
+/// `scripts/test.sh` runs these tests on the newest release too).
+async fn keyed_stream(url: &str) -> Option<JetStreamTransport> {
+    let config = JetStreamConfig::new(
+        NatsConfig::new(url),
+        StreamConfig::new("KEYED", ["events.>"]).partitions(4),
+    );
+    match JetStreamTransport::connect(config).await {
+        Ok(transport) => Some(transport),
+        Err(e) if e.kind() == events::ErrorKind::Unsupported => {
+            eprintln!("skipped: {e}");
+            None
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
 #[tokio::test]
 async fn publish_to_a_stream_partitioned_by_key_puts_the_key_in_the_subject() {
     let server = NatsServer::with_jetstream();
-    let config = JetStreamConfig::new(
-        NatsConfig::new(server.url()),
-        StreamConfig::new("KEYED", ["events.>"]).partitions(4),
-    );
-    let transport = match JetStreamTransport::connect(config).await {
-        Ok(transport) => transport,
-        Err(e) if e.kind() == events::ErrorKind::Unsupported => {
-            // nats-server 2.9: no partitions (scripts/test.sh runs this on
-            // the newest release too).
-            eprintln!("skipped: {e}");
-            return;
-        }
-        Err(e) => panic!("{e}"),
+    let Some(transport) = keyed_stream(&server.url()).await else {
+        return;
     };
     let js = transport.context().clone();
     let out = ok(
@@ -274,19 +281,8 @@ async fn publish_to_a_stream_partitioned_by_key_puts_the_key_in_the_subject() {
 async fn tail_finds_events_by_type_on_a_stream_partitioned_by_key() {
     let server = NatsServer::with_jetstream();
     let url = server.url();
-    let config = JetStreamConfig::new(
-        NatsConfig::new(&url),
-        StreamConfig::new("KEYED", ["events.>"]).partitions(4),
-    );
-    let transport = match JetStreamTransport::connect(config).await {
-        Ok(transport) => transport,
-        Err(e) if e.kind() == events::ErrorKind::Unsupported => {
-            // nats-server 2.9: no partitions (scripts/test.sh runs this on
-            // the newest release too).
-            eprintln!("skipped: {e}");
-            return;
-        }
-        Err(e) => panic!("{e}"),
+    let Some(transport) = keyed_stream(&url).await else {
+        return;
     };
     let bus = Bus::builder(transport).source("shop").build().unwrap();
     let mut ids = Vec::new();
