@@ -113,6 +113,26 @@ impl Node {
             .collect();
         (!name.is_empty()).then_some(name)
     }
+
+    /// How many meta group peers this node, as the meta leader, reports
+    /// current (`"current": true` in `/jsz`'s `meta_cluster.replicas`).
+    fn current_peers(&self) -> usize {
+        let Some(body) = self.monitor("/jsz") else {
+            return 0;
+        };
+        let Some(at) = body.find("\"meta_cluster\"") else {
+            return 0;
+        };
+        body[at..]
+            .split("\"current\"")
+            .skip(1)
+            .filter(|rest| {
+                rest.trim_start()
+                    .strip_prefix(':')
+                    .is_some_and(|v| v.trim_start().starts_with("true"))
+            })
+            .count()
+    }
 }
 
 /// A running private cluster of `nats-server` nodes with JetStream, routed
@@ -249,6 +269,19 @@ impl NatsCluster {
                 )
                 .is_ok();
                 ready &= listening && node.meta_leader().is_some();
+            }
+            // A meta leader that does not see every other running node as
+            // current cannot place a replicated stream ("no suitable peers
+            // for placement"); a cluster that stays so is started again.
+            if ready {
+                let running: Vec<&Node> = self.nodes.iter().filter(|n| n.child.is_some()).collect();
+                if let Some(first) = running.first() {
+                    let leader = first.meta_leader();
+                    ready = running
+                        .iter()
+                        .find(|n| Some(&n.name) == leader.as_ref())
+                        .is_some_and(|n| n.current_peers() + 1 >= running.len());
+                }
             }
             if ready {
                 return Ok(());
