@@ -17,10 +17,11 @@ use std::panic::AssertUnwindSafe;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
-use super::attempts::Begun;
-use super::dead_letters::reason_for;
+use super::dead_letter::reason_for;
 use super::erased::{panic_text, panicked, ContextParts, ErasedHandler};
 use super::ordering::busy;
+use super::pipeline::Verdict;
+use super::retry::Begun;
 use super::stats::{Counter, Summary};
 use super::{settle, HandlerFuture, Route, Shared, UNKNOWN_TYPE};
 use crate::envelope::EventMetadata;
@@ -261,9 +262,12 @@ impl<S: Send + Sync + 'static> Shared<S> {
     ) -> Option<BoxFuture<'static, ()>> {
         let span = self.span(&raw.metadata, &delivery);
         let Some((event_type, handler)) = self.route(from, raw.metadata.event_type()) else {
-            let handling = self
-                .clone()
-                .handle(from, Box::new(raw), Box::new(delivery), ordered);
+            let shared = self.clone();
+            let handling = async move {
+                shared
+                    .handle(from, Box::new(raw), Box::new(delivery), ordered)
+                    .await
+            };
             return Some(Box::pin(handling.instrument(span)));
         };
         let attempt = delivery.attempt();
@@ -278,9 +282,8 @@ impl<S: Send + Sync + 'static> Shared<S> {
                 let delivery = Box::new(delivery);
                 Some(Box::pin(
                     async move {
-                        shared
-                            .undecodable(delivery, error, attempt, event_type)
-                            .await
+                        let verdict = shared.undecodable(error, attempt, event_type);
+                        shared.conclude(delivery, verdict).await
                     }
                     .instrument(span),
                 ))
@@ -325,9 +328,10 @@ impl<S: Send + Sync + 'static> Shared<S> {
         let delivery = Box::new(delivery);
         Some(Box::pin(
             async move {
-                shared
-                    .attempts(event_type, handler, delivery, begun, None, ordered)
-                    .await
+                let verdict = shared
+                    .attempts(event_type, &*handler, &delivery, begun, ordered)
+                    .await;
+                shared.conclude(delivery, verdict).await
             }
             .instrument(span),
         ))
@@ -340,36 +344,10 @@ impl<S: Send + Sync + 'static> Shared<S> {
         error: Error,
     ) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let attempt = delivery.attempt();
-            self.dead_letter(
-                Box::new(delivery),
-                reason_for(&error),
-                &error.to_string(),
-                attempt,
-                UNKNOWN_TYPE,
-            )
-            .await;
+            let verdict =
+                Verdict::dead_letter(reason_for(&error), &error, delivery.attempt(), UNKNOWN_TYPE);
+            self.conclude(Box::new(delivery), verdict).await;
         })
-    }
-
-    /// The span of one handling.
-    pub(super) fn span(
-        &self,
-        metadata: &EventMetadata,
-        delivery: &transport::Delivery,
-    ) -> tracing::Span {
-        let span = tracing::info_span!(
-            "events.handle",
-            consumer = %self.name,
-            event.r#type = metadata.event_type(),
-            event.id = metadata.id(),
-            subject = delivery.message().subject.as_str(),
-            attempt = delivery.attempt(),
-            otel.kind = tracing::field::Empty,
-        );
-        #[cfg(feature = "opentelemetry")]
-        crate::otel::continue_trace(&span, metadata);
-        span
     }
 
     /// The handler of `event_type`, with the type's static name, for an

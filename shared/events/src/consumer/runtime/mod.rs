@@ -1,27 +1,36 @@
-//! The consumer runtime, one concern per file:
+//! The consumer runtime, one concern per file. An event goes through the
+//! runtime's layers (see `pipeline` for their order and why it is fixed):
 //!
-//! - `builder`: [`Consumer`], its settings, and subscribing (`prepare`);
-//! - `erased`: handlers behind one object-safe trait, decode and call;
-//! - `dispatch`: the dispatch loop, its fast path and the merged
-//!   subscriptions;
+//! - `dispatch`: the dispatch loop and the concurrency limit, its fast
+//!   path and the merged subscriptions;
 //! - `ordering`: per-key order (an event waits for its key's previous one);
-//! - `claims`: routing an event to its handler and the idempotency claim;
-//! - `attempts`: the attempts at one event: retries, handler timeout;
-//! - `dead_letters`: events that cannot be handled, copied and terminated;
+//! - `spans`: the tracing span of each handling;
+//! - `pipeline`: the composition of the layers, routing, and the verdict
+//!   they come to;
+//! - `idempotency`: the claim on the event's id;
+//! - `retry`: the attempts at one event, in process or by the broker;
+//! - `timeout`: each attempt within the handler timeout, panics caught;
+//! - `erased`: handlers behind one object-safe trait, decode, the user's
+//!   layers and the call;
+//! - `dead_letter`: the verdict told to the broker, dead-letter copies;
 //! - `keep_alive`: holding a delivery's ack wait while it is worked on;
+//! - `builder`: [`Consumer`], its settings, and subscribing (`prepare`);
 //! - `stats`: [`Summary`] and the counters;
 //! - `shutdown`: [`Running`], graceful shutdown and [`shutdown_signal`].
 
-mod attempts;
 mod builder;
-mod claims;
-mod dead_letters;
+mod dead_letter;
 mod dispatch;
 mod erased;
+mod idempotency;
 mod keep_alive;
 mod ordering;
+mod pipeline;
+mod retry;
 mod shutdown;
+mod spans;
 mod stats;
+mod timeout;
 
 pub use builder::{Consumer, NewerVersion};
 pub use shutdown::{shutdown_signal, Running};

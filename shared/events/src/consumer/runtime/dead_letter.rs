@@ -1,7 +1,10 @@
-//! Events that cannot be handled: copied to the dead-letter subject, then
-//! terminated (or nacked, if the copy fails).
+//! The dead-letter layer: events that cannot be handled are copied to the
+//! dead-letter subject, then terminated (or nacked, if the copy fails). It
+//! is also where every handling ends: the verdict of the layers inside is
+//! told to the broker.
 
 use super::builder::NewerVersion;
+use super::pipeline::{Letter, Verdict};
 use super::stats::Counter;
 use super::{settle, Held, Shared};
 use crate::consumer::dead_letter::{bounded_error, DeadLetter, Reason};
@@ -16,14 +19,15 @@ pub(super) fn reason_for(error: &Error) -> Reason {
 }
 
 impl<S: Send + Sync + 'static> Shared<S> {
-    /// An event that could not be decoded into its handler's type.
-    pub(super) async fn undecodable(
+    /// What becomes of an event that could not be decoded into its
+    /// handler's type: dead-lettered, unless it is of a newer version than
+    /// this consumer knows and the policy says to skip or wait for it.
+    pub(super) fn undecodable(
         &self,
-        delivery: Held,
         error: Error,
         attempt: u32,
         event_type: &'static str,
-    ) {
+    ) -> Verdict {
         let reason = reason_for(&error);
         if reason == Reason::UnsupportedVersion {
             match self.newer_version {
@@ -31,52 +35,46 @@ impl<S: Send + Sync + 'static> Shared<S> {
                 NewerVersion::Skip => {
                     tracing::warn!(error = %error, "newer event version skipped by policy");
                     self.count(Counter::Skipped, event_type);
-                    return settle(delivery.ack().await);
+                    return Verdict::Ack { handled: false };
                 }
                 NewerVersion::Retry
                     if self.retry.allows_another(attempt) && self.native_redelivery =>
                 {
                     self.count(Counter::Retried, event_type);
-                    return settle(delivery.nack(Some(self.retry.delay(attempt))).await);
+                    return Verdict::Nack(Some(self.retry.delay(attempt)));
                 }
                 NewerVersion::Retry => {}
             }
         }
-        self.dead_letter(delivery, reason, &error.to_string(), attempt, event_type)
-            .await
+        Verdict::dead_letter(reason, &error, attempt, event_type)
+    }
+
+    /// Tells the broker the verdict on `delivery`.
+    pub(super) async fn conclude(&self, delivery: Held, verdict: Verdict) {
+        match verdict {
+            Verdict::Ack { .. } => settle(delivery.ack().await),
+            // Boxed, like the other paths off the success path: the
+            // handling future is moved once per event, and its size is the
+            // largest state any of its paths can be in.
+            Verdict::Nack(delay) => settle(Box::pin(delivery.nack(delay)).await),
+            Verdict::DeadLetter(letter) => Box::pin(self.dead_letter(delivery, letter)).await,
+        }
     }
 
     /// Publishes the dead-letter copy and, only once that succeeded,
     /// terminates the original. If the copy cannot be published, the
     /// original is nacked: it comes back, it is never lost.
-    /// `attempts` counts in-process retries too, where the backend cannot
-    /// redeliver.
-    pub(super) async fn dead_letter(
-        &self,
-        delivery: Held,
-        reason: Reason,
-        error: &str,
-        attempts: u32,
-        event_type: &'static str,
-    ) {
-        // Boxed, like the other paths off the success path: the handling
-        // future is moved once per event, and its size is the largest
-        // state any of its paths can be in.
-        Box::pin(self.dead_letter_now(delivery, reason, error, attempts, event_type)).await
-    }
-
-    pub(super) async fn dead_letter_now(
-        &self,
-        delivery: Held,
-        reason: Reason,
-        error: &str,
-        attempts: u32,
-        event_type: &'static str,
-    ) {
+    async fn dead_letter(&self, delivery: Held, letter: Letter) {
+        let Letter {
+            reason,
+            error,
+            attempts,
+            event_type,
+        } = letter;
         let letter = DeadLetter {
             original: delivery.message().clone(),
             reason,
-            error: bounded_error(error),
+            error: bounded_error(&error),
             attempts,
             consumer: self.name.to_string(),
             time: chrono::Utc::now(),
@@ -104,7 +102,7 @@ impl<S: Send + Sync + 'static> Shared<S> {
         match published {
             Ok(()) => {
                 self.count(Counter::DeadLettered, event_type);
-                tracing::warn!(reason = reason.as_str(), error, dead_letter_subject = %self.dead_letter_subject, "event dead-lettered");
+                tracing::warn!(reason = reason.as_str(), error = error.as_str(), dead_letter_subject = %self.dead_letter_subject, "event dead-lettered");
                 settle(delivery.term().await);
             }
             Err(e) => {
