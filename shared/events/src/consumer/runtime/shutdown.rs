@@ -48,7 +48,9 @@ impl Running {
     ///    once, in order, for another instance to take (with
     ///    [`ordered_by_key`](super::Consumer::ordered_by_key), an event whose key
     ///    has an earlier event in flight waits for that one to settle
-    ///    first, so the key's events come back in order);
+    ///    first, so the key's events are handed back in order; the next
+    ///    instance gets them in that order where the backend keeps it: the
+    ///    memory bus, and a JetStream stream partitioned by key);
     /// 3. let in-flight handlers finish within the
     ///    [`shutdown_timeout`](super::Consumer::shutdown_timeout), then nack (never
     ///    ack) those still running, in key order;
