@@ -583,3 +583,170 @@ async fn per_key_order_holds_across_instances_and_a_kill() {
     assert!(shares[&3] > 0, "the fourth instance took partitions over");
     bus.close().await.unwrap();
 }
+
+/// What the handover test's instances share: the first one's count of
+/// events it is stuck on, the second one's log of what it handled.
+#[derive(Clone)]
+struct Handover {
+    stuck: Arc<tokio::sync::Semaphore>,
+    log: Arc<std::sync::Mutex<Vec<(String, u32)>>>,
+}
+
+/// The first instance: each key's first event never finishes.
+async fn stuck_on_first<T: EventPayload + Step>(
+    event: Event<T>,
+    ctx: Context<Handover>,
+) -> Result<(), HandlerError> {
+    if event.payload.n() == 0 {
+        ctx.state().stuck.add_permits(1);
+        std::future::pending::<()>().await;
+    }
+    Ok(())
+}
+
+/// The second instance: logs each event it handles.
+async fn log_handled<T: EventPayload + Step>(
+    event: Event<T>,
+    ctx: Context<Handover>,
+) -> Result<(), HandlerError> {
+    let key = event.metadata.subject().unwrap_or_default().to_owned();
+    ctx.state()
+        .log
+        .lock()
+        .unwrap()
+        .push((key, event.payload.n()));
+    Ok(())
+}
+
+/// A rolling restart on a stream partitioned by key: the first instance
+/// shuts down with each key's first event unfinished and the key's later
+/// events (of three types) fetched behind it; the second instance, already
+/// running, takes the partitions over and handles every key's events in
+/// publish order, the unfinished first one first. (On a stream not
+/// partitioned by key, nats-server may redeliver what is nacked out of
+/// order: see the lifecycle suite.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_handover_keeps_each_key_s_order_across_types() {
+    let server = NatsServer::with_jetstream();
+    let v = version(&server.url()).await;
+    if v < (2, 11, 0) {
+        eprintln!("skipped: per-key order across instances needs nats-server 2.11 (pinned consumers); this one is {v:?}");
+        return;
+    }
+    let connect = || async {
+        bus(JetStreamTransport::connect(js_config(&server.url()))
+            .await
+            .unwrap())
+        .await
+    };
+    let producer = connect().await;
+    producer
+        .transport()
+        .capabilities()
+        .supports(Capability::OrderedAcrossInstances)
+        .then_some(())
+        .expect("partitions on 2.11+");
+    // A stream partitioned by key captures only its prefix: dead letters
+    // need a stream of their own.
+    let jetstream = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "DEAD".into(),
+            subjects: vec!["deadletter.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let state = Handover {
+        stuck: Arc::new(tokio::sync::Semaphore::new(0)),
+        log: Arc::default(),
+    };
+    let start = |bus: Bus, first: bool| {
+        let state = state.clone();
+        async move {
+            let consumer = Consumer::new(&bus, "handover").unwrap().state(state);
+            let consumer = if first {
+                consumer
+                    .handle(stuck_on_first::<Opened>)
+                    .handle(stuck_on_first::<Changed>)
+                    .handle(stuck_on_first::<Closed>)
+            } else {
+                consumer
+                    .handle(log_handled::<Opened>)
+                    .handle(log_handled::<Changed>)
+                    .handle(log_handled::<Closed>)
+            };
+            consumer
+                .ordered_by_key(true)
+                // Room for both keys' first events whatever the order the
+                // partitions hand them in: a key's later events, waiting
+                // for its first, take slots too.
+                .concurrency(8)
+                .shutdown_timeout(Duration::from_millis(500))
+                .start()
+                .await
+                .unwrap()
+        }
+    };
+    let first = start(connect().await, true).await;
+    // Two keys, their events interleaved, the types in turn: a key's
+    // events are of three types.
+    let keys = ["order/1", "k-2"];
+    for n in 0..6u32 {
+        for key in keys {
+            let result = match n % 3 {
+                0 => {
+                    producer
+                        .publish(
+                            &Event::new("partitions", Opened { n }).with_subject(key.to_owned()),
+                        )
+                        .await
+                }
+                1 => {
+                    producer
+                        .publish(
+                            &Event::new("partitions", Changed { n }).with_subject(key.to_owned()),
+                        )
+                        .await
+                }
+                _ => {
+                    producer
+                        .publish(
+                            &Event::new("partitions", Closed { n }).with_subject(key.to_owned()),
+                        )
+                        .await
+                }
+            };
+            result.unwrap();
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(20), state.stuck.acquire_many(2))
+        .await
+        .expect("both keys' first events are being handled")
+        .unwrap();
+    let second = start(connect().await, false).await;
+    let summary = first.shutdown().await.unwrap();
+    assert_eq!(summary.handled, 0, "{summary:?}");
+    // The two stuck, and the later events that were waiting for them.
+    assert!(summary.nacked_on_shutdown >= 2, "{summary:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    wait_for(
+        "every event handled by the second instance",
+        deadline,
+        || state.log.lock().unwrap().len() >= 12,
+    )
+    .await;
+    let summary = second.shutdown().await.unwrap();
+    assert_eq!(summary.handled, 12, "{summary:?}");
+    let mut per_key: HashMap<String, Vec<u32>> = HashMap::new();
+    for (key, n) in state.log.lock().unwrap().iter() {
+        per_key.entry(key.clone()).or_default().push(*n);
+    }
+    for key in keys {
+        assert_eq!(
+            per_key[key],
+            [0, 1, 2, 3, 4, 5],
+            "key {key} in publish order"
+        );
+    }
+}
