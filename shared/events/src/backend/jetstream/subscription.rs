@@ -6,9 +6,7 @@
 use super::*;
 /// The pull loop behind one subscription.
 pub(super) struct Puller {
-    /// Where deliveries go (set before the puller runs).
-    pub(super) tx: Option<tokio::sync::mpsc::Sender<Result<Delivery>>>,
-    /// What this subscription holds for its reader.
+    /// Where deliveries go: what this subscription holds for its reader.
     pub(super) buffer: Arc<Buffer>,
     pub(super) consumer: PullConsumer,
     pub(super) inner: Arc<Inner>,
@@ -28,6 +26,9 @@ pub(super) struct Puller {
     pub(super) failures: u32,
     /// The connection's state, to notice reconnects.
     pub(super) state: watch::Receiver<ConnectionState>,
+    /// An error the current pull returned while what it had ready was
+    /// taken (see `next_ready`), for `next` to handle.
+    pub(super) deferred: Option<String>,
 }
 
 /// One pull request, read to its end.
@@ -90,7 +91,8 @@ pub(super) struct CatchUp {
 pub(super) const STANDBY_LOOK: Duration = Duration::from_millis(250);
 
 /// Between a subscription's reader and its puller: the reader's request to
-/// stop fetching, and what it leaves unread when dropped.
+/// stop fetching, and who of the two releases what the reader leaves
+/// unread.
 #[derive(Default)]
 pub(super) struct Stop {
     pub(super) requested: AtomicBool,
@@ -98,11 +100,10 @@ pub(super) struct Stop {
     pub(super) handover: std::sync::Mutex<Handover>,
 }
 
-/// What a dropped reader left for its puller to release.
+/// Which of the reader and the puller has ended: the one ending last
+/// releases what the buffer still holds.
 #[derive(Default)]
 pub(super) struct Handover {
-    /// Forwarded, never read, in order.
-    pub(super) held: Vec<Delivery>,
     pub(super) reader_gone: bool,
     pub(super) puller_done: bool,
 }
@@ -123,9 +124,9 @@ impl Stop {
     }
 }
 
-/// The reader's side of a subscription: what the puller forwards.
+/// The reader's side of a subscription: what the puller forwards, taken
+/// from the buffer one at a time.
 pub(super) struct Reader {
-    pub(super) rx: tokio::sync::mpsc::Receiver<Result<Delivery>>,
     pub(super) buffer: Arc<Buffer>,
     pub(super) stop: Arc<Stop>,
     pub(super) inner: Arc<Inner>,
@@ -135,18 +136,49 @@ impl futures_core::Stream for Reader {
     type Item = Result<Delivery>;
 
     fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        let mut item = std::task::ready!(self.rx.poll_recv(cx));
-        if item.is_some() {
-            let since = self.buffer.taken();
-            if let (Some(Ok(delivery)), Some(since)) = (&mut item, since) {
-                // The reader's keep-alive counts from here.
-                delivery.set_ack_wait_since(since);
+        // Each item taken counts against the task's budget, as a receive
+        // from a tokio channel does: a reader that settles what it takes
+        // without waiting (acks go out through the client's channel) still
+        // yields now and then, and the client's connection task writes its
+        // acks in smaller runs (measured: fewer instructions per event).
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let buffer = &*self.buffer;
+        let mut held = buffer.held();
+        let Some(forwarded) = held.items.pop_front() else {
+            if held.done {
+                return Poll::Ready(None);
             }
+            if !held
+                .reader
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+            {
+                held.reader = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        };
+        held.last_taken = Some(Instant::now());
+        // A puller waiting for room is woken once half the buffer is free,
+        // not for each item taken: it then forwards what its pull has
+        // ready in one go, rather than one item per wake.
+        let wake = held.puller_waiting && held.items.len() <= buffer.capacity / 2;
+        if wake {
+            held.puller_waiting = false;
         }
-        std::task::Poll::Ready(item)
+        drop(held);
+        if wake {
+            buffer.puller.notify_one();
+        }
+        coop.made_progress();
+        let mut item = forwarded.item;
+        if let Ok(delivery) = &mut item {
+            // The reader's keep-alive counts from here.
+            delivery.set_ack_wait_since(forwarded.since);
+        }
+        Poll::Ready(Some(item))
     }
 }
 
@@ -155,19 +187,17 @@ impl Drop for Reader {
         // What the puller forwarded and nobody will read is released (nacked
         // at once, in order) so another instance gets it now rather than
         // after the ack wait. By the puller, after it has dropped its pull:
-        // a nack before that could be redelivered to that very pull.
+        // a nack before that could be redelivered to that very pull. Until
+        // then it stays in the buffer, kept alive.
         let mut handover = self.stop.handover();
         handover.reader_gone = true;
-        self.rx.close();
-        while let Ok(item) = self.rx.try_recv() {
-            if let Ok(delivery) = item {
-                handover.held.push(delivery);
-            }
-        }
+        self.buffer.held().reader_gone = true;
+        // The puller stops waiting for room or for its pull.
+        self.buffer.puller.notify_one();
         // Until it is done, `close` waits for it.
         self.inner.settling.fetch_add(1, Ordering::AcqRel);
         if handover.puller_done {
-            let held = std::mem::take(&mut handover.held);
+            let held = self.buffer.unread();
             drop(handover);
             let inner = self.inner.clone();
             match tokio::runtime::Handle::try_current() {
@@ -193,40 +223,129 @@ pub(super) async fn release(deliveries: Vec<Delivery>) {
 }
 
 /// What a subscription's puller has forwarded and its reader not yet
-/// taken, in order: each item's reply subject (for keep-alives; `None` for
-/// an error item) and when progress was last reported for it.
-#[derive(Default)]
+/// taken, in order: the channel between the two, and what the keep-alive
+/// looks at. The puller adds all its pull has ready at once (one lock, one
+/// clock read, one wake for many messages); the reader takes one item at
+/// a time.
 pub(super) struct Buffer {
     pub(super) held: std::sync::Mutex<Held>,
+    /// Wakes the puller: room in the buffer, or the reader gone.
+    pub(super) puller: tokio::sync::Notify,
+    /// The most items held at once: what the reader fetches ahead.
+    pub(super) capacity: usize,
 }
 
 #[derive(Default)]
 pub(super) struct Held {
-    pub(super) items: std::collections::VecDeque<(Option<async_nats::Subject>, Instant)>,
+    pub(super) items: std::collections::VecDeque<Forwarded>,
     /// When the reader last took an item (or was first given one).
     pub(super) last_taken: Option<Instant>,
+    /// The reader, waiting for an item.
+    pub(super) reader: Option<std::task::Waker>,
+    /// The puller waits for room.
+    pub(super) puller_waiting: bool,
+    /// The puller forwards nothing more.
+    pub(super) done: bool,
+    /// The reader is dropped: it takes nothing more.
+    pub(super) reader_gone: bool,
+}
+
+/// An item the puller forwarded: its reply subject (for keep-alives;
+/// `None` for an error item) and when progress was last reported for it.
+pub(super) struct Forwarded {
+    pub(super) item: Result<Delivery>,
+    pub(super) reply: Option<async_nats::Subject>,
+    pub(super) since: Instant,
 }
 
 impl Buffer {
+    /// Holds up to `capacity` items (at least one).
+    pub(super) fn new(capacity: usize) -> Self {
+        Buffer {
+            held: std::sync::Mutex::default(),
+            puller: tokio::sync::Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
     pub(super) fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The puller forwards an item (the channel keeps the order).
-    pub(super) fn put(&self, reply: Option<async_nats::Subject>) {
+    /// Waits for room; how many items fit, or `None` once the reader is
+    /// gone.
+    pub(super) async fn room(&self) -> Option<usize> {
+        loop {
+            {
+                let mut held = self.held();
+                if held.reader_gone {
+                    return None;
+                }
+                let room = self.capacity.saturating_sub(held.items.len());
+                if room > 0 {
+                    return Some(room);
+                }
+                held.puller_waiting = true;
+            }
+            // A wake after the flag was set is kept as a permit.
+            self.puller.notified().await;
+        }
+    }
+
+    /// Resolves once the reader is gone.
+    pub(super) async fn reader_gone(&self) {
+        while !self.held().reader_gone {
+            self.puller.notified().await;
+        }
+    }
+
+    /// The puller forwards `items` (emptied), in order, each with its
+    /// reply subject. Held even when the reader is gone (so kept alive
+    /// until released); false then.
+    pub(super) fn put(
+        &self,
+        items: &mut Vec<(Result<Delivery>, Option<async_nats::Subject>)>,
+    ) -> bool {
         let now = Instant::now();
         let mut held = self.held();
-        held.items.push_back((reply, now));
+        held.items
+            .extend(items.drain(..).map(|(item, reply)| Forwarded {
+                reply: reply.filter(|_| item.is_ok()),
+                item,
+                since: now,
+            }));
         // Until the reader takes something, its progress counts from the
         // first item it was given.
         held.last_taken.get_or_insert(now);
+        let reader = held.reader.take();
+        let gone = held.reader_gone;
+        drop(held);
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+        !gone
     }
 
-    /// The reader takes the oldest item; when its ack wait last restarted.
-    pub(super) fn taken(&self) -> Option<Instant> {
-        let mut held = self.held();
-        held.last_taken = Some(Instant::now());
-        held.items.pop_front().map(|(_, since)| since)
+    /// The puller forwards nothing more: the reader ends after what is
+    /// held.
+    pub(super) fn close(&self) {
+        let reader = {
+            let mut held = self.held();
+            held.done = true;
+            held.reader.take()
+        };
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+    }
+
+    /// What the reader left unread, in order, taken out.
+    pub(super) fn unread(&self) -> Vec<Delivery> {
+        self.held()
+            .items
+            .drain(..)
+            .filter_map(|forwarded| forwarded.item.ok())
+            .collect()
     }
 }
 
@@ -257,10 +376,10 @@ pub(super) async fn keep_alive(
             } else {
                 held.items
                     .iter_mut()
-                    .filter(|(_, since)| now.duration_since(*since) >= ack_wait / 2)
-                    .filter_map(|(reply, since)| {
-                        *since = now;
-                        reply.clone()
+                    .filter(|held| now.duration_since(held.since) >= ack_wait / 2)
+                    .filter_map(|held| {
+                        held.since = now;
+                        held.reply.clone()
                     })
                     .collect()
             }
@@ -276,7 +395,7 @@ pub(super) async fn keep_alive(
                     .held()
                     .items
                     .iter()
-                    .any(|(held, _)| held.as_ref() == Some(&reply))
+                    .any(|held| held.reply.as_ref() == Some(&reply))
             });
             if !waiting {
                 continue;
@@ -306,6 +425,9 @@ pub(super) async fn reconnected(state: &mut watch::Receiver<ConnectionState>) {
 
 impl Drop for Puller {
     fn drop(&mut self) {
+        // Also when the task is dropped before its end (a runtime shutting
+        // down): the reader must not wait for more.
+        self.buffer.close();
         self.inner.open_subscriptions.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -316,34 +438,43 @@ impl Puller {
     /// releases what it still holds and, for an ephemeral consumer,
     /// deletes it.
     pub(super) async fn run(mut self) {
-        let Some(tx) = self.tx.clone() else {
-            return;
-        };
+        let buffer = self.buffer.clone();
+        let mut forwarded = Vec::new();
         loop {
+            let Some(room) = buffer.room().await else {
+                break;
+            };
             let next = {
                 let pulled = std::pin::pin!(self.next());
-                let gone = std::pin::pin!(tx.closed());
+                let gone = std::pin::pin!(buffer.reader_gone());
                 match futures_util::future::select(pulled, gone).await {
                     futures_util::future::Either::Left((next, _)) => next,
                     futures_util::future::Either::Right(_) => None,
                 }
             };
-            match next {
-                Some((item, reply)) => {
-                    self.buffer.put(reply.filter(|_| item.is_ok()));
-                    if let Err(unsent) = tx.send(item).await {
-                        // The reader is gone: this one is released with
-                        // what it left.
-                        if let Ok(delivery) = unsent.0 {
-                            self.stop.handover().held.push(delivery);
-                        }
-                        break;
+            let Some(first) = next else {
+                break;
+            };
+            forwarded.push(first);
+            // What the pull has already received goes along, as far as
+            // there is room: one lock and one wake of the reader for all.
+            std::future::poll_fn(|cx| {
+                while forwarded.len() < room {
+                    match self.next_ready(cx) {
+                        Some(next) => forwarded.push(next),
+                        None => break,
                     }
                 }
-                None => break,
+                Poll::Ready(())
+            })
+            .await;
+            if !buffer.put(&mut forwarded) {
+                // The reader is gone: these are released with what it
+                // left.
+                break;
             }
         }
-        drop(tx);
+        buffer.close();
         self.finish().await;
     }
 
@@ -374,7 +505,14 @@ impl Puller {
         let (mut held, reader_gone) = {
             let mut handover = self.stop.handover();
             handover.puller_done = true;
-            (std::mem::take(&mut handover.held), handover.reader_gone)
+            // A reader still there reads what is held, and releases what
+            // it leaves when dropped.
+            let held = if handover.reader_gone {
+                self.buffer.unread()
+            } else {
+                Vec::new()
+            };
+            (held, handover.reader_gone)
         };
         held.append(&mut late);
         release(held).await;
@@ -423,6 +561,18 @@ impl Puller {
                     continue;
                 }
                 return self.next_held().await;
+            }
+            if let Some(error) = self.deferred.take() {
+                // As if the pull returned it now.
+                self.current = None;
+                if self.draining {
+                    return None;
+                }
+                if let Some(lost) = self.lost().await {
+                    return Some((Err(lost), None));
+                }
+                self.pause_after_failure(error).await;
+                continue;
             }
             let batch = match self.current.as_mut() {
                 Some(batch) => batch,
@@ -576,6 +726,35 @@ impl Puller {
                     }
                 }
             }
+        }
+    }
+
+    /// The next message an unpinned pull has already received, without
+    /// waiting; `None` when there is none, or something else is next (the
+    /// pull's end is seen by `next`, which polls again; an error is kept
+    /// for it). Not while stopping (see `next`), nor for a pinned pull,
+    /// whose messages may have to be held back for a catch-up.
+    pub(super) fn next_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Option<(Result<Delivery>, Option<async_nats::Subject>)> {
+        if self.pinned.is_some() || self.deferred.is_some() || self.stop.is_requested() {
+            return None;
+        }
+        let Some(Pull::Batch(batch)) = self.current.as_mut() else {
+            return None;
+        };
+        match batch.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(message))) => {
+                self.in_current += 1;
+                Some(self.delivery(message))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.deferred = Some(e.to_string());
+                None
+            }
+            // A batch that has ended stays ended: `next` sees it again.
+            Poll::Ready(None) | Poll::Pending => None,
         }
     }
 
