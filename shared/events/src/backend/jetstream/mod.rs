@@ -1055,6 +1055,21 @@ mod tests {
             ack_info("$JS.ACK.S.C.1.2.3.-9223372036854775808.0"),
             Some(info(1, 2, 3))
         );
+        // The timestamp's bounds, as `i64::from_str` reads them.
+        for (timestamp, valid) in [
+            ("9223372036854775807", true),
+            ("0000000000000000001", true),
+            ("9223372036854775808", false),
+            ("99999999999999999999", false),
+            ("+1", true),
+            ("1e5", false),
+        ] {
+            assert_eq!(
+                ack_info(&format!("$JS.ACK.S.C.1.2.3.{timestamp}.0")).is_some(),
+                valid,
+                "{timestamp}"
+            );
+        }
     }
 
     #[test]
