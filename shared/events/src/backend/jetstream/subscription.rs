@@ -161,13 +161,10 @@ impl futures_core::Stream for Reader {
             return Poll::Pending;
         };
         held.last_taken = Some(Instant::now());
-        // A puller waiting for room is woken once half the buffer is free,
-        // not for each item taken: it then forwards what its pull has
-        // ready in one go, rather than one item per wake.
-        let wake = held.puller_waiting && held.items.len() <= buffer.capacity / 2;
-        if wake {
-            held.puller_waiting = false;
-        }
+        // A puller waiting for room is woken at once: what its pull holds
+        // meanwhile is not kept alive. Once: when it runs, it forwards as
+        // much as there is room for by then.
+        let wake = std::mem::take(&mut held.puller_waiting);
         drop(held);
         if wake {
             buffer.puller.notify_one();
