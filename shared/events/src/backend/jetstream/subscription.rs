@@ -33,15 +33,112 @@ pub(super) struct Puller {
 
 /// One pull request, read to its end.
 pub(super) enum Pull {
-    Batch(jetstream::consumer::pull::Batch),
+    Plain(PlainPull),
     Pinned(partition::PinnedPull),
 }
 
 impl Pull {
-    pub(super) async fn next(&mut self) -> Option<std::result::Result<jetstream::Message, String>> {
+    pub(super) async fn next(
+        &mut self,
+    ) -> Option<std::result::Result<async_nats::Message, String>> {
         match self {
-            Pull::Batch(batch) => batch.next().await.map(|r| r.map_err(|e| e.to_string())),
+            Pull::Plain(pull) => std::future::poll_fn(|cx| pull.poll_next(cx)).await,
             Pull::Pinned(pull) => pull.next().await,
+        }
+    }
+}
+
+/// One pull request of a consumer that is not pinned, read as async-nats
+/// reads its own (`consumer::pull::Batch`, same request, same ends), but
+/// yielding the client's messages as they are: a `jetstream::Message`
+/// carries a copy of the JetStream context (reference counts and a
+/// string), made and dropped for every message, which nothing here uses.
+pub(super) struct PlainPull {
+    subscriber: async_nats::Subscriber,
+    remaining: usize,
+    /// The expiry and a margin for the server's answer (none for a pull
+    /// that does not wait).
+    timeout: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    ended: bool,
+}
+
+impl PlainPull {
+    /// Asks for up to `batch` messages: waiting up to `expires` for them,
+    /// or (`None`) only those already pending.
+    pub(super) async fn start(
+        client: &async_nats::Client,
+        consumer: &PullConsumer,
+        batch: usize,
+        expires: Option<Duration>,
+    ) -> std::result::Result<Self, String> {
+        let inbox = async_nats::Subject::from(client.new_inbox());
+        let subscriber = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let request = jetstream::consumer::pull::BatchConfig {
+            batch,
+            expires,
+            no_wait: expires.is_none(),
+            ..Default::default()
+        };
+        consumer
+            .request_batch(request, inbox)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(PlainPull {
+            subscriber,
+            remaining: batch,
+            timeout: expires.map(|expires| {
+                Box::pin(tokio::time::sleep(
+                    expires.saturating_add(Duration::from_secs(5)),
+                ))
+            }),
+            ended: false,
+        })
+    }
+
+    /// The next message; `None` once the pull is complete, expired or
+    /// answered that nothing is pending, and from then on.
+    pub(super) fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<std::result::Result<async_nats::Message, String>>> {
+        use async_nats::StatusCode;
+        loop {
+            if self.ended || self.remaining == 0 {
+                self.ended = true;
+                return Poll::Ready(None);
+            }
+            if let Some(timeout) = self.timeout.as_mut() {
+                if timeout.as_mut().poll(cx).is_ready() {
+                    // The server's answer to the expiry never came.
+                    self.ended = true;
+                    return Poll::Ready(None);
+                }
+            }
+            let Some(message) = std::task::ready!(self.subscriber.poll_next_unpin(cx)) else {
+                self.ended = true;
+                return Poll::Ready(None);
+            };
+            match message.status {
+                None | Some(StatusCode::OK) => {
+                    self.remaining -= 1;
+                    return Poll::Ready(Some(Ok(message)));
+                }
+                Some(StatusCode::IDLE_HEARTBEAT) => continue,
+                Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => {
+                    self.ended = true;
+                    return Poll::Ready(None);
+                }
+                Some(status) => {
+                    self.ended = true;
+                    return Poll::Ready(Some(Err(format!(
+                        "error while processing messages from the stream: {status}, {:?}",
+                        message.description
+                    ))));
+                }
+            }
         }
     }
 }
@@ -57,7 +154,7 @@ pub(super) struct Pinned {
     /// Set while catching up after taking a pin (see `Puller::catch_up`).
     pub(super) catching_up: Option<CatchUp>,
     /// Caught up: handed out, in stream order, before anything newer.
-    pub(super) ready: std::collections::VecDeque<jetstream::Message>,
+    pub(super) ready: std::collections::VecDeque<async_nats::Message>,
     /// The consumer's `MSG.NEXT` subject.
     pub(super) subject: String,
     /// When to look at the group's instances again.
@@ -72,7 +169,7 @@ pub(super) const HANDOVER_LIMIT: Duration = Duration::from_secs(30);
 /// previous holder's unsettled deliveries are still to be redelivered.
 pub(super) struct CatchUp {
     /// By stream sequence.
-    pub(super) held: std::collections::BTreeMap<u64, jetstream::Message>,
+    pub(super) held: std::collections::BTreeMap<u64, async_nats::Message>,
     /// When it stops waiting, whatever is left.
     pub(super) until: Instant,
     pub(super) next_progress: Instant,
@@ -616,7 +713,6 @@ impl Puller {
                         };
                         partition::PinnedPull::start(
                             &self.inner.client,
-                            &self.inner.admin,
                             pinned.subject.clone(),
                             pull_size,
                             expires,
@@ -625,23 +721,12 @@ impl Puller {
                         .await
                         .map(Pull::Pinned)
                         .map_err(|e| e.to_string())
-                    } else if self.draining {
-                        self.consumer
-                            .fetch()
-                            .max_messages(pull_size)
-                            .messages()
-                            .await
-                            .map(Pull::Batch)
-                            .map_err(|e| e.to_string())
                     } else {
-                        self.consumer
-                            .batch()
-                            .max_messages(pull_size)
-                            .expires(self.expires)
-                            .messages()
+                        // Once closing, only what is already pending.
+                        let expires = (!self.draining).then_some(self.expires);
+                        PlainPull::start(&self.inner.client, &self.consumer, pull_size, expires)
                             .await
-                            .map(Pull::Batch)
-                            .map_err(|e| e.to_string())
+                            .map(Pull::Plain)
                     };
                     match pulled {
                         Ok(batch) => {
@@ -666,13 +751,13 @@ impl Puller {
             // without setting up the waits for a reconnect or a stop: a stop
             // is seen above, a reconnect once the pull has to wait.
             let ready = match batch {
-                Pull::Batch(batch) if self.pinned.is_none() => {
-                    std::future::poll_fn(|cx| Poll::Ready(batch.poll_next_unpin(cx))).await
+                Pull::Plain(pull) if self.pinned.is_none() => {
+                    std::future::poll_fn(|cx| Poll::Ready(pull.poll_next(cx))).await
                 }
                 _ => Poll::Pending,
             };
             let next = match ready {
-                Poll::Ready(next) => next.map(|r| r.map_err(|e| e.to_string())),
+                Poll::Ready(next) => next,
                 Poll::Pending => tokio::select! {
                     next = batch.next() => next,
                     () = reconnected(&mut self.state) => {
@@ -738,19 +823,19 @@ impl Puller {
         if self.pinned.is_some() || self.deferred.is_some() || self.stop.is_requested() {
             return None;
         }
-        let Some(Pull::Batch(batch)) = self.current.as_mut() else {
+        let Some(Pull::Plain(pull)) = self.current.as_mut() else {
             return None;
         };
-        match batch.poll_next_unpin(cx) {
+        match pull.poll_next(cx) {
             Poll::Ready(Some(Ok(message))) => {
                 self.in_current += 1;
                 Some(self.delivery(message))
             }
             Poll::Ready(Some(Err(e))) => {
-                self.deferred = Some(e.to_string());
+                self.deferred = Some(e);
                 None
             }
-            // A batch that has ended stays ended: `next` sees it again.
+            // A pull that has ended stays ended: `next` sees it again.
             Poll::Ready(None) | Poll::Pending => None,
         }
     }
@@ -776,7 +861,7 @@ impl Puller {
 
     pub(super) fn delivery(
         &self,
-        message: jetstream::Message,
+        message: async_nats::Message,
     ) -> (Result<Delivery>, Option<async_nats::Subject>) {
         let ack_wait = self.consumer.cached_info().config.ack_wait;
         let reply = message.reply.clone();
@@ -796,13 +881,13 @@ impl Puller {
     /// wait.
     pub(super) async fn catch_up(
         &mut self,
-        message: Option<jetstream::Message>,
-    ) -> Option<jetstream::Message> {
+        message: Option<async_nats::Message>,
+    ) -> Option<async_nats::Message> {
         let Some(pinned) = self.pinned.as_mut() else {
             return message;
         };
         if pinned.catching_up.is_none() && message.is_some() && pinned.pin.take_acquired() {
-            let first = message.as_ref().and_then(|m| m.info().ok());
+            let first = message.as_ref().and_then(message_info);
             if let Some(first) = first {
                 let now = Instant::now();
                 let ack_wait = self.consumer.cached_info().config.ack_wait;
@@ -824,8 +909,8 @@ impl Puller {
             return message;
         };
         if let Some(message) = message {
-            match message.info() {
-                Ok(info) => {
+            match message_info(&message) {
+                Some(info) => {
                     // A redelivery has a consumer sequence of its own: one
                     // past the count asked for is one of theirs.
                     let after = catch_up
@@ -838,7 +923,7 @@ impl Puller {
                     let sequence = info.stream_sequence;
                     catch_up.held.insert(sequence, message);
                 }
-                Err(_) => return Some(message),
+                None => return Some(message),
             }
         }
         let now = Instant::now();
@@ -857,8 +942,12 @@ impl Puller {
         if now >= catch_up.next_progress {
             // Held back, not forgotten: their ack wait starts again.
             catch_up.next_progress = now + self.consumer.cached_info().config.ack_wait / 3;
-            for held in catch_up.held.values() {
-                let _ = held.ack_with(jetstream::AckKind::Progress).await;
+            for reply in catch_up.held.values().filter_map(|held| held.reply.clone()) {
+                let _ = self
+                    .inner
+                    .client
+                    .publish(reply, bytes::Bytes::from_static(b"+WPI"))
+                    .await;
             }
         }
         let expired = now >= catch_up.until;
@@ -1008,14 +1097,11 @@ impl Puller {
 }
 
 pub(super) fn to_delivery(
-    message: jetstream::Message,
+    message: async_nats::Message,
     ack_wait: Duration,
     inner: &Arc<Inner>,
     outstanding: Option<partition::Outstanding>,
 ) -> Result<Delivery> {
-    // The message's context (a copy of the client's) is not needed: the
-    // acker publishes through the transport's client.
-    let message = message.message;
     let Some((reply, info)) = message
         .reply
         .and_then(|reply| ack_info(reply.as_str()).map(|info| (reply, info)))
@@ -1052,6 +1138,12 @@ pub(super) fn to_delivery(
         delivery_info,
         ReplyAcker::new(reply, backend, guard),
     ))
+}
+
+/// What a pulled message's reply subject tells; `None` without one, or
+/// with one that is not an ack subject.
+pub(super) fn message_info(message: &async_nats::Message) -> Option<AckInfo> {
+    ack_info(message.reply.as_ref()?.as_str())
 }
 
 /// What a JetStream delivery's reply subject tells.
