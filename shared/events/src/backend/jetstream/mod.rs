@@ -880,9 +880,26 @@ impl Transport for JetStreamTransport {
             // until its inactivity threshold (a loop of subscribe and drop
             // would reach the server's consumer limit).
             let ephemeral = name.is_none();
-            let mut puller = Puller {
-                tx: None,
-                buffer: Arc::default(),
+            // Pull in the background, ahead of the reader, as a core
+            // subscription buffers: every member of a group has a pull
+            // waiting on the server, so the group shares the load.
+            //
+            // What waits in the buffer has been delivered by the server, so
+            // its ack wait runs: a keep-alive task reports progress for
+            // whatever waits there longer than half the ack wait (a slow
+            // reader would otherwise see its buffered events redelivered
+            // elsewhere). Not covered: the rest of a batch the client holds
+            // while the buffer is full (pulls that only ask for the room
+            // there is cost 10-20% of the throughput, measured).
+            let buffer = Arc::new(Buffer::new(batch));
+            let ack_wait = consumer.cached_info().config.ack_wait;
+            tokio::spawn(keep_alive(
+                Arc::downgrade(&buffer),
+                inner.client.clone(),
+                ack_wait,
+            ));
+            let puller = Puller {
+                buffer: buffer.clone(),
                 consumer,
                 inner: inner.clone(),
                 closing: inner.closing.subscribe(),
@@ -900,31 +917,10 @@ impl Transport for JetStreamTransport {
                     state.mark_unchanged();
                     state
                 },
+                deferred: None,
             };
-            // Pull in the background, ahead of the reader, as a core
-            // subscription buffers: every member of a group has a pull
-            // waiting on the server, so the group shares the load.
-            //
-            // What waits in the buffer has been delivered by the server, so
-            // its ack wait runs: a keep-alive task reports progress for
-            // whatever waits there longer than half the ack wait (a slow
-            // reader would otherwise see its buffered events redelivered
-            // elsewhere). Not covered: the rest of a batch the client holds
-            // while the buffer is full (pulls that only ask for the room
-            // there is cost 10-20% of the throughput, measured).
-            let (tx, rx) = tokio::sync::mpsc::channel(batch);
-            let buffer = Arc::new(Buffer::default());
-            let ack_wait = puller.consumer.cached_info().config.ack_wait;
-            tokio::spawn(keep_alive(
-                Arc::downgrade(&buffer),
-                inner.client.clone(),
-                ack_wait,
-            ));
-            puller.buffer = buffer.clone();
-            puller.tx = Some(tx);
             tokio::spawn(puller.run());
             let reader = Reader {
-                rx,
                 buffer,
                 stop: stop.clone(),
                 inner: inner.clone(),
@@ -1059,6 +1055,21 @@ mod tests {
             ack_info("$JS.ACK.S.C.1.2.3.-9223372036854775808.0"),
             Some(info(1, 2, 3))
         );
+        // The timestamp's bounds, as `i64::from_str` reads them.
+        for (timestamp, valid) in [
+            ("9223372036854775807", true),
+            ("0000000000000000001", true),
+            ("9223372036854775808", false),
+            ("99999999999999999999", false),
+            ("+1", true),
+            ("1e5", false),
+        ] {
+            assert_eq!(
+                ack_info(&format!("$JS.ACK.S.C.1.2.3.{timestamp}.0")).is_some(),
+                valid,
+                "{timestamp}"
+            );
+        }
     }
 
     #[test]

@@ -185,7 +185,6 @@ pub(super) fn next_subject(stream: &str, consumer: &str) -> String {
 /// pull is read to its end as the transport's other pulls are).
 pub(super) struct PinnedPull {
     subscriber: async_nats::Subscriber,
-    context: jetstream::Context,
     remaining: usize,
     deadline: tokio::time::Instant,
     pin: Arc<Pin>,
@@ -196,7 +195,6 @@ impl PinnedPull {
     /// pin if held (a standby's pull carries none).
     pub(super) async fn start(
         client: &async_nats::Client,
-        context: &jetstream::Context,
         subject: String,
         batch: usize,
         expires: Duration,
@@ -222,7 +220,6 @@ impl PinnedPull {
             })?;
         Ok(PinnedPull {
             subscriber,
-            context: context.clone(),
             remaining: batch,
             // As async-nats bounds its own pulls: the expiry, and a margin
             // for the server's answer.
@@ -233,7 +230,9 @@ impl PinnedPull {
 
     /// The next message of this pull; `None` once it is complete, expired
     /// or refused (a pin that moved: the next pull goes without one).
-    pub(super) async fn next(&mut self) -> Option<std::result::Result<jetstream::Message, String>> {
+    pub(super) async fn next(
+        &mut self,
+    ) -> Option<std::result::Result<async_nats::Message, String>> {
         loop {
             if self.remaining == 0 {
                 return None;
@@ -253,10 +252,7 @@ impl PinnedPull {
                         }
                     }
                     self.remaining -= 1;
-                    return Some(Ok(jetstream::Message {
-                        message,
-                        context: self.context.clone(),
-                    }));
+                    return Some(Ok(message));
                 }
                 Some(StatusCode::IDLE_HEARTBEAT) => continue,
                 Some(StatusCode::PIN_ID_MISMATCH) => {

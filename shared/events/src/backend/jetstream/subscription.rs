@@ -6,9 +6,7 @@
 use super::*;
 /// The pull loop behind one subscription.
 pub(super) struct Puller {
-    /// Where deliveries go (set before the puller runs).
-    pub(super) tx: Option<tokio::sync::mpsc::Sender<Result<Delivery>>>,
-    /// What this subscription holds for its reader.
+    /// Where deliveries go: what this subscription holds for its reader.
     pub(super) buffer: Arc<Buffer>,
     pub(super) consumer: PullConsumer,
     pub(super) inner: Arc<Inner>,
@@ -28,19 +26,119 @@ pub(super) struct Puller {
     pub(super) failures: u32,
     /// The connection's state, to notice reconnects.
     pub(super) state: watch::Receiver<ConnectionState>,
+    /// An error the current pull returned while what it had ready was
+    /// taken (see `next_ready`), for `next` to handle.
+    pub(super) deferred: Option<String>,
 }
 
 /// One pull request, read to its end.
 pub(super) enum Pull {
-    Batch(jetstream::consumer::pull::Batch),
+    Plain(PlainPull),
     Pinned(partition::PinnedPull),
 }
 
 impl Pull {
-    pub(super) async fn next(&mut self) -> Option<std::result::Result<jetstream::Message, String>> {
+    pub(super) async fn next(
+        &mut self,
+    ) -> Option<std::result::Result<async_nats::Message, String>> {
         match self {
-            Pull::Batch(batch) => batch.next().await.map(|r| r.map_err(|e| e.to_string())),
+            Pull::Plain(pull) => std::future::poll_fn(|cx| pull.poll_next(cx)).await,
             Pull::Pinned(pull) => pull.next().await,
+        }
+    }
+}
+
+/// One pull request of a consumer that is not pinned, read as async-nats
+/// reads its own (`consumer::pull::Batch`, same request, same ends), but
+/// yielding the client's messages as they are: a `jetstream::Message`
+/// carries a copy of the JetStream context (reference counts and a
+/// string), made and dropped for every message, which nothing here uses.
+pub(super) struct PlainPull {
+    subscriber: async_nats::Subscriber,
+    remaining: usize,
+    /// The expiry and a margin for the server's answer (none for a pull
+    /// that does not wait).
+    timeout: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    ended: bool,
+}
+
+impl PlainPull {
+    /// Asks for up to `batch` messages: waiting up to `expires` for them,
+    /// or (`None`) only those already pending.
+    pub(super) async fn start(
+        client: &async_nats::Client,
+        consumer: &PullConsumer,
+        batch: usize,
+        expires: Option<Duration>,
+    ) -> std::result::Result<Self, String> {
+        let inbox = async_nats::Subject::from(client.new_inbox());
+        let subscriber = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let request = jetstream::consumer::pull::BatchConfig {
+            batch,
+            expires,
+            no_wait: expires.is_none(),
+            ..Default::default()
+        };
+        consumer
+            .request_batch(request, inbox)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(PlainPull {
+            subscriber,
+            remaining: batch,
+            timeout: expires.map(|expires| {
+                Box::pin(tokio::time::sleep(
+                    expires.saturating_add(Duration::from_secs(5)),
+                ))
+            }),
+            ended: false,
+        })
+    }
+
+    /// The next message; `None` once the pull is complete, expired or
+    /// answered that nothing is pending, and from then on.
+    pub(super) fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<std::result::Result<async_nats::Message, String>>> {
+        use async_nats::StatusCode;
+        loop {
+            if self.ended || self.remaining == 0 {
+                self.ended = true;
+                return Poll::Ready(None);
+            }
+            if let Some(timeout) = self.timeout.as_mut() {
+                if timeout.as_mut().poll(cx).is_ready() {
+                    // The server's answer to the expiry never came.
+                    self.ended = true;
+                    return Poll::Ready(None);
+                }
+            }
+            let Some(message) = std::task::ready!(self.subscriber.poll_next_unpin(cx)) else {
+                self.ended = true;
+                return Poll::Ready(None);
+            };
+            match message.status {
+                None | Some(StatusCode::OK) => {
+                    self.remaining -= 1;
+                    return Poll::Ready(Some(Ok(message)));
+                }
+                Some(StatusCode::IDLE_HEARTBEAT) => continue,
+                Some(StatusCode::TIMEOUT | StatusCode::NOT_FOUND) => {
+                    self.ended = true;
+                    return Poll::Ready(None);
+                }
+                Some(status) => {
+                    self.ended = true;
+                    return Poll::Ready(Some(Err(format!(
+                        "error while processing messages from the stream: {status}, {:?}",
+                        message.description
+                    ))));
+                }
+            }
         }
     }
 }
@@ -56,7 +154,7 @@ pub(super) struct Pinned {
     /// Set while catching up after taking a pin (see `Puller::catch_up`).
     pub(super) catching_up: Option<CatchUp>,
     /// Caught up: handed out, in stream order, before anything newer.
-    pub(super) ready: std::collections::VecDeque<jetstream::Message>,
+    pub(super) ready: std::collections::VecDeque<async_nats::Message>,
     /// The consumer's `MSG.NEXT` subject.
     pub(super) subject: String,
     /// When to look at the group's instances again.
@@ -71,7 +169,7 @@ pub(super) const HANDOVER_LIMIT: Duration = Duration::from_secs(30);
 /// previous holder's unsettled deliveries are still to be redelivered.
 pub(super) struct CatchUp {
     /// By stream sequence.
-    pub(super) held: std::collections::BTreeMap<u64, jetstream::Message>,
+    pub(super) held: std::collections::BTreeMap<u64, async_nats::Message>,
     /// When it stops waiting, whatever is left.
     pub(super) until: Instant,
     pub(super) next_progress: Instant,
@@ -90,7 +188,8 @@ pub(super) struct CatchUp {
 pub(super) const STANDBY_LOOK: Duration = Duration::from_millis(250);
 
 /// Between a subscription's reader and its puller: the reader's request to
-/// stop fetching, and what it leaves unread when dropped.
+/// stop fetching, and who of the two releases what the reader leaves
+/// unread.
 #[derive(Default)]
 pub(super) struct Stop {
     pub(super) requested: AtomicBool,
@@ -98,11 +197,10 @@ pub(super) struct Stop {
     pub(super) handover: std::sync::Mutex<Handover>,
 }
 
-/// What a dropped reader left for its puller to release.
+/// Which of the reader and the puller has ended: the one ending last
+/// releases what the buffer still holds.
 #[derive(Default)]
 pub(super) struct Handover {
-    /// Forwarded, never read, in order.
-    pub(super) held: Vec<Delivery>,
     pub(super) reader_gone: bool,
     pub(super) puller_done: bool,
 }
@@ -123,9 +221,9 @@ impl Stop {
     }
 }
 
-/// The reader's side of a subscription: what the puller forwards.
+/// The reader's side of a subscription: what the puller forwards, taken
+/// from the buffer one at a time.
 pub(super) struct Reader {
-    pub(super) rx: tokio::sync::mpsc::Receiver<Result<Delivery>>,
     pub(super) buffer: Arc<Buffer>,
     pub(super) stop: Arc<Stop>,
     pub(super) inner: Arc<Inner>,
@@ -135,18 +233,46 @@ impl futures_core::Stream for Reader {
     type Item = Result<Delivery>;
 
     fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        let mut item = std::task::ready!(self.rx.poll_recv(cx));
-        if item.is_some() {
-            let since = self.buffer.taken();
-            if let (Some(Ok(delivery)), Some(since)) = (&mut item, since) {
-                // The reader's keep-alive counts from here.
-                delivery.set_ack_wait_since(since);
+        // Each item taken counts against the task's budget, as a receive
+        // from a tokio channel does: a reader that settles what it takes
+        // without waiting (acks go out through the client's channel) still
+        // yields now and then, and the client's connection task writes its
+        // acks in smaller runs (measured: fewer instructions per event).
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let buffer = &*self.buffer;
+        let mut held = buffer.held();
+        let Some(forwarded) = held.items.pop_front() else {
+            if held.done {
+                return Poll::Ready(None);
             }
+            if !held
+                .reader
+                .as_ref()
+                .is_some_and(|waker| waker.will_wake(cx.waker()))
+            {
+                held.reader = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        };
+        held.last_taken = Some(Instant::now());
+        // A puller waiting for room is woken at once: what its pull holds
+        // meanwhile is not kept alive. Once: when it runs, it forwards as
+        // much as there is room for by then.
+        let wake = std::mem::take(&mut held.puller_waiting);
+        drop(held);
+        if wake {
+            buffer.puller.notify_one();
         }
-        std::task::Poll::Ready(item)
+        coop.made_progress();
+        let mut item = forwarded.item;
+        if let Ok(delivery) = &mut item {
+            // The reader's keep-alive counts from here.
+            delivery.set_ack_wait_since(forwarded.since);
+        }
+        Poll::Ready(Some(item))
     }
 }
 
@@ -155,19 +281,17 @@ impl Drop for Reader {
         // What the puller forwarded and nobody will read is released (nacked
         // at once, in order) so another instance gets it now rather than
         // after the ack wait. By the puller, after it has dropped its pull:
-        // a nack before that could be redelivered to that very pull.
+        // a nack before that could be redelivered to that very pull. Until
+        // then it stays in the buffer, kept alive.
         let mut handover = self.stop.handover();
         handover.reader_gone = true;
-        self.rx.close();
-        while let Ok(item) = self.rx.try_recv() {
-            if let Ok(delivery) = item {
-                handover.held.push(delivery);
-            }
-        }
+        self.buffer.held().reader_gone = true;
+        // The puller stops waiting for room or for its pull.
+        self.buffer.puller.notify_one();
         // Until it is done, `close` waits for it.
         self.inner.settling.fetch_add(1, Ordering::AcqRel);
         if handover.puller_done {
-            let held = std::mem::take(&mut handover.held);
+            let held = self.buffer.unread();
             drop(handover);
             let inner = self.inner.clone();
             match tokio::runtime::Handle::try_current() {
@@ -193,40 +317,129 @@ pub(super) async fn release(deliveries: Vec<Delivery>) {
 }
 
 /// What a subscription's puller has forwarded and its reader not yet
-/// taken, in order: each item's reply subject (for keep-alives; `None` for
-/// an error item) and when progress was last reported for it.
-#[derive(Default)]
+/// taken, in order: the channel between the two, and what the keep-alive
+/// looks at. The puller adds all its pull has ready at once (one lock, one
+/// clock read, one wake for many messages); the reader takes one item at
+/// a time.
 pub(super) struct Buffer {
     pub(super) held: std::sync::Mutex<Held>,
+    /// Wakes the puller: room in the buffer, or the reader gone.
+    pub(super) puller: tokio::sync::Notify,
+    /// The most items held at once: what the reader fetches ahead.
+    pub(super) capacity: usize,
 }
 
 #[derive(Default)]
 pub(super) struct Held {
-    pub(super) items: std::collections::VecDeque<(Option<async_nats::Subject>, Instant)>,
+    pub(super) items: std::collections::VecDeque<Forwarded>,
     /// When the reader last took an item (or was first given one).
     pub(super) last_taken: Option<Instant>,
+    /// The reader, waiting for an item.
+    pub(super) reader: Option<std::task::Waker>,
+    /// The puller waits for room.
+    pub(super) puller_waiting: bool,
+    /// The puller forwards nothing more.
+    pub(super) done: bool,
+    /// The reader is dropped: it takes nothing more.
+    pub(super) reader_gone: bool,
+}
+
+/// An item the puller forwarded: its reply subject (for keep-alives;
+/// `None` for an error item) and when progress was last reported for it.
+pub(super) struct Forwarded {
+    pub(super) item: Result<Delivery>,
+    pub(super) reply: Option<async_nats::Subject>,
+    pub(super) since: Instant,
 }
 
 impl Buffer {
+    /// Holds up to `capacity` items (at least one).
+    pub(super) fn new(capacity: usize) -> Self {
+        Buffer {
+            held: std::sync::Mutex::default(),
+            puller: tokio::sync::Notify::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
     pub(super) fn held(&self) -> std::sync::MutexGuard<'_, Held> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The puller forwards an item (the channel keeps the order).
-    pub(super) fn put(&self, reply: Option<async_nats::Subject>) {
+    /// Waits for room; how many items fit, or `None` once the reader is
+    /// gone.
+    pub(super) async fn room(&self) -> Option<usize> {
+        loop {
+            {
+                let mut held = self.held();
+                if held.reader_gone {
+                    return None;
+                }
+                let room = self.capacity.saturating_sub(held.items.len());
+                if room > 0 {
+                    return Some(room);
+                }
+                held.puller_waiting = true;
+            }
+            // A wake after the flag was set is kept as a permit.
+            self.puller.notified().await;
+        }
+    }
+
+    /// Resolves once the reader is gone.
+    pub(super) async fn reader_gone(&self) {
+        while !self.held().reader_gone {
+            self.puller.notified().await;
+        }
+    }
+
+    /// The puller forwards `items` (emptied), in order, each with its
+    /// reply subject. Held even when the reader is gone (so kept alive
+    /// until released); false then.
+    pub(super) fn put(
+        &self,
+        items: &mut Vec<(Result<Delivery>, Option<async_nats::Subject>)>,
+    ) -> bool {
         let now = Instant::now();
         let mut held = self.held();
-        held.items.push_back((reply, now));
+        held.items
+            .extend(items.drain(..).map(|(item, reply)| Forwarded {
+                reply: reply.filter(|_| item.is_ok()),
+                item,
+                since: now,
+            }));
         // Until the reader takes something, its progress counts from the
         // first item it was given.
         held.last_taken.get_or_insert(now);
+        let reader = held.reader.take();
+        let gone = held.reader_gone;
+        drop(held);
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+        !gone
     }
 
-    /// The reader takes the oldest item; when its ack wait last restarted.
-    pub(super) fn taken(&self) -> Option<Instant> {
-        let mut held = self.held();
-        held.last_taken = Some(Instant::now());
-        held.items.pop_front().map(|(_, since)| since)
+    /// The puller forwards nothing more: the reader ends after what is
+    /// held.
+    pub(super) fn close(&self) {
+        let reader = {
+            let mut held = self.held();
+            held.done = true;
+            held.reader.take()
+        };
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+    }
+
+    /// What the reader left unread, in order, taken out.
+    pub(super) fn unread(&self) -> Vec<Delivery> {
+        self.held()
+            .items
+            .drain(..)
+            .filter_map(|forwarded| forwarded.item.ok())
+            .collect()
     }
 }
 
@@ -257,10 +470,10 @@ pub(super) async fn keep_alive(
             } else {
                 held.items
                     .iter_mut()
-                    .filter(|(_, since)| now.duration_since(*since) >= ack_wait / 2)
-                    .filter_map(|(reply, since)| {
-                        *since = now;
-                        reply.clone()
+                    .filter(|held| now.duration_since(held.since) >= ack_wait / 2)
+                    .filter_map(|held| {
+                        held.since = now;
+                        held.reply.clone()
                     })
                     .collect()
             }
@@ -276,7 +489,7 @@ pub(super) async fn keep_alive(
                     .held()
                     .items
                     .iter()
-                    .any(|(held, _)| held.as_ref() == Some(&reply))
+                    .any(|held| held.reply.as_ref() == Some(&reply))
             });
             if !waiting {
                 continue;
@@ -306,6 +519,9 @@ pub(super) async fn reconnected(state: &mut watch::Receiver<ConnectionState>) {
 
 impl Drop for Puller {
     fn drop(&mut self) {
+        // Also when the task is dropped before its end (a runtime shutting
+        // down): the reader must not wait for more.
+        self.buffer.close();
         self.inner.open_subscriptions.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -316,34 +532,43 @@ impl Puller {
     /// releases what it still holds and, for an ephemeral consumer,
     /// deletes it.
     pub(super) async fn run(mut self) {
-        let Some(tx) = self.tx.clone() else {
-            return;
-        };
+        let buffer = self.buffer.clone();
+        let mut forwarded = Vec::new();
         loop {
+            let Some(room) = buffer.room().await else {
+                break;
+            };
             let next = {
                 let pulled = std::pin::pin!(self.next());
-                let gone = std::pin::pin!(tx.closed());
+                let gone = std::pin::pin!(buffer.reader_gone());
                 match futures_util::future::select(pulled, gone).await {
                     futures_util::future::Either::Left((next, _)) => next,
                     futures_util::future::Either::Right(_) => None,
                 }
             };
-            match next {
-                Some((item, reply)) => {
-                    self.buffer.put(reply.filter(|_| item.is_ok()));
-                    if let Err(unsent) = tx.send(item).await {
-                        // The reader is gone: this one is released with
-                        // what it left.
-                        if let Ok(delivery) = unsent.0 {
-                            self.stop.handover().held.push(delivery);
-                        }
-                        break;
+            let Some(first) = next else {
+                break;
+            };
+            forwarded.push(first);
+            // What the pull has already received goes along, as far as
+            // there is room: one lock and one wake of the reader for all.
+            std::future::poll_fn(|cx| {
+                while forwarded.len() < room {
+                    match self.next_ready(cx) {
+                        Some(next) => forwarded.push(next),
+                        None => break,
                     }
                 }
-                None => break,
+                Poll::Ready(())
+            })
+            .await;
+            if !buffer.put(&mut forwarded) {
+                // The reader is gone: these are released with what it
+                // left.
+                break;
             }
         }
-        drop(tx);
+        buffer.close();
         self.finish().await;
     }
 
@@ -374,7 +599,14 @@ impl Puller {
         let (mut held, reader_gone) = {
             let mut handover = self.stop.handover();
             handover.puller_done = true;
-            (std::mem::take(&mut handover.held), handover.reader_gone)
+            // A reader still there reads what is held, and releases what
+            // it leaves when dropped.
+            let held = if handover.reader_gone {
+                self.buffer.unread()
+            } else {
+                Vec::new()
+            };
+            (held, handover.reader_gone)
         };
         held.append(&mut late);
         release(held).await;
@@ -424,6 +656,18 @@ impl Puller {
                 }
                 return self.next_held().await;
             }
+            if let Some(error) = self.deferred.take() {
+                // As if the pull returned it now.
+                self.current = None;
+                if self.draining {
+                    return None;
+                }
+                if let Some(lost) = self.lost().await {
+                    return Some((Err(lost), None));
+                }
+                self.pause_after_failure(error).await;
+                continue;
+            }
             let batch = match self.current.as_mut() {
                 Some(batch) => batch,
                 None => {
@@ -469,7 +713,6 @@ impl Puller {
                         };
                         partition::PinnedPull::start(
                             &self.inner.client,
-                            &self.inner.admin,
                             pinned.subject.clone(),
                             pull_size,
                             expires,
@@ -478,23 +721,12 @@ impl Puller {
                         .await
                         .map(Pull::Pinned)
                         .map_err(|e| e.to_string())
-                    } else if self.draining {
-                        self.consumer
-                            .fetch()
-                            .max_messages(pull_size)
-                            .messages()
-                            .await
-                            .map(Pull::Batch)
-                            .map_err(|e| e.to_string())
                     } else {
-                        self.consumer
-                            .batch()
-                            .max_messages(pull_size)
-                            .expires(self.expires)
-                            .messages()
+                        // Once closing, only what is already pending.
+                        let expires = (!self.draining).then_some(self.expires);
+                        PlainPull::start(&self.inner.client, &self.consumer, pull_size, expires)
                             .await
-                            .map(Pull::Batch)
-                            .map_err(|e| e.to_string())
+                            .map(Pull::Plain)
                     };
                     match pulled {
                         Ok(batch) => {
@@ -519,13 +751,13 @@ impl Puller {
             // without setting up the waits for a reconnect or a stop: a stop
             // is seen above, a reconnect once the pull has to wait.
             let ready = match batch {
-                Pull::Batch(batch) if self.pinned.is_none() => {
-                    std::future::poll_fn(|cx| Poll::Ready(batch.poll_next_unpin(cx))).await
+                Pull::Plain(pull) if self.pinned.is_none() => {
+                    std::future::poll_fn(|cx| Poll::Ready(pull.poll_next(cx))).await
                 }
                 _ => Poll::Pending,
             };
             let next = match ready {
-                Poll::Ready(next) => next.map(|r| r.map_err(|e| e.to_string())),
+                Poll::Ready(next) => next,
                 Poll::Pending => tokio::select! {
                     next = batch.next() => next,
                     () = reconnected(&mut self.state) => {
@@ -579,6 +811,35 @@ impl Puller {
         }
     }
 
+    /// The next message an unpinned pull has already received, without
+    /// waiting; `None` when there is none, or something else is next (the
+    /// pull's end is seen by `next`, which polls again; an error is kept
+    /// for it). Not while stopping (see `next`), nor for a pinned pull,
+    /// whose messages may have to be held back for a catch-up.
+    pub(super) fn next_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Option<(Result<Delivery>, Option<async_nats::Subject>)> {
+        if self.pinned.is_some() || self.deferred.is_some() || self.stop.is_requested() {
+            return None;
+        }
+        let Some(Pull::Plain(pull)) = self.current.as_mut() else {
+            return None;
+        };
+        match pull.poll_next(cx) {
+            Poll::Ready(Some(Ok(message))) => {
+                self.in_current += 1;
+                Some(self.delivery(message))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.deferred = Some(e);
+                None
+            }
+            // A pull that has ended stays ended: `next` sees it again.
+            Poll::Ready(None) | Poll::Pending => None,
+        }
+    }
+
     /// Once stopped: the next message of the current pull, which is read
     /// to its end (filled, or expired on the server) rather than dropped: a
     /// pull dropped early stays open on the server until it expires, and
@@ -600,7 +861,7 @@ impl Puller {
 
     pub(super) fn delivery(
         &self,
-        message: jetstream::Message,
+        message: async_nats::Message,
     ) -> (Result<Delivery>, Option<async_nats::Subject>) {
         let ack_wait = self.consumer.cached_info().config.ack_wait;
         let reply = message.reply.clone();
@@ -620,13 +881,13 @@ impl Puller {
     /// wait.
     pub(super) async fn catch_up(
         &mut self,
-        message: Option<jetstream::Message>,
-    ) -> Option<jetstream::Message> {
+        message: Option<async_nats::Message>,
+    ) -> Option<async_nats::Message> {
         let Some(pinned) = self.pinned.as_mut() else {
             return message;
         };
         if pinned.catching_up.is_none() && message.is_some() && pinned.pin.take_acquired() {
-            let first = message.as_ref().and_then(|m| m.info().ok());
+            let first = message.as_ref().and_then(message_info);
             if let Some(first) = first {
                 let now = Instant::now();
                 let ack_wait = self.consumer.cached_info().config.ack_wait;
@@ -648,8 +909,8 @@ impl Puller {
             return message;
         };
         if let Some(message) = message {
-            match message.info() {
-                Ok(info) => {
+            match message_info(&message) {
+                Some(info) => {
                     // A redelivery has a consumer sequence of its own: one
                     // past the count asked for is one of theirs.
                     let after = catch_up
@@ -662,7 +923,7 @@ impl Puller {
                     let sequence = info.stream_sequence;
                     catch_up.held.insert(sequence, message);
                 }
-                Err(_) => return Some(message),
+                None => return Some(message),
             }
         }
         let now = Instant::now();
@@ -681,8 +942,12 @@ impl Puller {
         if now >= catch_up.next_progress {
             // Held back, not forgotten: their ack wait starts again.
             catch_up.next_progress = now + self.consumer.cached_info().config.ack_wait / 3;
-            for held in catch_up.held.values() {
-                let _ = held.ack_with(jetstream::AckKind::Progress).await;
+            for reply in catch_up.held.values().filter_map(|held| held.reply.clone()) {
+                let _ = self
+                    .inner
+                    .client
+                    .publish(reply, bytes::Bytes::from_static(b"+WPI"))
+                    .await;
             }
         }
         let expired = now >= catch_up.until;
@@ -832,14 +1097,11 @@ impl Puller {
 }
 
 pub(super) fn to_delivery(
-    message: jetstream::Message,
+    message: async_nats::Message,
     ack_wait: Duration,
     inner: &Arc<Inner>,
     outstanding: Option<partition::Outstanding>,
 ) -> Result<Delivery> {
-    // The message's context (a copy of the client's) is not needed: the
-    // acker publishes through the transport's client.
-    let message = message.message;
     let Some((reply, info)) = message
         .reply
         .and_then(|reply| ack_info(reply.as_str()).map(|info| (reply, info)))
@@ -878,6 +1140,12 @@ pub(super) fn to_delivery(
     ))
 }
 
+/// What a pulled message's reply subject tells; `None` without one, or
+/// with one that is not an ack subject.
+pub(super) fn message_info(message: &async_nats::Message) -> Option<AckInfo> {
+    ack_info(message.reply.as_ref()?.as_str())
+}
+
 /// What a JetStream delivery's reply subject tells.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct AckInfo {
@@ -893,34 +1161,46 @@ pub(super) struct AckInfo {
 /// parse (the timestamp as `i64` nanoseconds).
 pub(super) fn ack_info(reply: &str) -> Option<AckInfo> {
     let rest = reply.strip_prefix("$JS.ACK.")?;
-    let mut tokens = rest.split('.');
-    let mut numbers: [&str; 9] = [""; 9];
+    // The first nine tokens (more are ignored), found in one pass over the
+    // bytes: `split` looks for each dot on its own, which costs some
+    // hundreds of instructions per delivery. A dot is ASCII, so every
+    // bound is a char boundary.
+    let mut bounds = [(0, 0); 9];
     let mut count = 0;
-    for slot in &mut numbers {
-        match tokens.next() {
-            Some(token) => {
-                *slot = token;
-                count += 1;
+    let mut start = 0;
+    for (i, byte) in rest.bytes().enumerate() {
+        if byte == b'.' {
+            bounds[count] = (start, i);
+            count += 1;
+            start = i + 1;
+            if count == bounds.len() {
+                break;
             }
-            None => break,
         }
     }
+    if count < bounds.len() {
+        bounds[count] = (start, rest.len());
+        count += 1;
+    }
     let numbers = match count {
-        7 => &numbers[2..7],
-        9 => &numbers[4..9],
+        7 => &bounds[2..7],
+        9 => &bounds[4..9],
         _ => return None,
     };
-    let delivered = ack_number(numbers[0])?;
-    let stream_sequence = ack_number(numbers[1])?;
-    let consumer_sequence = ack_number(numbers[2])?;
-    let timestamp = numbers[3];
+    let token = |(start, end): (usize, usize)| rest.get(start..end);
+    let delivered = ack_number(token(numbers[0])?)?;
+    let stream_sequence = ack_number(token(numbers[1])?)?;
+    let consumer_sequence = ack_number(token(numbers[2])?)?;
+    let timestamp = token(numbers[3])?;
+    // Up to 18 digits always fit an i64; 19 do up to its maximum (strings
+    // of one length compare as numbers).
     let plain = !timestamp.is_empty()
-        && timestamp.len() <= 18
-        && timestamp.bytes().all(|b| b.is_ascii_digit());
+        && timestamp.bytes().all(|b| b.is_ascii_digit())
+        && (timestamp.len() <= 18 || (timestamp.len() == 19 && timestamp <= "9223372036854775807"));
     if !plain {
         timestamp.parse::<i64>().ok()?;
     }
-    ack_number(numbers[4])?;
+    ack_number(token(numbers[4])?)?;
     Some(AckInfo {
         delivered,
         stream_sequence,
