@@ -15,6 +15,7 @@ use events::{Bus, ErrorKind, Event, EventPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::conformance::bus_on;
+use crate::support::server_rewinds_redeliveries;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Placed {
@@ -36,6 +37,8 @@ impl EventPayload for Cancelled {
 const ARRIVE: Duration = Duration::from_secs(20);
 /// Well under the ack wait the tests set (30 s): a release must beat it.
 const PROMPT: Duration = Duration::from_secs(8);
+/// The ack wait of the release tests.
+const ACK_WAIT: Duration = Duration::from_secs(30);
 
 /// Whether `bus` hands a released delivery to another reader at once:
 /// memory and JetStream do; core NATS never redelivers.
@@ -142,14 +145,20 @@ where
     if !releases_at_once(&bus) {
         return; // Core NATS: at-most-once, nothing to release into.
     }
-    for close in [true, false] {
+    // nats-server before 2.10.14 can deliver the last message of a
+    // consumer once more when a redelivery finds only an abandoned pull
+    // (see `server_rewinds_redeliveries`): there a second copy is allowed.
+    let rewinds = bus.transport().name() == "jetstream" && server_rewinds_redeliveries();
+    for (round, close) in [(0, true), (1, false)] {
         let subscribe = || {
             bus.subscribe::<Placed>()
                 .queue_group("workers")
-                .ack_wait(Duration::from_secs(30))
+                .ack_wait(ACK_WAIT)
         };
         let mut first = subscribe().await.unwrap();
-        for n in 0..20 {
+        // Numbered apart from the other round's.
+        let numbers = round * 20..round * 20 + 20;
+        for n in numbers.clone() {
             bus.publish(&bus.event(Placed { key: "k".into(), n }))
                 .await
                 .unwrap();
@@ -170,23 +179,39 @@ where
             drop(first);
         }
         let mut rest = Vec::new();
+        let mut late = false;
         while rest.len() < 19 {
-            let d = tokio::time::timeout(PROMPT, second.next())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "released at once, not after the ack wait (close: {close}); got {rest:?}"
-                    )
-                })
-                .unwrap()
-                .unwrap();
-            rest.push(d.payload().n);
+            let d = match tokio::time::timeout(PROMPT, second.next()).await {
+                Ok(d) => d,
+                // The same bug: the released message the server handed to
+                // an expired pull comes back after the ack wait, once.
+                Err(_) if rewinds && !late => {
+                    late = true;
+                    tokio::time::timeout(ACK_WAIT + ARRIVE, second.next())
+                        .await
+                        .unwrap_or_else(|_| panic!("not even after the ack wait: {rest:?}"))
+                }
+                Err(_) => panic!(
+                    "released at once, not after the ack wait (close: {close}); got {rest:?}"
+                ),
+            }
+            .unwrap()
+            .unwrap();
+            let n = d.payload().n;
             d.ack().await.unwrap();
+            if n == taken || rest.contains(&n) || !numbers.contains(&n) {
+                assert!(
+                    rewinds,
+                    "{n} delivered twice (close: {close}); got {rest:?}"
+                );
+                continue;
+            }
+            rest.push(n);
         }
-        assert!(started.elapsed() < PROMPT);
+        assert!(late || started.elapsed() < PROMPT);
         rest.push(taken);
         rest.sort_unstable();
-        assert_eq!(rest, (0..20).collect::<Vec<_>>(), "close: {close}");
+        assert_eq!(rest, numbers.collect::<Vec<_>>(), "close: {close}");
         second.close().await;
     }
     bus.close().await.unwrap();
@@ -254,7 +279,7 @@ where
     // Where releases wait out the ack wait, a short one keeps the test
     // short; order must hold either way.
     let ack_wait = if prompt {
-        Duration::from_secs(30)
+        ACK_WAIT
     } else {
         Duration::from_secs(2)
     };
@@ -313,18 +338,51 @@ where
     assert_eq!(summary.handled, 0);
     assert_eq!(summary.nacked_on_shutdown, 2, "{summary:?}");
     let within = if prompt { PROMPT } else { ARRIVE };
-    wait_until("every event handled by the second instance", within, || {
-        log.lock().unwrap().len() >= 10
+    // nats-server before 2.10.14 can deliver a consumer's last message once
+    // more (see `server_rewinds_redeliveries`): there a second copy is
+    // allowed, and left out below.
+    let rewinds = bus.transport().name() == "jetstream" && server_rewinds_redeliveries();
+    let distinct = || {
+        let mut log = log.lock().unwrap().clone();
+        log.sort_unstable();
+        log.dedup();
+        log.len()
+    };
+    // With the same bug, a released message the server handed to an
+    // expired pull comes back after the ack wait: one may be late there.
+    wait_until("all but one handled by the second instance", within, || {
+        distinct() >= 9
     })
     .await;
-    if prompt {
+    let late = rewinds
+        && tokio::time::timeout(within, async {
+            while distinct() < 10 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_err();
+    let within = if late { ack_wait + ARRIVE } else { within };
+    wait_until("every event handled by the second instance", within, || {
+        distinct() >= 10
+    })
+    .await;
+    if prompt && !late {
         assert!(stopping.elapsed() < PROMPT, "released at once");
     }
     let summary = second.shutdown().await.unwrap();
-    assert_eq!(summary.handled, 10);
+    let log = log.lock().unwrap().clone();
+    assert_eq!(summary.handled, log.len() as u64);
+    if !rewinds {
+        assert_eq!(log.len(), 10, "each event handled once: {log:?}");
+    }
     let mut per_key: HashMap<String, Vec<u32>> = HashMap::new();
-    for (key, n) in log.lock().unwrap().iter() {
-        per_key.entry(key.clone()).or_default().push(*n);
+    for (key, n) in &log {
+        let seen = per_key.entry(key.clone()).or_default();
+        // A second copy (allowed above) is not another place in the order.
+        if !seen.contains(n) {
+            seen.push(*n);
+        }
     }
     // The first instance nacks a key's events in order. Whether the next
     // one gets them in that order is the broker's: the memory bus hands
