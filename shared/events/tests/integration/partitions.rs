@@ -67,6 +67,19 @@ async fn bus(transport: JetStreamTransport) -> Bus {
         .unwrap()
 }
 
+/// A stream partitioned by key captures only its prefix: dead letters need
+/// a stream of their own.
+async fn dead_letter_stream(jetstream: &async_nats::jetstream::Context) {
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "DEAD".into(),
+            subjects: vec!["deadletter.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
 /// The server's version, from a transport.
 async fn version(url: &str) -> (u64, u64, u64) {
     let t = JetStreamTransport::connect(JetStreamConfig::new(
@@ -422,17 +435,7 @@ async fn per_key_order_holds_across_instances_and_a_kill() {
     assert!(producer
         .capabilities()
         .supports(Capability::OrderedAcrossInstances));
-    // A stream partitioned by key captures only its prefix: dead letters
-    // need a stream of their own.
-    producer
-        .context()
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "DEAD".into(),
-            subjects: vec!["deadletter.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    dead_letter_stream(producer.context()).await;
     let bus = bus(producer).await;
     let dir = server.dir().join("workers");
     std::fs::create_dir_all(&dir).unwrap();
@@ -646,17 +649,10 @@ async fn a_graceful_handover_keeps_each_key_s_order_across_types() {
         .supports(Capability::OrderedAcrossInstances)
         .then_some(())
         .expect("partitions on 2.11+");
-    // A stream partitioned by key captures only its prefix: dead letters
-    // need a stream of their own.
-    let jetstream = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
-    jetstream
-        .create_stream(async_nats::jetstream::stream::Config {
-            name: "DEAD".into(),
-            subjects: vec!["deadletter.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    dead_letter_stream(&async_nats::jetstream::new(
+        async_nats::connect(server.url()).await.unwrap(),
+    ))
+    .await;
     let state = Handover {
         stuck: Arc::new(tokio::sync::Semaphore::new(0)),
         log: Arc::default(),
