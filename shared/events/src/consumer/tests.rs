@@ -905,6 +905,51 @@ async fn a_layer_that_does_not_run_next_decides_the_outcome_alone() {
     }
 }
 
+/// Hangs on the first attempt (it never runs the rest), runs it on the
+/// others.
+struct HangsOnce;
+
+impl Layer for HangsOnce {
+    fn call(&self, next: Next<'_>) -> HandlerFuture {
+        if next.attempt() == 1 {
+            return Box::pin(std::future::pending());
+        }
+        next.run()
+    }
+}
+
+/// User layers sit inside the runtime's timeout and retry layers: a layer
+/// that hangs is cut off by the handler timeout like a handler, and the
+/// attempt is retried, on the fast path and on the ordered path alike.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_layer_is_cut_off_by_the_handler_timeout_and_retried() {
+    for ordered in [false, true] {
+        let bus = Bus::memory("test");
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let log = handled.clone();
+        let running = Consumer::new(&bus, "worker")
+            .unwrap()
+            .ordered_by_key(ordered)
+            .layer(HangsOnce)
+            .handler_timeout(Duration::from_millis(100))
+            .retry(two_quick_attempts())
+            .handle(move |_e: Event<Job>, ctx: Context<()>| {
+                log.lock().unwrap().push(ctx.attempt());
+                async { Ok::<_, HandlerError>(()) }
+            })
+            .start()
+            .await
+            .unwrap();
+        let mut event = bus.event(Job { n: 1 });
+        event.metadata.set_subject(Some("key-1".to_owned()));
+        bus.publish(&event).await.unwrap();
+        wait_until(|| !handled.lock().unwrap().is_empty()).await;
+        let summary = running.shutdown().await.unwrap();
+        assert_eq!(*handled.lock().unwrap(), [2], "ordered: {ordered}");
+        assert_eq!(outcome(&summary), (1, 1, 0), "ordered: {ordered}");
+    }
+}
+
 /// The README's layer example is `Layer`'s doc test, whose hidden lines
 /// (`# `) the README leaves out: the two must not drift apart.
 #[test]
