@@ -13,8 +13,42 @@ use crate::error::{Error, Result};
 ///
 /// Subjects we build are made only of validated tokens
 /// (`[A-Za-z0-9_-]+`); subjects received from a broker are taken as they are.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Subject(Arc<str>);
+#[derive(Clone)]
+pub struct Subject(SubjectText);
+
+/// Where a subject's text lives. Equality, order and hashing go by the text
+/// alone, whichever the kind.
+#[derive(Clone)]
+enum SubjectText {
+    Shared(Arc<str>),
+    /// The subject as the NATS client received it, kept as it is: its text
+    /// is already shared bytes, so copying it into an `Arc<str>` would only
+    /// cost an allocation, a copy and a free per message.
+    #[cfg(feature = "nats")]
+    Nats(async_nats::Subject),
+}
+
+impl PartialEq for Subject {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for Subject {}
+impl std::hash::Hash for Subject {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+impl PartialOrd for Subject {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Subject {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
 
 impl Subject {
     /// Joins validated tokens with dots.
@@ -47,28 +81,31 @@ impl Subject {
 
     /// A subject built from tokens the caller has already validated.
     pub(crate) fn from_valid(subject: String) -> Self {
-        Subject(subject.into())
+        Subject(SubjectText::Shared(subject.into()))
     }
 
     /// A subject as a broker delivered it. Not validated: it only labels a
     /// received message and is never used to publish.
     pub fn received(subject: impl Into<Cow<'static, str>>) -> Self {
-        Subject(match subject.into() {
+        Subject(SubjectText::Shared(match subject.into() {
             Cow::Borrowed(s) => Arc::from(s),
             Cow::Owned(s) => Arc::from(s),
-        })
+        }))
     }
 
-    /// [`received`](Self::received) from the NATS client, copied once
-    /// (a subject stays the size of a pointer: messages move often).
+    /// [`received`](Self::received) from the NATS client, not copied.
     #[cfg(feature = "nats")]
     pub(crate) fn received_nats(subject: async_nats::Subject) -> Self {
-        Subject(Arc::from(subject.as_str()))
+        Subject(SubjectText::Nats(subject))
     }
 
     /// The subject as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            SubjectText::Shared(text) => text,
+            #[cfg(feature = "nats")]
+            SubjectText::Nats(subject) => subject.as_str(),
+        }
     }
 
     /// The subject's tokens.
