@@ -245,9 +245,7 @@ impl Received {
     fn get(&self, wanted: &str) -> Option<&str> {
         for (name, values) in self.map.iter() {
             let name: &str = name.as_ref();
-            if !name.eq_ignore_ascii_case(wanted)
-                || self.hidden.is_some_and(|h| name.eq_ignore_ascii_case(h))
-            {
+            if !same_name(name, wanted) || self.hidden.is_some_and(|h| same_name(name, h)) {
                 continue;
             }
             if let Some(value) = values.first() {
@@ -281,7 +279,7 @@ impl<'a> Iterator for ReceivedIter<'a> {
             }
             let (name, values) = self.entries.next()?;
             let name: &str = name.as_ref();
-            if !self.hidden.is_some_and(|h| name.eq_ignore_ascii_case(h)) {
+            if !self.hidden.is_some_and(|h| same_name(name, h)) {
                 self.values = Some((name, values.iter()));
             }
         }
@@ -350,7 +348,7 @@ impl Headers {
             {
                 return Err(map);
             }
-            if hidden.is_some_and(|h| name.eq_ignore_ascii_case(h)) {
+            if hidden.is_some_and(|h| same_name(name, h)) {
                 if hidden_value.is_none() {
                     hidden_value = values.first().map(|v| v.as_str().to_owned());
                 }
@@ -528,6 +526,37 @@ fn check_header_name(name: &str) -> Result<()> {
             "header name {name:?} must be visible ASCII without ':'"
         )))
     }
+}
+
+/// `a.eq_ignore_ascii_case(b)` eight bytes at a time (every received
+/// message's headers are looked up by name).
+#[cfg(feature = "nats")]
+fn same_name(a: &str, b: &str) -> bool {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    // `x` with its ASCII capitals made small, as `u8::to_ascii_lowercase`
+    // does each byte: the sums never carry out of a byte, and a byte with
+    // its high bit set (not ASCII) is left as it is.
+    let lower = |x: u64| {
+        let low7 = x & !HIGHS;
+        let from_a = low7 + ONES * u64::from(0x80 - b'A');
+        let past_z = low7 + ONES * u64::from(0x7f - b'Z');
+        let capital = from_a & !past_z & !x & HIGHS;
+        x | (capital >> 2)
+    };
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut xs, mut ys) = (a.as_bytes().chunks_exact(8), b.as_bytes().chunks_exact(8));
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        let mut words = ([0; 8], [0; 8]);
+        words.0.copy_from_slice(x);
+        words.1.copy_from_slice(y);
+        if lower(u64::from_le_bytes(words.0)) != lower(u64::from_le_bytes(words.1)) {
+            return false;
+        }
+    }
+    xs.remainder().eq_ignore_ascii_case(ys.remainder())
 }
 
 /// [`is_header_name`] eight bytes at a time (the names of every received
@@ -752,6 +781,47 @@ mod tests {
         }
         assert!(is_header_value_fast(""));
         assert!(is_header_value_fast("\u{e9}\u{80}\u{ff}\u{100}\u{2028}x"));
+    }
+
+    #[cfg(feature = "nats")]
+    #[test]
+    fn the_word_wise_name_comparison_agrees_with_the_plain_one() {
+        // Every byte against every byte (as text: each single-byte character,
+        // and a multi-byte one cut into the same length) at every place of
+        // names up to 19 bytes.
+        let texts = |len: usize, at: usize| {
+            let mut out: Vec<String> = (0..0x80u8)
+                .map(|c| {
+                    let mut bytes = vec![b'k'; len];
+                    bytes[at] = c;
+                    String::from_utf8(bytes).unwrap()
+                })
+                .collect();
+            if at + 2 <= len {
+                for wide in ["\u{e9}", "\u{c9}", "\u{17f}", "\u{80}"] {
+                    let mut text = "k".repeat(at);
+                    text.push_str(wide);
+                    text.push_str(&"k".repeat(len - at - 2));
+                    out.push(text);
+                }
+            }
+            out
+        };
+        for len in 1..20 {
+            for at in 0..len {
+                let all = texts(len, at);
+                for a in &all {
+                    for b in &all {
+                        assert_eq!(same_name(a, b), a.eq_ignore_ascii_case(b), "{a:?} {b:?}");
+                    }
+                }
+            }
+        }
+        assert!(same_name("Content-Type", "content-type"));
+        assert!(same_name("NATS-MSG-ID", "Nats-Msg-Id"));
+        assert!(!same_name("Nats-Msg-Id", "Nats-Msg-Ie"));
+        assert!(!same_name("ab", "abc"));
+        assert!(same_name("", ""));
     }
 
     #[cfg(feature = "nats")]
