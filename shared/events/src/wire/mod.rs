@@ -618,8 +618,12 @@ pub(crate) fn is_json_content_type(ct: &str) -> bool {
 }
 
 fn starts_with_ignore_case(value: &str, prefix: &str) -> bool {
+    // The usual spelling first: an exact comparison is a few word compares,
+    // a case-insensitive one a loop over every byte (every received message
+    // has its content type read).
     value.len() >= prefix.len()
-        && value.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+        && (value.as_bytes().starts_with(prefix.as_bytes())
+            || value.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes()))
 }
 
 /// The context attributes a decoder read (extensions aside), each as the
