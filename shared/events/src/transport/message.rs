@@ -13,8 +13,42 @@ use crate::error::{Error, Result};
 ///
 /// Subjects we build are made only of validated tokens
 /// (`[A-Za-z0-9_-]+`); subjects received from a broker are taken as they are.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Subject(Arc<str>);
+#[derive(Clone)]
+pub struct Subject(SubjectText);
+
+/// Where a subject's text lives. Equality, order and hashing go by the text
+/// alone, whichever the kind.
+#[derive(Clone)]
+enum SubjectText {
+    Shared(Arc<str>),
+    /// The subject as the NATS client received it, kept as it is: its text
+    /// is already shared bytes, so copying it into an `Arc<str>` would only
+    /// cost an allocation, a copy and a free per message.
+    #[cfg(feature = "nats")]
+    Nats(async_nats::Subject),
+}
+
+impl PartialEq for Subject {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for Subject {}
+impl std::hash::Hash for Subject {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+impl PartialOrd for Subject {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Subject {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
 
 impl Subject {
     /// Joins validated tokens with dots.
@@ -47,28 +81,31 @@ impl Subject {
 
     /// A subject built from tokens the caller has already validated.
     pub(crate) fn from_valid(subject: String) -> Self {
-        Subject(subject.into())
+        Subject(SubjectText::Shared(subject.into()))
     }
 
     /// A subject as a broker delivered it. Not validated: it only labels a
     /// received message and is never used to publish.
     pub fn received(subject: impl Into<Cow<'static, str>>) -> Self {
-        Subject(match subject.into() {
+        Subject(SubjectText::Shared(match subject.into() {
             Cow::Borrowed(s) => Arc::from(s),
             Cow::Owned(s) => Arc::from(s),
-        })
+        }))
     }
 
-    /// [`received`](Self::received) from the NATS client, copied once
-    /// (a subject stays the size of a pointer: messages move often).
+    /// [`received`](Self::received) from the NATS client, not copied.
     #[cfg(feature = "nats")]
     pub(crate) fn received_nats(subject: async_nats::Subject) -> Self {
-        Subject(Arc::from(subject.as_str()))
+        Subject(SubjectText::Nats(subject))
     }
 
     /// The subject as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            SubjectText::Shared(text) => text,
+            #[cfg(feature = "nats")]
+            SubjectText::Nats(subject) => subject.as_str(),
+        }
     }
 
     /// The subject's tokens.
@@ -208,9 +245,7 @@ impl Received {
     fn get(&self, wanted: &str) -> Option<&str> {
         for (name, values) in self.map.iter() {
             let name: &str = name.as_ref();
-            if !name.eq_ignore_ascii_case(wanted)
-                || self.hidden.is_some_and(|h| name.eq_ignore_ascii_case(h))
-            {
+            if !same_name(name, wanted) || self.hidden.is_some_and(|h| same_name(name, h)) {
                 continue;
             }
             if let Some(value) = values.first() {
@@ -244,7 +279,7 @@ impl<'a> Iterator for ReceivedIter<'a> {
             }
             let (name, values) = self.entries.next()?;
             let name: &str = name.as_ref();
-            if !self.hidden.is_some_and(|h| name.eq_ignore_ascii_case(h)) {
+            if !self.hidden.is_some_and(|h| same_name(name, h)) {
                 self.values = Some((name, values.iter()));
             }
         }
@@ -308,10 +343,12 @@ impl Headers {
         let mut hidden_value = None;
         for (name, values) in map.iter() {
             let name: &str = name.as_ref();
-            if !is_header_name(name) || values.iter().any(|v| !is_header_value_fast(v.as_str())) {
+            if !is_header_name_fast(name)
+                || values.iter().any(|v| !is_header_value_fast(v.as_str()))
+            {
                 return Err(map);
             }
-            if hidden.is_some_and(|h| name.eq_ignore_ascii_case(h)) {
+            if hidden.is_some_and(|h| same_name(name, h)) {
                 if hidden_value.is_none() {
                     hidden_value = values.first().map(|v| v.as_str().to_owned());
                 }
@@ -489,6 +526,65 @@ fn check_header_name(name: &str) -> Result<()> {
             "header name {name:?} must be visible ASCII without ':'"
         )))
     }
+}
+
+/// `a.eq_ignore_ascii_case(b)` eight bytes at a time (every received
+/// message's headers are looked up by name).
+#[cfg(feature = "nats")]
+fn same_name(a: &str, b: &str) -> bool {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    // `x` with its ASCII capitals made small, as `u8::to_ascii_lowercase`
+    // does each byte: the sums never carry out of a byte, and a byte with
+    // its high bit set (not ASCII) is left as it is.
+    let lower = |x: u64| {
+        let low7 = x & !HIGHS;
+        let from_a = low7 + ONES * u64::from(0x80 - b'A');
+        let past_z = low7 + ONES * u64::from(0x7f - b'Z');
+        let capital = from_a & !past_z & !x & HIGHS;
+        x | (capital >> 2)
+    };
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut xs, mut ys) = (a.as_bytes().chunks_exact(8), b.as_bytes().chunks_exact(8));
+    for (x, y) in (&mut xs).zip(&mut ys) {
+        let mut words = ([0; 8], [0; 8]);
+        words.0.copy_from_slice(x);
+        words.1.copy_from_slice(y);
+        if lower(u64::from_le_bytes(words.0)) != lower(u64::from_le_bytes(words.1)) {
+            return false;
+        }
+    }
+    xs.remainder().eq_ignore_ascii_case(ys.remainder())
+}
+
+/// [`is_header_name`] eight bytes at a time (the names of every received
+/// message are checked). Each test below tells exactly whether some byte of
+/// the word is out of range; which byte it flags may be off, but only the
+/// yes/no answer is used.
+#[cfg(feature = "nats")]
+fn is_header_name_fast(name: &str) -> bool {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    // Whether some byte of `x` is below `n` (`n` at most 128).
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS != 0;
+    // Whether some byte of `x` is above 0x7e (a DEL or a non-ASCII byte).
+    let above = |x: u64| (x.wrapping_add(ONES) | x) & HIGHS != 0;
+    let mut chunks = name.as_bytes().chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        if below(x, 0x21) | above(x) | below(x ^ (ONES * u64::from(b':')), 1) {
+            return false;
+        }
+    }
+    !name.is_empty()
+        && chunks
+            .remainder()
+            .iter()
+            .all(|b| b.is_ascii_graphic() && *b != b':')
 }
 
 /// [`is_header_value`] eight bytes at a time (the values of every received
@@ -685,6 +781,82 @@ mod tests {
         }
         assert!(is_header_value_fast(""));
         assert!(is_header_value_fast("\u{e9}\u{80}\u{ff}\u{100}\u{2028}x"));
+    }
+
+    #[cfg(feature = "nats")]
+    #[test]
+    fn the_word_wise_name_comparison_agrees_with_the_plain_one() {
+        // Every byte against every byte (as text: each single-byte character,
+        // and a multi-byte one cut into the same length) at every place of
+        // names up to 19 bytes.
+        let texts = |len: usize, at: usize| {
+            let mut out: Vec<String> = (0..0x80u8)
+                .map(|c| {
+                    let mut bytes = vec![b'k'; len];
+                    bytes[at] = c;
+                    String::from_utf8(bytes).unwrap()
+                })
+                .collect();
+            if at + 2 <= len {
+                for wide in ["\u{e9}", "\u{c9}", "\u{17f}", "\u{80}"] {
+                    let mut text = "k".repeat(at);
+                    text.push_str(wide);
+                    text.push_str(&"k".repeat(len - at - 2));
+                    out.push(text);
+                }
+            }
+            out
+        };
+        for len in 1..20 {
+            for at in 0..len {
+                let all = texts(len, at);
+                for a in &all {
+                    for b in &all {
+                        assert_eq!(same_name(a, b), a.eq_ignore_ascii_case(b), "{a:?} {b:?}");
+                    }
+                }
+            }
+        }
+        assert!(same_name("Content-Type", "content-type"));
+        assert!(same_name("NATS-MSG-ID", "Nats-Msg-Id"));
+        assert!(!same_name("Nats-Msg-Id", "Nats-Msg-Ie"));
+        assert!(!same_name("ab", "abc"));
+        assert!(same_name("", ""));
+    }
+
+    #[cfg(feature = "nats")]
+    #[test]
+    fn the_word_wise_name_check_agrees_with_the_plain_one() {
+        // Every single-byte character (and a few wider ones) at every place
+        // of names up to 19 bytes, on a background of each edge of the
+        // accepted range.
+        let odd = ["\u{e9}", "\u{7f}", "\u{ff}", "\u{100}", "\u{2028}"];
+        for background in [b'a', b'!', b'~', b'9'] {
+            for len in 1..20 {
+                for at in 0..len {
+                    let mut names: Vec<String> = (0..0x80u8)
+                        .map(|b| {
+                            let mut bytes = vec![background; len];
+                            bytes[at] = b;
+                            String::from_utf8(bytes).unwrap()
+                        })
+                        .collect();
+                    for wide in odd {
+                        let before = String::from_utf8(vec![background; at]).unwrap();
+                        let after = String::from_utf8(vec![background; len - at]).unwrap();
+                        names.push(format!("{before}{wide}{after}"));
+                    }
+                    for name in names {
+                        assert_eq!(
+                            is_header_name_fast(&name),
+                            is_header_name(&name),
+                            "{name:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(!is_header_name_fast(""));
     }
 
     #[test]

@@ -406,6 +406,10 @@ fn json_content_types_are_recognised() {
         "Application/JSON; charset=utf-8",
         "text/json",
         "application/vnd.x+json",
+        " application/json ;x",
+        "application/json;",
+        "application/json;a;b",
+        "\u{e9}+json; x=\u{e9}",
     ] {
         assert!(is_json_content_type(ct), "{ct}");
     }
@@ -414,6 +418,11 @@ fn json_content_types_are_recognised() {
         "application/octet-stream",
         "json",
         "application/jsonx",
+        ";application/json",
+        "",
+        ";",
+        "\u{e9}",
+        "application/json\u{e9}",
     ] {
         assert!(!is_json_content_type(ct), "{ct}");
     }

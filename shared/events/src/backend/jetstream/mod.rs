@@ -1023,6 +1023,26 @@ mod tests {
             ack_info(&format!("$JS.ACK.dom.hash.S.C.1.5.4.{now}.0.tok.more")),
             Some(info(1, 5, 4))
         );
+        // Names of every length, so that the dots fall at every place of
+        // the eight-byte words the subject is scanned in.
+        for len in 1..20 {
+            let name = "n".repeat(len);
+            for subject in [
+                format!("$JS.ACK.{name}.C.2.10.7.{now}.3"),
+                format!("$JS.ACK.S.{name}.2.10.7.{now}.3"),
+                format!("$JS.ACK.{name}.h.S.{name}.2.10.7.{now}.3"),
+                format!("$JS.ACK.d.h.S.C.2.10.7.{now}.3.{name}.{name}"),
+            ] {
+                assert_eq!(ack_info(&subject), Some(info(2, 10, 7)), "{subject}");
+            }
+            for subject in [
+                format!("$JS.ACK.{name}.x.C.2.10.7.{now}.3"),
+                format!("$JS.ACK.S.C.2.10.7.{now}.3{name}.x"),
+                format!("$JS.ACK.S.C.2.10.7.{now}"),
+            ] {
+                assert_eq!(ack_info(&subject), None, "{subject}");
+            }
+        }
         for bad in [
             "",
             "$JS.ACK.",

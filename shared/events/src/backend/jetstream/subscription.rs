@@ -1168,14 +1168,34 @@ pub(super) fn ack_info(reply: &str) -> Option<AckInfo> {
     let mut bounds = [(0, 0); 9];
     let mut count = 0;
     let mut start = 0;
-    for (i, byte) in rest.bytes().enumerate() {
-        if byte == b'.' {
-            bounds[count] = (start, i);
-            count += 1;
-            start = i + 1;
-            if count == bounds.len() {
-                break;
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    let bytes = rest.as_bytes();
+    let mut i = 0;
+    'scan: while i < bytes.len() {
+        // Eight bytes without a dot are passed over at once: the stream and
+        // consumer names and the timestamp are long tokens. (The test tells
+        // exactly whether some byte of the word is a dot.)
+        if let Some(chunk) = bytes.get(i..i + 8) {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            let x = u64::from_le_bytes(word) ^ (ONES * u64::from(b'.'));
+            if x.wrapping_sub(ONES) & !x & HIGHS == 0 {
+                i += 8;
+                continue;
             }
+        }
+        let end = (i + 8).min(bytes.len());
+        while i < end {
+            if bytes[i] == b'.' {
+                bounds[count] = (start, i);
+                count += 1;
+                start = i + 1;
+                if count == bounds.len() {
+                    break 'scan;
+                }
+            }
+            i += 1;
         }
     }
     if count < bounds.len() {
