@@ -301,16 +301,39 @@ where
     let second = start(consumer).await;
     let summary = stop(first).await;
     assert_eq!((summary.handled, summary.nacked_on_shutdown), (1, 2));
-    wait_until("two redeliveries", || again.lock().unwrap().len() == 2).await;
+    let events = |seen: &[(u32, u32)]| {
+        let mut events: Vec<u32> = seen.iter().map(|(n, _)| *n).collect();
+        events.sort_unstable();
+        events.dedup();
+        events
+    };
+    wait_until("two redeliveries", || {
+        events(&again.lock().unwrap()) == [1, 2]
+    })
+    .await;
+    // Nothing else comes.
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop(second).await;
     let mut again = again.lock().unwrap().clone();
     again.sort_unstable();
-    assert_eq!(
-        again,
-        [(1, 2), (2, 2)],
-        "only the unfinished, as their second attempt"
-    );
+    // On nats-server before 2.10.14 a redelivery that finds only a dead
+    // pull request rewinds the consumer: the event comes with its delivery
+    // count back at 1, and can come twice (see
+    // `a_crashed_instance_s_unfinished_event_goes_to_another_instance`).
+    let rewinds = bus.transport().name() == "jetstream" && support::server_rewinds_redeliveries();
+    if rewinds {
+        assert_eq!(events(&again), [1, 2], "only the unfinished: {again:?}");
+        assert!(
+            again.len() <= 4 && again.iter().all(|(_, attempt)| *attempt <= 2),
+            "as their second attempt, or a rewound first: {again:?}"
+        );
+    } else {
+        assert_eq!(
+            again,
+            [(1, 2), (2, 2)],
+            "only the unfinished, as their second attempt"
+        );
+    }
     bus.close().await.unwrap();
 }
 
