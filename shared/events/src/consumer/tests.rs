@@ -865,6 +865,13 @@ async fn layers_wrap_each_attempt_the_first_added_outermost() {
     assert_eq!(outcome(&running.shutdown().await.unwrap()), (1, 1, 0));
 }
 
+/// Publishes job 1 with the key `key-1`.
+async fn publish_keyed_job(bus: &Bus) {
+    let mut event = bus.event(Job { n: 1 });
+    event.metadata.set_subject(Some("key-1".to_owned()));
+    bus.publish(&event).await.unwrap();
+}
+
 /// Refuses every event without calling the handler.
 struct Refuse;
 
@@ -894,9 +901,7 @@ async fn a_layer_that_does_not_run_next_decides_the_outcome_alone() {
             .start()
             .await
             .unwrap();
-        let mut event = bus.event(Job { n: 1 });
-        event.metadata.set_subject(Some("key-1".to_owned()));
-        bus.publish(&event).await.unwrap();
+        publish_keyed_job(&bus).await;
         let letter = next_dead_letter(&mut dlq).await;
         assert_letter(&letter, Reason::Rejected, 1, "refused by the layer");
         assert_eq!(*called.lock().unwrap(), 0, "ordered: {ordered}");
@@ -940,9 +945,7 @@ async fn a_hanging_layer_is_cut_off_by_the_handler_timeout_and_retried() {
             .start()
             .await
             .unwrap();
-        let mut event = bus.event(Job { n: 1 });
-        event.metadata.set_subject(Some("key-1".to_owned()));
-        bus.publish(&event).await.unwrap();
+        publish_keyed_job(&bus).await;
         wait_until(|| !handled.lock().unwrap().is_empty()).await;
         let summary = running.shutdown().await.unwrap();
         assert_eq!(*handled.lock().unwrap(), [2], "ordered: {ordered}");

@@ -658,14 +658,9 @@ impl Puller {
             }
             if let Some(error) = self.deferred.take() {
                 // As if the pull returned it now.
-                self.current = None;
-                if self.draining {
-                    return None;
+                if let Some(end) = self.pull_failed(error).await {
+                    return end;
                 }
-                if let Some(lost) = self.lost().await {
-                    return Some((Err(lost), None));
-                }
-                self.pause_after_failure(error).await;
                 continue;
             }
             let batch = match self.current.as_mut() {
@@ -735,13 +730,9 @@ impl Puller {
                             self.current.insert(batch)
                         }
                         Err(e) => {
-                            if self.draining {
-                                return None;
+                            if let Some(end) = self.pull_failed(e).await {
+                                return end;
                             }
-                            if let Some(lost) = self.lost().await {
-                                return Some((Err(lost), None));
-                            }
-                            self.pause_after_failure(e).await;
                             continue;
                         }
                     }
@@ -784,14 +775,9 @@ impl Puller {
                     }
                 }
                 Some(Err(e)) => {
-                    self.current = None;
-                    if self.draining {
-                        return None;
+                    if let Some(end) = self.pull_failed(e).await {
+                        return end;
                     }
-                    if let Some(lost) = self.lost().await {
-                        return Some((Err(lost), None));
-                    }
-                    self.pause_after_failure(e).await;
                 }
                 None => {
                     self.current = None;
@@ -1083,6 +1069,24 @@ impl Puller {
         // The next pull fails at once and ends the subscription.
         self.draining = true;
         Some(Error::closed(core::LOST))
+    }
+
+    /// The current pull failed with `error`: `Some` with what `next`
+    /// returns (the end, once draining; the consumer's loss, if it is
+    /// gone), else `None` after a pause, to pull again.
+    async fn pull_failed(
+        &mut self,
+        error: String,
+    ) -> Option<Option<(Result<Delivery>, Option<async_nats::Subject>)>> {
+        self.current = None;
+        if self.draining {
+            return Some(None);
+        }
+        if let Some(lost) = self.lost().await {
+            return Some(Some((Err(lost), None)));
+        }
+        self.pause_after_failure(error).await;
+        None
     }
 
     /// A failed pull (server restarting, consumer leader moving): log it and
