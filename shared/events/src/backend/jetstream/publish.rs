@@ -152,7 +152,7 @@ impl Inner {
                 let mut state = self.tracker.watch();
                 let ack = self.send(message, headers, &deadline).await?;
                 let mut ack = std::pin::pin!(ack.into_future());
-                let mut lost = std::pin::pin!(replaced(&mut state));
+                let mut lost = std::pin::pin!(super::subscription::reconnected(&mut state));
                 let mut late =
                     std::pin::pin!(core::sleep_until(deadline.within(self.config.ack_timeout)));
                 let waited = Instant::now();
@@ -393,7 +393,7 @@ impl Inner {
             .into_iter()
             .map(|(i, ack)| (i, ack.into_future()))
             .collect();
-        let mut lost = std::pin::pin!(replaced(state));
+        let mut lost = std::pin::pin!(super::subscription::reconnected(state));
         let mut late = std::pin::pin!(core::sleep_until(deadline.within(self.config.ack_timeout)));
         // In publish order: by the time one is in, most after it are too, and
         // an ack future that is ready when first polled never arms its own
@@ -603,21 +603,6 @@ pub(super) fn gave_up(subject: &Subject, last: Error, attempts: u32, deadline: &
         ),
     )
     .with_source(last)
-}
-
-/// Resolves once the connection is back after a loss this receiver had not
-/// seen: what was written to the lost connection gets no ack, ever (the
-/// reply would go to that connection). Never, once the connection is gone
-/// for good.
-pub(super) async fn replaced(state: &mut watch::Receiver<ConnectionState>) {
-    loop {
-        if state.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-        if *state.borrow_and_update() == ConnectionState::Connected {
-            return;
-        }
-    }
 }
 
 pub(super) fn publish_error(subject: &Subject, e: jetstream::context::PublishError) -> Error {

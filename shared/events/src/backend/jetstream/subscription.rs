@@ -505,7 +505,9 @@ pub(super) async fn keep_alive(
 }
 
 /// Resolves on the next change of the connection to connected (a
-/// reconnect); never, once the connection is gone for good.
+/// reconnect); never, once the connection is gone for good. For a publish:
+/// what was written to the lost connection gets no ack, ever (the reply
+/// would go to that connection).
 pub(super) async fn reconnected(state: &mut watch::Receiver<ConnectionState>) {
     loop {
         if state.changed().await.is_err() {
